@@ -1,0 +1,58 @@
+# Two commands do everything on a fresh machine:
+#   make verify   the stability report (the main job)
+#   make test     static checks, proof scripts, the test suite and the quick benchmark gate
+# Both create or reuse $(VENV). torch is installed only when the interpreter has none:
+# torch==2.13.0 (the CPU wheel on this machine's disk), never an unpinned CUDA build.
+# An interpreter that already has torch keeps it (the venv then sees the system site-packages).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.rln-installed
+TORCH_PIN ?= torch==2.13.0
+export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
+
+.PHONY: all env test lint typecheck proofs pytest verify bench bench-quick docs clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@if [ ! -x "$(PY)" ]; then \
+	  if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+	    echo "[env] $(PYTHON) has torch; the venv reuses it"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	@if $(PY) -c "import torch" >/dev/null 2>&1; then \
+	  echo "[env] keeping torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else \
+	  echo "[env] no torch: installing $(TORCH_PIN) (CPU wheel)"; \
+	  $(PY) -m pip install --disable-pip-version-check -q "$(TORCH_PIN)"; \
+	fi
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check rln_verified tests benchmarks proofs docs
+
+typecheck: $(STAMP)
+	$(BIN)/mypy rln_verified
+
+proofs: $(STAMP)
+	@set -e; for f in proofs/*.py; do echo "[proof] $$f"; $(PY) $$f; done
+
+pytest: $(STAMP)
+	$(PY) -m pytest
+
+test: lint typecheck proofs pytest
+
+verify: $(STAMP)
+	$(PY) -m pytest -q -p no:randomly tests --verify-summary
+
+clean:
+	rm -rf $(VENV) .hypothesis .benchmarks site

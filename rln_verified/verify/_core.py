@@ -1,0 +1,251 @@
+"""Checks: the executable half of a claim.
+
+A :class:`Check` pairs a theorem ID with a Hypothesis strategy of *cases* (plain Python data, so a
+counterexample prints as a ready-to-paste ``@example``) and a ``run`` function that evaluates the
+claim on one case, on one device and dtype, and returns its *margin*: the observed quantity divided
+by what the theorem allows. The claim holds on that case when ``margin <= 1``; ``target()`` drives
+Hypothesis towards large margins. The pytest suite and ``rln-verify`` both call :func:`run_check`,
+so there is one copy of every check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hypothesis import HealthCheck, example, given, settings, target
+from hypothesis import strategies as st
+from hypothesis.errors import Found
+
+CaseStrategy = Callable[[torch.dtype], st.SearchStrategy[Any]]
+CaseRunner = Callable[[Any, torch.device, torch.dtype], float]
+CaseExamples = Callable[[torch.dtype], Sequence[Any]]
+
+ALL_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+DEFAULT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32)
+
+
+def _no_examples(dtype: torch.dtype) -> Sequence[Any]:
+    return ()
+
+
+@dataclass(frozen=True)
+class Check:
+    """One executable check of one claim on one subject.
+
+    Attributes:
+        claim: theorem ID in ``proofs/`` (``"PSI-3"``).
+        subject: what is checked (``"psi"``, ``"BayesianRLayerNorm2d"``).
+        strategy: dtype -> Hypothesis strategy of cases (plain Python data).
+        run: (case, device, dtype) -> margin. ``margin <= 1`` means the claim holds on this case.
+            Return ``math.inf`` (or raise ``AssertionError``) for a qualitative violation.
+        metric: how to read the margin in a report, e.g. ``"rel err / 1e-13"``, ``"|grad| / K bound"``.
+        dtypes: dtypes the claim is stated for.
+        examples: dtype -> pinned known-bad cases, always run first.
+    """
+
+    claim: str
+    subject: str
+    strategy: CaseStrategy
+    run: CaseRunner
+    metric: str
+    dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES
+    examples: CaseExamples = _no_examples
+
+    @property
+    def key(self) -> str:
+        return f"{self.claim}/{self.subject}"
+
+
+@dataclass
+class CheckResult:
+    check: Check
+    device: str
+    dtype: torch.dtype
+    examples_tried: int = 0
+    worst_margin: float = 0.0
+    worst_case: Any = None
+    counterexample: Any = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.counterexample is None and self.worst_margin <= 1.0
+
+    def example_decorator(self) -> str:
+        """The counterexample as a ready-to-paste ``@example``."""
+        return f"@example({self.counterexample!r})"
+
+
+_REGISTRY: dict[str, Check] = {}
+
+
+def register(*checks: Check) -> None:
+    for c in checks:
+        if c.key in _REGISTRY:
+            raise RuntimeError(f"check {c.key} is registered twice")
+        _REGISTRY[c.key] = c
+
+
+def registered_checks() -> tuple[Check, ...]:
+    _load_builtin_checks()
+    return tuple(_REGISTRY.values())
+
+
+def get_check(key: str) -> Check:
+    _load_builtin_checks()
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        raise KeyError(f"unknown check {key!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def checks_for(claim: str) -> tuple[Check, ...]:
+    _load_builtin_checks()
+    return tuple(c for c in _REGISTRY.values() if c.claim == claim)
+
+
+_LOADED = False
+
+
+def _load_builtin_checks() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+
+    for name in ("special", "gaussian", "norm", "bayesian_linear"):
+        try:
+            importlib.import_module(f"rln_verified.verify.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"rln_verified.verify.{name}":
+                raise
+
+
+def run_check(
+    check: Check,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    *,
+    settings_: settings | None = None,
+    raise_on_failure: bool = False,
+) -> CheckResult:
+    """Search for a case with ``margin > 1``; return the worst margin seen and any counterexample.
+
+    With ``raise_on_failure`` (the pytest path) Hypothesis' own failure, shrunk and with its
+    ``Falsifying example`` report, propagates. Otherwise the shrunk counterexample is returned.
+    """
+    dev = torch.device(device)
+    result = CheckResult(check=check, device=str(dev), dtype=dtype)
+    label = check.key
+
+    def evaluate(case: Any) -> float:
+        result.examples_tried += 1
+        margin = float(check.run(case, dev, dtype))
+        if math.isnan(margin):
+            margin = math.inf
+        if margin > result.worst_margin or result.worst_case is None:
+            result.worst_margin = max(result.worst_margin, margin)
+            result.worst_case = case
+        return margin
+
+    def body(case: Any) -> None:
+        margin = evaluate(case)
+        target(min(margin, 1e300), label=label)
+        assert margin <= 1.0, f"{label} [{dev}, {dtype}]: margin {margin:.6g} > 1 ({check.metric}) at {case!r}"
+
+    strategy = check.strategy(dtype)
+    test: Callable[..., None] = given(strategy)(body)
+    for ex in reversed(list(check.examples(dtype))):
+        test = example(ex)(test)
+    if settings_ is not None:
+        test = settings_(test)
+    if raise_on_failure:
+        test()
+        return result
+
+    failing: list[Any] = []
+
+    def recording_body(case: Any) -> None:
+        try:
+            body(case)
+        except AssertionError:
+            failing.append(case)
+            raise
+        except Exception as exc:  # a check that crashes is a finding, not a tool crash
+            failing.append(case)
+            result.error = f"{type(exc).__name__}: {exc}"
+            raise AssertionError(result.error) from exc
+
+    rec: Callable[..., None] = given(strategy)(recording_body)
+    for ex in reversed(list(check.examples(dtype))):
+        rec = example(ex)(rec)
+    base = settings_ if settings_ is not None else settings()
+    rec = settings(base, suppress_health_check=[*base.suppress_health_check, HealthCheck.too_slow])(rec)
+    try:
+        rec()
+    except (AssertionError, Found):
+        result.counterexample = failing[-1] if failing else result.worst_case
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def assert_check(claim: str, subject: str, device: str | torch.device, dtype: torch.dtype) -> CheckResult:
+    """pytest entry point: run the registered check under the active Hypothesis profile."""
+    check = get_check(f"{claim}/{subject}")
+    if dtype not in check.dtypes:
+        raise ValueError(f"{check.key} is not stated for {dtype}; it is stated for {check.dtypes}")
+    return run_check(check, device, dtype, raise_on_failure=True)
+
+
+# ---- helpers shared by check modules -------------------------------------------------------------
+
+
+def finite_floats(dtype: torch.dtype, *, min_value: float | None = None, max_value: float | None = None,
+                  allow_subnormal: bool = False) -> st.SearchStrategy[float]:
+    """Finite Python floats representable in ``dtype`` (every order of magnitude)."""
+    width = {torch.float64: 64, torch.float32: 32, torch.float16: 16}.get(dtype)
+    if width is not None:
+        return st.floats(min_value=min_value, max_value=max_value, allow_nan=False, allow_infinity=False,
+                         width=width, allow_subnormal=allow_subnormal)
+    # bfloat16: draw float32 and round to bfloat16 (exactly representable afterwards).
+    fi = torch.finfo(torch.bfloat16)
+    lo = -float(fi.max) if min_value is None else min_value
+    hi = float(fi.max) if max_value is None else max_value
+    return st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False, width=32,
+                     allow_subnormal=allow_subnormal).map(
+        lambda v: float(torch.tensor(v, dtype=torch.float32).to(torch.bfloat16).float())
+    ).filter(lambda v: lo <= v <= hi and math.isfinite(v))
+
+
+def log_uniform(lo: float, hi: float) -> st.SearchStrategy[float]:
+    """Positive floats spread evenly over the orders of magnitude of [lo, hi]."""
+    a, b = math.log(lo), math.log(hi)
+    return st.floats(min_value=a, max_value=b, allow_nan=False).map(math.exp).map(lambda v: min(max(v, lo), hi))
+
+
+def eps(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).eps)
+
+
+__all__ = [
+    "ALL_DTYPES",
+    "DEFAULT_DTYPES",
+    "Check",
+    "CheckResult",
+    "assert_check",
+    "checks_for",
+    "eps",
+    "finite_floats",
+    "get_check",
+    "log_uniform",
+    "register",
+    "registered_checks",
+    "run_check",
+]

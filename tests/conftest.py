@@ -1,0 +1,118 @@
+"""Shared test set-up: Hypothesis profiles, the device axis, and the claims summary.
+
+Profiles (pick with HYPOTHESIS_PROFILE; under CI the default is ``ci``):
+  dev       quick local runs
+  ci        extends Hypothesis' built-in ``ci`` profile (derandomized, no database)
+  thorough  10x the examples of ``ci``
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+CI_EXAMPLES = 60
+
+try:
+    _builtin_ci = settings.get_profile("ci")
+except Exception:  # older Hypothesis has no built-in ci profile
+    _builtin_ci = settings(derandomize=True, database=None)
+
+# deadline=None: the first example of each test pays torch's kernel warm-up, so per-example
+# time is not meaningful. too_slow is suppressed for the same reason: mpmath references at 50
+# digits are slow by design.
+settings.register_profile(
+    "ci",
+    parent=_builtin_ci,
+    max_examples=CI_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough",
+    parent=settings.get_profile("ci"),
+    max_examples=10 * CI_EXAMPLES,
+)
+_default = "ci" if os.environ.get("CI") else "dev"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
+
+
+def _devices() -> list[str]:
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    return out
+
+
+DEVICES = _devices()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--verify-summary",
+        action="store_true",
+        default=False,
+        help="print a per-claim table (pass/fail per theorem ID) at the end of the run",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test that takes a ``device`` argument runs on each available device.
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", DEVICES)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    cuda = "cuda available" if torch.cuda.is_available() else "cuda NOT available: CUDA cases not generated"
+    return [
+        f"rln_verified: torch {torch.__version__}; devices covered: {', '.join(DEVICES)} ({cuda})",
+        f"rln_verified: hypothesis profile {settings.get_current_profile_name()}",
+    ]
+
+
+_claim_outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
+        return
+    ids: tuple[str, ...] = getattr(report, "claim_ids", ())
+    for cid in ids:
+        _claim_outcomes[cid][report.outcome] += 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    ids: list[str] = []
+    for mark in item.iter_markers(name="claim"):
+        ids.extend(str(a) for a in mark.args)
+    report.claim_ids = tuple(ids)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    tr = terminalreporter
+    tr.write_sep("=", "rln_verified coverage")
+    tr.write_line(f"devices covered: {', '.join(DEVICES)}")
+    if not torch.cuda.is_available():
+        tr.write_line("cuda: not available on this machine, so no CUDA cases ran (not a silent skip)")
+    tr.write_line(f"hypothesis profile: {settings.get_current_profile_name()}")
+    if config.getoption("--verify-summary"):
+        from rln_verified.claims import CLAIMS
+
+        tr.write_sep("-", "claims")
+        tr.write_line(f"{'claim':<10} {'topic':<16} {'passed':>6} {'failed':>6} {'skipped':>7}  verdict")
+        for c in CLAIMS:
+            o = _claim_outcomes.get(c.id, {})
+            p, f, s = o.get("passed", 0), o.get("failed", 0), o.get("skipped", 0)
+            verdict = "VIOLATED" if f else ("holds" if p else "not run")
+            tr.write_line(f"{c.id:<10} {c.topic:<16} {p:>6} {f:>6} {s:>7}  {verdict}")

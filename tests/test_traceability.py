@@ -1,0 +1,94 @@
+"""Every theorem in proofs/ is registered and checked by a test, and every cited ID exists.
+
+Conventions (see proofs/README.md):
+  * a theorem heading in proofs/<topic>.md reads ``### <ID>: <title>``;
+  * its body has a line ``Checked by: `tests/<file>.py` ``;
+  * a test that checks it carries ``@pytest.mark.claim("<ID>")``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rln_verified.claims import CLAIM_ID, CLAIMS
+
+ROOT = Path(__file__).resolve().parent.parent
+PROOFS = ROOT / "proofs"
+TESTS = ROOT / "tests"
+HEADING = re.compile(r"^#{2,4}\s+([A-Z][A-Z]*-?[0-9]+):\s", re.MULTILINE)
+CHECKED_BY = re.compile(r"Checked by:\s*(.+)")
+MARKER = re.compile(r"claim\(((?:\s*\"[^\"]+\"\s*,?)+)\)")
+
+
+def proof_ids() -> dict[str, tuple[str, str]]:
+    """ID -> (topic, section text)."""
+    out: dict[str, tuple[str, str]] = {}
+    for md in sorted(PROOFS.glob("*.md")):
+        text = md.read_text()
+        heads = list(HEADING.finditer(text))
+        for i, m in enumerate(heads):
+            end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+            assert m.group(1) not in out, f"{m.group(1)} is stated twice (again in {md.name})"
+            out[m.group(1)] = (md.stem, text[m.start() : end])
+    return out
+
+
+def cited_ids() -> dict[str, set[str]]:
+    """ID -> test files whose markers cite it."""
+    out: dict[str, set[str]] = {}
+    for py in sorted(TESTS.glob("test_*.py")):
+        if py.name == Path(__file__).name:
+            continue
+        for m in MARKER.finditer(py.read_text()):
+            for cid in re.findall(r"\"([^\"]+)\"", m.group(1)):
+                out.setdefault(cid, set()).add(py.name)
+    return out
+
+
+def test_registry_matches_proofs() -> None:
+    stated = proof_ids()
+    registered = {c.id: c for c in CLAIMS}
+    assert stated, "proofs/ states no theorem"
+    missing = sorted(set(stated) - set(registered))
+    extra = sorted(set(registered) - set(stated))
+    assert not missing, f"theorems in proofs/ but not in the package registry: {missing}"
+    assert not extra, f"registered claims with no theorem in proofs/: {extra}"
+    for cid, (topic, _) in stated.items():
+        assert registered[cid].topic == topic, f"{cid}: stated in proofs/{topic}.md, registered as {registered[cid].topic}"
+        assert CLAIM_ID.match(cid)
+
+
+def test_every_theorem_is_checked_by_a_test() -> None:
+    cited = cited_ids()
+    unchecked = sorted(cid for cid in proof_ids() if cid not in cited)
+    assert not unchecked, f"theorems with no test carrying @pytest.mark.claim: {unchecked}"
+
+
+def test_every_cited_id_exists() -> None:
+    stated = proof_ids()
+    dangling = sorted(f"{cid} (in {', '.join(sorted(files))})" for cid, files in cited_ids().items() if cid not in stated)
+    assert not dangling, f"tests cite claim IDs that proofs/ does not state: {dangling}"
+
+
+def test_checked_by_lines_name_citing_files() -> None:
+    cited = cited_ids()
+    for cid, (_, section) in proof_ids().items():
+        m = CHECKED_BY.search(section)
+        assert m, f"{cid}: no 'Checked by:' line in its proof section"
+        files = set(re.findall(r"tests/(test_[A-Za-z0-9_]+\.py)", m.group(1)))
+        assert files, f"{cid}: 'Checked by:' names no tests/test_*.py file"
+        assert files <= cited.get(cid, set()), (
+            f"{cid}: 'Checked by:' names {sorted(files)}, but only {sorted(cited.get(cid, set()))} cite it"
+        )
+
+
+def test_registered_covers_are_importable() -> None:
+    import importlib
+
+    for c in CLAIMS:
+        assert c.covers, f"{c.id}: covers no function"
+        for qual in c.covers:
+            mod, _, attr = qual.rpartition(".")
+            obj = importlib.import_module(mod)
+            assert hasattr(obj, attr), f"{c.id}: covers {qual}, which does not exist"
