@@ -55,7 +55,8 @@ def test_registry_matches_proofs() -> None:
     assert not missing, f"theorems in proofs/ but not in the package registry: {missing}"
     assert not extra, f"registered claims with no theorem in proofs/: {extra}"
     for cid, (topic, _) in stated.items():
-        assert registered[cid].topic == topic, f"{cid}: stated in proofs/{topic}.md, registered as {registered[cid].topic}"
+        got = registered[cid].topic
+        assert got == topic, f"{cid}: stated in proofs/{topic}.md, registered under topic {got!r}"
         assert CLAIM_ID.match(cid)
 
 
@@ -67,7 +68,9 @@ def test_every_theorem_is_checked_by_a_test() -> None:
 
 def test_every_cited_id_exists() -> None:
     stated = proof_ids()
-    dangling = sorted(f"{cid} (in {', '.join(sorted(files))})" for cid, files in cited_ids().items() if cid not in stated)
+    dangling = sorted(
+        f"{cid} (in {', '.join(sorted(files))})" for cid, files in cited_ids().items() if cid not in stated
+    )
     assert not dangling, f"tests cite claim IDs that proofs/ does not state: {dangling}"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from hypothesis import HealthCheck, example, given, settings, target
@@ -210,7 +210,8 @@ def assert_check(claim: str, subject: str, device: str | torch.device, dtype: to
 def finite_floats(dtype: torch.dtype, *, min_value: float | None = None, max_value: float | None = None,
                   allow_subnormal: bool = False) -> st.SearchStrategy[float]:
     """Finite Python floats representable in ``dtype`` (every order of magnitude)."""
-    width = {torch.float64: 64, torch.float32: 32, torch.float16: 16}.get(dtype)
+    widths: dict[torch.dtype, Literal[16, 32, 64]] = {torch.float64: 64, torch.float32: 32, torch.float16: 16}
+    width = widths.get(dtype)
     if width is not None:
         return st.floats(min_value=min_value, max_value=max_value, allow_nan=False, allow_infinity=False,
                          width=width, allow_subnormal=allow_subnormal)
