@@ -1,0 +1,23 @@
+"""Claims of proofs/special.md."""
+
+from rln_verified._registry._types import Claim
+
+_PSI = ("rln_verified.functional.psi",)
+_SP = ("rln_verified.functional.softplus", "rln_verified.functional.inv_softplus")
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("PSI-1", "special", "psi(t) = 2w^2/(1+w) + 2w^3 sum_j w^(2j)/(2j+3), w = t/(2+t), every term positive; "
+          "J terms leave a relative remainder <= w^(2J)/((2J+3)(1-w^2)).", _PSI),
+    Claim("PSI-2", "special", "psi(0) = 0, psi >= 0, psi is increasing, psi(t) <= t^2/2 and psi(t) <= log1p(t) "
+          "for t >= 0; the computed psi keeps these up to its rounding.", _PSI),
+    Claim("PSI-3", "special", "Relative error of psi <= 1e-13 (float64, t in [1e-300, 1e300]) and <= 2e-6 "
+          "(float32, t in [1e-30, 1e30]) where psi(t) is normal; 0 or subnormal below, never negative.", _PSI),
+    Claim("PSI-4", "special", "psi'(t) = t/(1+t)^2 lies in [0, 1/4] (max at t = 1); the computed gradient is "
+          "finite everywhere (t = 0 and t = inf included) with relative error <= 4 eps.", _PSI),
+    Claim("SP-1", "special", "softplus is finite for every finite x, returns x exactly above T with "
+          "exp(-T) < u T, and has relative error <= 3 eps.", _SP),
+    Claim("SP-2", "special", "softplus(inv_softplus(y)) = y within eps (4 + 2|ln(1-e^-y)| min(1, 1/y)) "
+          "relative, for every positive normal y.", _SP),
+    Claim("SP-3", "special", "inv_softplus(softplus(x)) = x within eps (3 sp(x)/sigmoid(x) + 2 sp(-x) + 2) "
+          "absolute wherever softplus(x) is a normal float.", _SP),
+)
