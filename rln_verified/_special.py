@@ -71,7 +71,7 @@ class _Psi(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(t: torch.Tensor) -> torch.Tensor:
         return _psi_forward(t)
 
     @staticmethod
@@ -80,7 +80,7 @@ class _Psi(torch.autograd.Function):
         ctx.save_for_backward(t)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (t,) = ctx.saved_tensors
         return grad * _dpsi(t)
 
@@ -106,7 +106,7 @@ def psi(t: torch.Tensor) -> torch.Tensor:
     """
     check_float_tensor(t, "psi: t")
     cd = compute_dtype(t.dtype)
-    out: torch.Tensor = _Psi.apply(t.to(cd))
+    out: torch.Tensor = _Psi.apply(t.to(cd))  # type: ignore[no-untyped-call]
     return out.to(t.dtype)
 
 
