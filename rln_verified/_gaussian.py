@@ -1,35 +1,380 @@
-"""Gaussian kernels. (stub: being implemented)"""
+"""Gaussian kernels: pdf/cdf/logcdf, moments of relu of a Gaussian, Gaussian KL.
+
+Theorems GAUSS-*, RELU-*, CRELU-* and KL-* in ``proofs/gaussian.md``. Tails use the Mills ratio
+``R(y) = sqrt(pi/2) erfcx(y/sqrt 2)``, never ``torch.special.ndtr``, which on CPU forms ``1 - tiny`` and has
+no relative accuracy below ``z ~ -5``.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
+
+from rln_verified._special import psi
+from rln_verified._validation import check_float_tensor, check_same_dtype, compute_dtype
 
 Tensorish = torch.Tensor | float
 
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
+_INV_LN2 = 1.0 / math.log(2.0)
+# fdlibm's split of ln 2: _LN2_HI has 32 trailing zero bits, so n * _LN2_HI is exact for n < 2^20.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_X_EXP_MAX = 100.0
+
+# RELU-4: a = mu/sigma >= -X_SPLIT uses the closed forms in Phi, phi; a < -X_SPLIT uses the ratios
+# r_n = Hh_n/Hh_{n-1} from a bottom-up continued fraction of depth CF_DEPTH. At x = X_SPLIT the
+# truncation error is below 1e-15 (bracketed in gaussian_sympy.py::check_cf_truncation), and it
+# decreases with x.
+X_SPLIT = 4.5
+CF_DEPTH = 32
+# Beyond A_CLAMP, Phi(a) == 1 and phi(a) == 0 in float64, so clamping a there changes nothing.
+A_CLAMP = 40.0
+
+
+# ---- pdf / cdf / logcdf --------------------------------------------------------------------------
+
+
+def _as_tensor(v: Tensorish, like: torch.Tensor, name: str) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        check_float_tensor(v, name)
+        check_same_dtype(("x", like), (name, v))
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name}: expected a float or a floating-point tensor, got {type(v).__name__}")
+    return torch.tensor(float(v), dtype=like.dtype, device=like.device)
+
+
+def _standardize(fn: str, x: torch.Tensor, mu: Tensorish, sigma: Tensorish) -> tuple[torch.Tensor, torch.Tensor]:
+    check_float_tensor(x, f"{fn}: x")
+    m = _as_tensor(mu, x, f"{fn}: mu")
+    s = _as_tensor(sigma, x, f"{fn}: sigma")
+    cd = compute_dtype(x.dtype)
+    xc, mc, sc = x.to(cd), m.to(cd), s.to(cd)
+    z = (xc - mc) / sc
+    # sigma <= 0 is out of the domain: NaN at that element (GAUSS-1).
+    z = torch.where(sc > 0, z, torch.full_like(z, math.nan))
+    return z, sc
+
 
 def normal_pdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) -> torch.Tensor:
-    raise NotImplementedError
+    r"""Density of :math:`N(\mu, \sigma^2)`: :math:`\exp(-z^2/2)/(\sigma\sqrt{2\pi})`, :math:`z = (x-\mu)/\sigma`.
+
+    Relative error <= ``(16 + 3 z^2) u`` wherever the result is a normal float (GAUSS-1); the
+    ``z^2`` term is the conditioning of ``exp(-z^2/2)`` to the rounding of ``z``. ``sigma <= 0`` gives
+    NaN at that element. float16/bfloat16 are computed in float32.
+
+    Raises:
+        TypeError: a non-float tensor, or tensors of different dtypes.
+    """
+    z, s = _standardize("normal_pdf", x, mu, sigma)
+    # phi(z)/sigma = (base / s') 2^(-n - e) with phi(z) = base 2^-n and sigma = s' 2^e, s' in [1/2, 4):
+    # the powers of two come last, so a tiny sigma lifts a subnormal phi(z) without losing digits.
+    base, nexp = _phi_scaled(z.abs())
+    ok = (s > 0) & (s < math.inf)
+    s_ok = torch.where(ok, s, torch.ones_like(s))
+    e = torch.floor(torch.log2(s_ok))
+    s_mant = _ldexp(s_ok, -e)
+    out = _ldexp(base / s_mant, -nexp - e)
+    out = torch.where(s == math.inf, torch.zeros_like(out), out)
+    return torch.where(torch.isnan(z), z, out).to(x.dtype)
 
 
 def normal_cdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) -> torch.Tensor:
-    raise NotImplementedError
+    r""":math:`\Phi((x-\mu)/\sigma)`, as ``exp(-z^2/2) erfcx(|z|/sqrt 2)/2`` (accurate in both tails).
+
+    Relative error <= ``(16 + 3 z^2) u`` wherever the result is a normal float (GAUSS-1).
+    ``sigma <= 0`` gives NaN at that element. float16/bfloat16 are computed in float32.
+
+    Raises:
+        TypeError: a non-float tensor, or tensors of different dtypes.
+    """
+    z, _ = _standardize("normal_cdf", x, mu, sigma)
+    # Not torch.special.ndtr: on CPU it loses all accuracy below z ~ -10 (it forms 1 - tiny).
+    return _phi_cdf(z)[1].to(x.dtype)
 
 
 def normal_logcdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) -> torch.Tensor:
-    raise NotImplementedError
+    r""":math:`\log\Phi((x-\mu)/\sigma)`: ``torch.special.log_ndtr`` for ``z <= 1`` (finite deep in the lower
+    tail), ``log1p(-Q(z))`` with the erfcx form of ``Q`` for ``z > 1``.
+
+    Relative error <= ``(16 + 3 z^2) u`` (GAUSS-1). ``sigma <= 0`` gives NaN at that
+    element. float16/bfloat16 are computed in float32.
+
+    Raises:
+        TypeError: a non-float tensor, or tensors of different dtypes.
+    """
+    z, _ = _standardize("normal_logcdf", x, mu, sigma)
+    # z > 1: log1p(-Q(z)) with Q from the erfcx form (log_ndtr's erfc loses ~1e-12 near z = 15);
+    # below 1 log_ndtr is accurate and Q is not small enough for log1p(-Q) to be sharper.
+    pos = z > 1
+    upper = torch.log1p(-_phi_cdf(torch.where(pos, z, torch.ones_like(z)))[2])
+    lower = torch.special.log_ndtr(torch.where(pos, torch.zeros_like(z), z))
+    return torch.where(pos, upper, lower).to(x.dtype)
+
+
+# ---- relu moments --------------------------------------------------------------------------------
+
+
+def _mills(y: torch.Tensor) -> torch.Tensor:
+    """Mills ratio R(y) = Q(y)/phi(y) = sqrt(pi/2) erfcx(y/sqrt 2) for y >= 0; R(inf) = 0."""
+    out: torch.Tensor = _SQRT_HALF_PI * torch.special.erfcx(y * _SQRT_HALF)
+    return out
+
+
+def _phi_cdf(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(phi(a), Phi(a), Phi(-a)), each with relative accuracy in its tail (no 1 - tiny)."""
+    pos = a >= 0
+    y = torch.where(pos, a, -a)  # |a|, but with derivative +1 at a = 0 (abs has 0 there)
+    pdf = torch.exp(-0.5 * y * y) * _INV_SQRT_2PI
+    small = pdf * _mills(y)  # Phi(-|a|)
+    big = 1.0 - small
+    return pdf, torch.where(pos, big, small), torch.where(pos, small, big)
+
+
+def _phi_scaled(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base, n) with phi(y) = base 2^-n, n = floor(y^2/(2 ln 2)) >= 0, base = exp(-f)/sqrt(2 pi) in
+    (0.2, 0.4]; f = (y^2/2 - n ln2_hi) - n ln2_lo, where n ln2_hi is exact (RELU-4). y >= 0."""
+    ye = y.clamp(max=_X_EXP_MAX)  # beyond it phi(y) 2^1024 < 2^-1074: every use rounds to 0 anyway
+    ee = 0.5 * ye * ye
+    nexp = torch.floor(ee * _INV_LN2)
+    f = (ee - nexp * _LN2_HI) - nexp * _LN2_LO
+    return torch.exp(-f) * _INV_SQRT_2PI, nexp
+
+
+def _ldexp(v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """v 2^k for integer-valued float k: two factors 2^k1, 2^(k-k1) (k1 = floor(k/2)), exact and on the
+    same side of 1, applied in turn, so the result is exact unless it is subnormal, and no partial
+    product under- or overflows unless the result does."""
+    k1 = torch.floor(0.5 * k)
+    return v * torch.exp2(k1) * torch.exp2(k - k1)
+
+
+def _safe_ratio(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """a = mu/sigma, with the sigma = 0 limit: +inf, -inf, or 0 when mu = 0 too (RELU-3)."""
+    s_pos = torch.where(sigma == 0, torch.ones_like(sigma), sigma)
+    a = mu / s_pos
+    neg_lim = torch.where(mu < 0, torch.full_like(mu, -math.inf), 0.0 * mu)
+    lim = torch.where(mu > 0, torch.full_like(mu, math.inf), neg_lim)
+    return torch.where(sigma == 0, lim, a)
+
+
+def _relu_moments_f64(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of RELU-1/RELU-4 on float64 tensors of one shape; no autograd."""
+    a = _safe_ratio(mu, sigma)
+    tail = a < -X_SPLIT
+
+    # Direct branch, a in [-X_SPLIT, A_CLAMP]; tail elements see a = 0 (masked input).
+    ad = torch.where(tail, torch.zeros_like(a), a.clamp(max=A_CLAMP))
+    pos = ad >= 0
+    y = ad.abs()
+    pdf = torch.exp(-0.5 * y * y) * _INV_SQRT_2PI
+    mills = _mills(y)  # R(|a|) = Q(|a|)/phi(|a|)
+    q = pdf * mills  # Phi(-|a|), relative accuracy in the tail
+    cdf = 1.0 - q  # Phi(|a|) in [1/2, 1]
+    # a >= 0: mean = mu Phi(a) + sigma phi(a) (positive terms);
+    # var/sigma^2 = P + a^2 P Q - a phi (P - Q) - phi^2, cancellation factor <= 2 (RELU-1, RELU-4).
+    mean_p = mu * cdf + sigma * pdf
+    v_pos = cdf + y * y * cdf * q - y * pdf * (cdf - q) - pdf * pdf
+    # a = -x in [-X_SPLIT, 0): mean/sigma = phi (1 - x R), E[Y^2]/sigma^2 = phi ((1 + x^2) R - x).
+    # phi is a common factor, so only R's rounding meets the cancellation (factor <= 265, RELU-4).
+    h1 = pdf * (1.0 - y * mills)
+    mean_n = sigma * h1
+    v_neg = pdf * ((1.0 + y * y) * mills - y) - h1 * h1
+    mean_d = torch.where(pos, mean_p, mean_n)
+    var_d = sigma * (sigma * torch.where(pos, v_pos, v_neg))
+
+    # Tail branch, x = -a > X_SPLIT; direct elements see x = X_SPLIT (masked input).
+    x = torch.where(tail, -a, torch.full_like(a, X_SPLIT))
+    n_top = CF_DEPTH + 1
+    # Seed: the fixed point of r = 1/(x + n r) at n = CF_DEPTH + 1 (any positive seed converges).
+    r = (torch.sqrt(x * x + 4.0 * n_top) - x) / (2.0 * n_top)
+    r = torch.where(x == math.inf, torch.zeros_like(r), r)
+    r2 = r1 = r
+    for n in range(CF_DEPTH, 0, -1):
+        r = torch.reciprocal(torch.add(x, r, alpha=float(n)))
+        if n == 3:
+            r2 = r
+        elif n == 2:
+            r1 = r
+    r0 = r
+    # sigma phi(x) r0 r1 would underflow in phi for x > 38.6 even where the mean is normal (large sigma).
+    # Exact power-of-two bookkeeping instead (RELU-4): phi(x) = base 2^-n with x^2/2 = n ln2 + f
+    # (Cody-Waite) and base = exp(-f)/sqrt(2 pi) in (0.2, 0.4]. Every factor multiplied into sigma is
+    # <= 1 and the powers of two come last, so nothing under- or overflows unless the result does.
+    base, nexp = _phi_scaled(x)
+    core = base * r0 * r1  # Hh_1(x) 2^n
+    mean_t = _ldexp(sigma * core, -nexp)
+    h1 = _ldexp(core, -nexp)  # Hh_1(x); underflow here is harmless (it only corrects 2 r2)
+    # var/sigma^2 = 2 Hh_2 - Hh_1^2 = Hh_1 (2 r_2 - Hh_1): both factors positive (RELU-2).
+    # var = (sigma c 2^-n1)(sigma 2^-(n-n1)), c = core (2 r2 - h1) <= 1, n1 = floor(n/2).
+    n1 = torch.floor(0.5 * nexp)
+    var_t = _ldexp(sigma * (core * (2.0 * r2 - h1)), -n1) * _ldexp(sigma, n1 - nexp)
+
+    mean = torch.where(tail, mean_t, mean_d)
+    var = torch.where(tail, var_t, var_d)
+    bad = torch.isnan(mu) | torch.isnan(sigma) | (sigma < 0)
+    nan = torch.full_like(mean, math.nan)
+    return torch.where(bad, nan, mean), torch.where(bad, nan, var)
+
+
+class _ReluMoments(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _relu_moments_f64(mu, sigma)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        mu, sigma = inputs
+        mean, _ = output
+        ctx.save_for_backward(mu, sigma, mean)
+
+    @staticmethod
+    def backward(ctx: Any, g_mean: torch.Tensor, g_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, sigma, mean = ctx.saved_tensors
+        # RELU-5: dmean/dmu = Phi(a), dmean/dsigma = phi(a), dvar/dmu = 2 mean (1 - Phi(a)),
+        # dvar/dsigma = 2 (sigma Phi(a) - mean phi(a)); a = +-inf or 0 at sigma = 0 keeps all finite.
+        a = _safe_ratio(mu, sigma)
+        pos = a >= 0
+        y = torch.where(pos, a, -a)  # |a| with derivative +1 at 0 (for double backward)
+        base, nexp = _phi_scaled(y)
+        small = base * _mills(y)  # Q(|a|) 2^n
+        pdf = _ldexp(base, -nexp)
+        q_small = _ldexp(small, -nexp)
+        big = 1.0 - q_small
+        cdf = torch.where(pos, big, q_small)
+        # mean Q(a), sigma Phi(a), mean phi(a) with the tiny factor's 2^-n applied last, so a large
+        # mean or sigma times a subnormal Q or phi keeps its accuracy where the product is normal.
+        mean_q = torch.where(pos, _ldexp(mean * small, -nexp), mean * big)
+        sig_cdf = torch.where(pos, sigma * big, _ldexp(sigma * small, -nexp))
+        mean_pdf = _ldexp(mean * base, -nexp)
+        g_mu = g_mean * cdf + g_var * (2.0 * mean_q)
+        g_sigma = g_mean * pdf + g_var * (2.0 * (sig_cdf - mean_pdf))
+        return g_mu, g_sigma
+
+
+def _check_pair(fn: str, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    check_float_tensor(mu, f"{fn}: mu")
+    check_float_tensor(sigma, f"{fn}: sigma")
+    check_same_dtype((f"{fn}: mu", mu), (f"{fn}: sigma", sigma))
+    try:
+        mu_b, sigma_b = torch.broadcast_tensors(mu, sigma)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        raise ValueError(
+            f"{fn}: mu and sigma must broadcast together, got shapes {tuple(mu.shape)} and {tuple(sigma.shape)}"
+        ) from None
+    return mu_b, sigma_b
 
 
 def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    raise NotImplementedError
+    r"""Mean and variance of :math:`\max(X, 0)` for :math:`X \sim N(\mu, \sigma^2)`.
+
+    With :math:`a = \mu/\sigma`:
+
+    .. math::
+        E = \mu\Phi(a) + \sigma\varphi(a),\qquad
+        \mathrm{Var} = \sigma^2\big[(a^2+1)\Phi(a) + a\varphi(a)\big] - E^2 .
+
+    Evaluated without cancellation: for ``a < -4.5`` through the ratios ``Hh_n/Hh_{n-1}`` of a positive
+    continued fraction, for ``a >= 0`` through a rearranged variance (RELU-1, RELU-4). Always computed in
+    float64 and cast back: relative error <= 1e-12 (float64) and <= 1e-5 (float32) for ``|a| <= 1e3``
+    where the true value is normal (RELU-4). ``mean >= 0`` and ``var >= 0`` for every input (RELU-2).
+    ``sigma = 0`` gives ``(relu(mu), 0)`` with finite gradients (RELU-3). The backward is closed form
+    (RELU-5). ``sigma < 0`` or a NaN input gives NaN at that element only.
+
+    Args:
+        mu, sigma: floating-point tensors of one dtype that broadcast together.
+
+    Raises:
+        TypeError: a non-float tensor, or tensors of different dtypes.
+        ValueError: shapes that do not broadcast.
+    """
+    mu_b, sigma_b = _check_pair("relu_moments", mu, sigma)
+    mean, var = _ReluMoments.apply(mu_b.to(torch.float64), sigma_b.to(torch.float64))  # type: ignore[no-untyped-call]
+    return mean.to(mu.dtype), var.to(mu.dtype)
 
 
 def neg_relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    raise NotImplementedError
+    r"""Mean and variance of :math:`\max(-X, 0)`, :math:`X \sim N(\mu, \sigma^2)`: ``relu_moments(-mu, sigma)``.
+
+    Negation is exact, so every bound of :func:`relu_moments` carries over (CRELU-1).
+    """
+    check_float_tensor(mu, "neg_relu_moments: mu")
+    return relu_moments(-mu, sigma)
 
 
 def crelu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    raise NotImplementedError
+    r"""Moments of :math:`[\max(X,0), \max(-X,0)]` concatenated on the last dimension (CRELU-1).
+
+    Output shapes double the last dimension of the broadcast shape of ``mu`` and ``sigma``.
+    """
+    mu_b, sigma_b = _check_pair("crelu_moments", mu, sigma)
+    if mu_b.dim() == 0:
+        raise ValueError("crelu_moments: needs at least one dimension to concatenate on, got 0-d tensors")
+    mp, vp = relu_moments(mu_b, sigma_b)
+    mn, vn = relu_moments(-mu_b, sigma_b)
+    return torch.cat([mp, mn], dim=-1), torch.cat([vp, vn], dim=-1)
+
+
+# ---- KL ------------------------------------------------------------------------------------------
 
 
 def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sigma_p: torch.Tensor) -> torch.Tensor:
-    raise NotImplementedError
+    r""":math:`KL(N(\mu_q,\sigma_q^2)\,\|\,N(\mu_p,\sigma_p^2))` in closed form (KL-1).
+
+    .. math::
+        KL = \tfrac12\Big[\big(\tfrac{\mu_q-\mu_p}{\sigma_p}\big)^2 + g(r)\Big],\quad r=\sigma_q/\sigma_p,\quad
+        g(r) = r^2-1-2\ln r .
+
+    ``g`` is evaluated without cancellation: with ``t = r^2 - 1`` formed as
+    ``((sq - sp)/sp)((sq + sp)/sp)``, ``g = t^2/(1+t) - psi(t)`` for ``t >= 0`` and ``g = psi(1/r^2 - 1)``
+    for ``r < 1``. The result is >= 0, and exactly 0 when the two distributions are equal.
+    ``sigma_q < 0`` or ``sigma_p <= 0`` gives NaN at that element. float16/bfloat16 are computed in
+    float32.
+
+    Raises:
+        TypeError: a non-float tensor, or tensors of different dtypes.
+    """
+    names = ("mu_q", "sigma_q", "mu_p", "sigma_p")
+    args = (mu_q, sigma_q, mu_p, sigma_p)
+    for n, t in zip(names, args):
+        check_float_tensor(t, f"kl_normal: {n}")
+    check_same_dtype(*((f"kl_normal: {n}", t) for n, t in zip(names, args)))
+    cd = compute_dtype(mu_q.dtype)
+    mq, sq, mp, sp = (t.to(cd) for t in args)
+    d = (mq - mp) / sp
+    up = sq >= sp
+    # Masked inputs: each branch sees a harmless sigma pair where the other branch is taken.
+    one = torch.ones_like(sq)
+    sq_u, sp_u = torch.where(up, sq, one), torch.where(up, sp, one)
+    sq_l, sp_l = torch.where(up, one, sq), torch.where(up, one, sp)
+    t = ((sq_u - sp_u) / sp_u) * ((sq_u + sp_u) / sp_u)
+    g_up = t * t / (1.0 + t) - psi(t)
+    s = ((sp_l - sq_l) / sq_l) * ((sp_l + sq_l) / sq_l)
+    g_lo = psi(s)
+    # KL-1: g_up >= t^2/(2(1+t)) (1 - O(u)) > 0 in floating point; the clamp only guards the
+    # underflow corner where t^2 is subnormal and both terms round to neighbouring subnormals.
+    g = torch.where(up, g_up.clamp(min=0.0), g_lo)
+    kl = 0.5 * (d * d + g)
+    bad = (sq < 0) | (sp <= 0)
+    return torch.where(bad, torch.full_like(kl, math.nan), kl).to(mu_q.dtype)
+
+
+__all__ = [
+    "A_CLAMP",
+    "CF_DEPTH",
+    "X_SPLIT",
+    "crelu_moments",
+    "kl_normal",
+    "neg_relu_moments",
+    "normal_cdf",
+    "normal_logcdf",
+    "normal_pdf",
+    "relu_moments",
+]

@@ -1,0 +1,471 @@
+"""Checks of GAUSS-*, RELU-*, CRELU-* and KL-* (proofs/gaussian.md) against mpmath references."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import mpmath
+import torch
+from hypothesis import strategies as st
+
+from rln_verified._gaussian import (
+    X_SPLIT,
+    crelu_moments,
+    kl_normal,
+    neg_relu_moments,
+    normal_cdf,
+    normal_logcdf,
+    normal_pdf,
+    relu_moments,
+)
+from rln_verified._validation import compute_dtype
+from rln_verified.verify._core import ALL_DTYPES, DEFAULT_DTYPES, Check, eps, log_uniform, register
+
+U64 = 2.0**-53
+
+# ---- references ------------------------------------------------------------------------------------
+
+
+def relu_moments_ref(mu: float, sigma: float) -> tuple[mpmath.mpf, mpmath.mpf]:
+    """Mean and variance of relu(N(mu, sigma^2)) from the Phi/phi closed forms at 90 digits (the textbook
+    variance loses up to ~4 log10|a| digits to cancellation, so 90 leaves more than 50)."""
+    with mpmath.workdps(90):
+        m, s = mpmath.mpf(mu), mpmath.mpf(sigma)
+        if s == 0:
+            return (m if m > 0 else mpmath.mpf(0)), mpmath.mpf(0)
+        a = m / s
+        cdf, pdf = mpmath.ncdf(a), mpmath.npdf(a)
+        mean = s * (a * cdf + pdf)
+        e2 = s * s * ((a * a + 1) * cdf + a * pdf)
+        return +mean, +(e2 - mean * mean)
+
+
+def relu_grads_ref(mu: float, sigma: float) -> tuple[mpmath.mpf, mpmath.mpf, mpmath.mpf, mpmath.mpf]:
+    """(dmean/dmu, dmean/dsigma, dvar/dmu, dvar/dsigma) at 90 digits (RELU-5 formulas, sympy-checked)."""
+    with mpmath.workdps(90):
+        m, s = mpmath.mpf(mu), mpmath.mpf(sigma)
+        a = m / s
+        cdf, pdf = mpmath.ncdf(a), mpmath.npdf(a)
+        mean = s * (a * cdf + pdf)
+        return +cdf, +pdf, +(2 * mean * mpmath.ncdf(-a)), +(2 * (s * cdf - mean * pdf))
+
+
+def kl_ref(mq: float, sq: float, mp: float, sp: float) -> mpmath.mpf:
+    """KL at 100 digits; g(r) is summed on its own (g ~ 2(r-1)^2 cancels ~2|log10(r-1)| digits) and only
+    then added to d^2, which may be far below 1."""
+    with mpmath.workdps(100):
+        r = mpmath.mpf(sq) / mpmath.mpf(sp)
+        d = (mpmath.mpf(mq) - mpmath.mpf(mp)) / mpmath.mpf(sp)
+        g = r * r - 1 - 2 * mpmath.log(r)
+        return +((d * d + g) / 2)
+
+
+def logcdf_ref(z: mpmath.mpf) -> mpmath.mpf:
+    """log Phi(z); for z > 0 as log1p(-Q(z)), since 1 - Q(z) would drop Q's digits at any fixed precision."""
+    return mpmath.log1p(-mpmath.ncdf(-z)) if z > 0 else mpmath.log(mpmath.ncdf(z))
+
+
+def rel_err(got: float, ref: mpmath.mpf) -> float:
+    if ref == 0:
+        return 0.0 if got == 0 else math.inf
+    return float(abs((mpmath.mpf(got) - ref) / ref))
+
+
+def _rounded(v: float, dtype: torch.dtype) -> float:
+    return float(torch.tensor(v, dtype=torch.float64).to(dtype).double())
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).tiny)
+
+
+def _u(dtype: torch.dtype) -> float:
+    return eps(dtype) / 2
+
+
+def _below_normal(got: float, ref: mpmath.mpf, dtype: torch.dtype) -> float | None:
+    """Outside the accuracy claim (true value not a normal float): only sign and size are checked."""
+    if abs(ref) >= _tiny(dtype):
+        return None
+    return 0.0 if 0.0 <= got <= _tiny(dtype) else math.inf
+
+
+# ---- GAUSS-1: pdf / cdf / logcdf ------------------------------------------------------------------
+
+
+def gauss_tol(z: float, dtype: torch.dtype) -> float:
+    """GAUSS-1: (16 + 3 z^2) u_c, u_c of the compute dtype, plus one rounding to a narrower dtype."""
+    cd = compute_dtype(dtype)
+    extra = _u(dtype) if cd != dtype else 0.0
+    return (16.0 + 3.0 * z * z) * _u(cd) + extra
+
+
+_Z_MAX: dict[torch.dtype, float] = {torch.float64: 38.0, torch.float32: 14.0, torch.float16: 5.0, torch.bfloat16: 14.0}
+
+
+def _gauss_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
+    zmax = _Z_MAX[dtype]
+    sig = log_uniform(1e-3, 1e3) if dtype != torch.float16 else log_uniform(0.1, 10.0)
+    mus = st.floats(-100.0, 100.0) if dtype != torch.float16 else st.floats(-10.0, 10.0)
+    return st.tuples(st.floats(-zmax, zmax), mus, sig)
+
+
+def _gauss_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float, float, mpmath.mpf]:
+    z0, m, s = (float(v) for v in case)
+    m, s = _rounded(m, dtype), _rounded(s, dtype)
+    x = _rounded(m + z0 * s, dtype)
+    with mpmath.workdps(60):
+        z = (mpmath.mpf(x) - mpmath.mpf(m)) / mpmath.mpf(s)
+    return x, m, s, z
+
+
+def _make_gauss_run(
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ref: Callable[[mpmath.mpf, mpmath.mpf], mpmath.mpf],
+) -> Callable[[Any, torch.device, torch.dtype], float]:
+    def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+        x, m, s, z = _gauss_inputs(case, dtype)
+        args = [torch.tensor([v], dtype=dtype, device=device) for v in (x, m, s)]
+        got = float(fn(args[0], args[1], args[2]).double())
+        with mpmath.workdps(60):
+            want = ref(z, mpmath.mpf(s))
+        if math.isnan(got):
+            return math.inf
+        small = _below_normal(abs(got), want, dtype)
+        if small is not None:
+            return small
+        return rel_err(got, want) / gauss_tol(float(z), dtype)
+
+    return run
+
+
+def _gauss_examples(dtype: torch.dtype) -> Sequence[Any]:
+    zmax = _Z_MAX[dtype]
+    # Both tails at their ends; z = -10 is where torch.special.ndtr fails on CPU; the logcdf switch at 1.
+    out: list[Any] = [(-zmax, 0.0, 1.0), (zmax, 0.0, 1.0), (-10.0 if zmax > 10 else -zmax, 1.0, 2.0),
+                      (-1.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.0, 3.0, 0.5)]
+    if dtype == torch.float64:
+        out.append((37.7, 0.0, 1e-3))  # phi(z) subnormal, phi(z)/sigma normal
+    return out
+
+
+for _name, _fn, _ref in (
+    ("normal_pdf", normal_pdf, lambda z, s: mpmath.npdf(z) / s),
+    ("normal_cdf", normal_cdf, lambda z, s: mpmath.ncdf(z)),
+    ("normal_logcdf", normal_logcdf, lambda z, s: logcdf_ref(z)),
+):
+    register(
+        Check(
+            claim="GAUSS-1",
+            subject=_name,
+            strategy=_gauss_cases,
+            run=_make_gauss_run(_fn, _ref),
+            metric="rel err / ((16 + 3 z^2) u)",
+            dtypes=ALL_DTYPES,
+            examples=_gauss_examples,
+        )
+    )
+
+
+# ---- RELU-4: accuracy -----------------------------------------------------------------------------
+
+_RELU_TOL: dict[torch.dtype, float] = {torch.float64: 1e-12, torch.float32: 1e-5}
+_SIGMA_RANGE: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-300, 1e300),
+    torch.float32: (1e-30, 1e30),
+    torch.float16: (1e-2, 30.0),
+    torch.bfloat16: (1e-30, 1e30),
+}
+
+
+def relu_tol(dtype: torch.dtype) -> float:
+    """RELU-4: 1e-12 (float64), 1e-5 (float32); float16/bfloat16 get one rounding of a float64 result."""
+    return _RELU_TOL.get(dtype, 1e-12 + _u(dtype))
+
+
+def _ratios() -> st.SearchStrategy[float]:
+    mag = st.one_of(st.floats(0.0, 60.0), log_uniform(1e-6, 1e3), st.floats(X_SPLIT - 0.01, X_SPLIT + 0.01))
+    return st.tuples(mag, st.booleans()).map(lambda t: -t[0] if t[1] else t[0])
+
+
+def _relu_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
+    return st.tuples(_ratios(), log_uniform(*_SIGMA_RANGE[dtype]))
+
+
+def _relu_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float]:
+    a, s = (float(v) for v in case)
+    s = _rounded(s, dtype)
+    mu = _rounded(a * s, dtype)
+    if not math.isfinite(mu):
+        mu = _rounded(math.copysign(float(torch.finfo(dtype).max), a), dtype)
+    return mu, s
+
+
+def _relu_accuracy(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    mu, s = _relu_inputs(case, dtype)
+    mean, var = relu_moments(torch.tensor([mu], dtype=dtype, device=device),
+                             torch.tensor([s], dtype=dtype, device=device))
+    got = (float(mean.detach().double()), float(var.detach().double()))
+    want = relu_moments_ref(mu, s)
+    worst = 0.0
+    for g, w in zip(got, want):
+        if math.isnan(g) or g < 0:
+            return math.inf
+        if w > float(torch.finfo(dtype).max):
+            continue  # the true value overflows the dtype: outside the claim
+        small = _below_normal(g, w, dtype)
+        worst = max(worst, small if small is not None else rel_err(g, w) / relu_tol(dtype))
+    return worst
+
+
+def _relu_examples(dtype: torch.dtype) -> Sequence[Any]:
+    out: list[Any] = [(-10.0, 1.0), (-40.0, 1.0), (-37.5, 1.0), (0.0, 1.0), (1e3, 1.0), (-1e3, 1.0), (-30.0, 3.0)]
+    # Both sides of the branch switch a = -X_SPLIT, and of a = 0.
+    for a in (-X_SPLIT, math.nextafter(-X_SPLIT, 0.0), math.nextafter(-X_SPLIT, -10.0), -1e-300, 1e-300):
+        out.append((a, 1.0))
+    if dtype == torch.float64:
+        out += [(-53.0, 1e300), (-50.0, 1e200)]
+    return out
+
+
+register(
+    Check(
+        claim="RELU-4",
+        subject="relu_moments",
+        strategy=_relu_cases,
+        run=_relu_accuracy,
+        metric="max rel err (mean, var) / (1e-12 f64, 1e-5 f32, 1e-12+u f16/bf16)",
+        dtypes=ALL_DTYPES,
+        examples=_relu_examples,
+    )
+)
+
+
+# ---- RELU-2: mean >= 0, var >= 0 for every input -----------------------------------------------------
+
+
+def _any_finite(dtype: torch.dtype, lo: float | None = None) -> st.SearchStrategy[float]:
+    big = float(torch.finfo(dtype).max)
+    lo_v = -big if lo is None else lo
+    return st.one_of(
+        st.floats(lo_v, big, allow_nan=False, allow_infinity=False, width=64).map(lambda v: _rounded(v, dtype)),
+        st.sampled_from([0.0, _tiny(dtype), big, 1.0]).filter(lambda v: v >= lo_v),
+    )
+
+
+def _relu_signs(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    mu, s = (_rounded(float(v), dtype) for v in case)
+    mean, var = relu_moments(torch.tensor([mu, -mu], dtype=dtype, device=device),
+                             torch.tensor([s, s], dtype=dtype, device=device))
+    vals = torch.cat([mean, var]).double().cpu().tolist()
+    return 0.0 if all(v >= 0 for v in vals) else math.inf  # NaN fails >= too
+
+
+register(
+    Check(
+        claim="RELU-2",
+        subject="relu_moments",
+        strategy=lambda dtype: st.tuples(_any_finite(dtype), _any_finite(dtype, 0.0)),
+        run=_relu_signs,
+        metric="inf if a mean or variance is negative or NaN",
+        dtypes=ALL_DTYPES,
+        examples=lambda dtype: [(-10.0, 1.0), (-40.0, 1.0), (-60.0, 1.0), (1.0, 0.0),
+                                (-1.0, float(torch.finfo(dtype).tiny))],
+    )
+)
+
+
+# ---- RELU-3: sigma = 0 ------------------------------------------------------------------------------
+
+
+def _relu_sigma_zero(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    mu = _rounded(float(case), dtype)
+    m_t = torch.tensor([mu], dtype=dtype, device=device, requires_grad=True)
+    s_t = torch.zeros(1, dtype=dtype, device=device, requires_grad=True)
+    mean, var = relu_moments(m_t, s_t)
+    if float(mean.detach().double()) != max(mu, 0.0) or float(var.detach().double()) != 0.0:
+        return math.inf
+    g = []
+    for out in (mean, var):
+        gm, gs = torch.autograd.grad(out.sum(), (m_t, s_t), retain_graph=True)
+        g += [float(gm.double()), float(gs.double())]
+    # One-sided limits (RELU-3): dmean/dmu = 1[mu>0] (1/2 at 0), dmean/dsigma = phi(0) 1[mu=0], the rest 0.
+    dm_dmu = 1.0 if mu > 0 else (0.5 if mu == 0 else 0.0)
+    dm_ds = 1.0 / math.sqrt(2.0 * math.pi) if mu == 0 else 0.0
+    want = [dm_dmu, dm_ds, 0.0, 0.0]
+    # 1/2 and phi(0) are float64 products of rounded constants (<= 4 u64), then cast once (u of the dtype).
+    tol = 4 * U64 + (_u(dtype) if dtype != torch.float64 else 0.0)
+    bad = any(not math.isfinite(v) or abs(v - w) > tol * abs(w) for v, w in zip(g, want))
+    return math.inf if bad else 0.0
+
+
+register(
+    Check(
+        claim="RELU-3",
+        subject="relu_moments",
+        strategy=_any_finite,
+        run=_relu_sigma_zero,
+        metric="inf unless (mean, var) = (relu(mu), 0) exactly and the gradients are the finite limits",
+        dtypes=ALL_DTYPES,
+        examples=lambda dtype: [0.0, -0.0, 1.0, -1.0, float(torch.finfo(dtype).max), -float(torch.finfo(dtype).tiny)],
+    )
+)
+
+
+# ---- RELU-5: closed-form gradients ------------------------------------------------------------------
+
+
+def relu_grad_tol(a: float, dtype: torch.dtype) -> float:
+    """RELU-5: (420 + 7 a^2) u64, plus one rounding to the dtype. phi, Phi, Q are within (1.5 a^2 + 8) u64
+    (exp of a rounded a^2/2, erfcx, conditioning a^2 + 2 to the rounding of a), the forward mean within
+    (1.5 a^2 + 21) u64 (tail) or 180 u64 (direct), and dvar/dsigma = 2(sigma Phi - mean phi) cancels by at
+    most 2.2 (gaussian_sympy.py::check_cancellation): 2.2 ((1.5 a^2 + 8) + (1.5 a^2 + 180)) + 4."""
+    extra = _u(dtype) if dtype != torch.float64 else 0.0
+    return (420.0 + 7.0 * a * a) * U64 + extra
+
+
+def _relu_grad(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    mu, s = _relu_inputs(case, dtype)
+    m_t = torch.tensor([mu], dtype=dtype, device=device, requires_grad=True)
+    s_t = torch.tensor([s], dtype=dtype, device=device, requires_grad=True)
+    mean, var = relu_moments(m_t, s_t)
+    got: list[float] = []
+    for out in (mean, var):
+        gm, gs = torch.autograd.grad(out.sum(), (m_t, s_t), retain_graph=True)
+        got += [float(gm.double()), float(gs.double())]
+    want = relu_grads_ref(mu, s)
+    a = mu / s
+    worst = 0.0
+    for g, w in zip(got, want):
+        if not math.isfinite(g):
+            return math.inf
+        if w > float(torch.finfo(dtype).max):
+            continue
+        small = _below_normal(abs(g), w, dtype)
+        worst = max(worst, small if small is not None else rel_err(g, w) / relu_grad_tol(a, dtype))
+    return worst
+
+
+register(
+    Check(
+        claim="RELU-5",
+        subject="relu_moments",
+        strategy=lambda dtype: st.tuples(
+            st.tuples(st.floats(0.0, 40.0), st.booleans()).map(lambda t: -t[0] if t[1] else t[0]),
+            log_uniform(*{torch.float64: (1e-100, 1e100)}.get(dtype, (1e-3, 1e3))),
+        ),
+        run=_relu_grad,
+        metric="max rel err of the 4 partials / ((420 + 7 a^2) u64 + u)",
+        dtypes=DEFAULT_DTYPES,
+        examples=lambda dtype: [(-10.0, 1.0), (-40.0, 1.0), (0.0, 1.0), (-X_SPLIT, 1.0), (3.0, 2.0)],
+    )
+)
+
+
+# ---- CRELU-1: reflection ----------------------------------------------------------------------------
+
+
+def _crelu(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    mu, s = _relu_inputs(case, dtype)
+    m_t = torch.tensor([[mu, -mu]], dtype=dtype, device=device)
+    s_t = torch.tensor([[s, s]], dtype=dtype, device=device)
+    cm, cv = crelu_moments(m_t, s_t)
+    pm, pv = relu_moments(m_t, s_t)
+    nm, nv = neg_relu_moments(m_t, s_t)
+    same = torch.equal(cm, torch.cat([pm, nm], -1)) and torch.equal(cv, torch.cat([pv, nv], -1))
+    if cm.shape != (1, 4) or not same:
+        return math.inf
+    # relu(x) - relu(-x) = x and relu(x) relu(-x) = 0: E+ - E- = mu, Var+ and Var- from the same Var(X).
+    mp_, mn_ = float(pm[0, 0].double()), float(nm[0, 0].double())
+    if not torch.equal(nm[0, 0], pm[0, 1]) or not torch.equal(nv[0, 0], pv[0, 1]):
+        return math.inf
+    # |E+ - E- - mu| <= tol (E+ + E-): each of E+/E- is within relu_tol relative (RELU-4), plus 2 roundings.
+    scale = mp_ + mn_
+    if scale == 0 or scale > float(torch.finfo(dtype).max) or (min(mp_, mn_) < _tiny(dtype) and min(mp_, mn_) != 0):
+        return 0.0
+    err = abs((mp_ - mn_) - mu)
+    return err / ((relu_tol(dtype) + 2 * _u(dtype)) * scale + _tiny(dtype))
+
+
+register(
+    Check(
+        claim="CRELU-1",
+        subject="crelu_moments",
+        strategy=_relu_cases,
+        run=_crelu,
+        metric="|E+ - E- - mu| / (tol (E+ + E-)), inf if neg/crelu differ from relu(-mu)",
+        dtypes=ALL_DTYPES,
+        examples=lambda dtype: [(-10.0, 1.0), (-40.0, 1.0), (0.0, 1.0), (2.0, 1.0)],
+    )
+)
+
+
+# ---- KL-1 ---------------------------------------------------------------------------------------------
+
+_PSI_ERR: dict[torch.dtype, float] = {torch.float64: 1e-13, torch.float32: 2e-6}
+
+
+def kl_tol(dtype: torch.dtype) -> float:
+    """KL-1: 24 u_c + 3 eps_psi in the compute dtype (psi's PSI-3 bound eps_psi), plus a final rounding."""
+    cd = compute_dtype(dtype)
+    extra = _u(dtype) if cd != dtype else 0.0
+    return 24.0 * _u(cd) + 3.0 * _PSI_ERR[cd] + extra
+
+
+def _kl_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
+    lo, hi = (1e-3, 1e3) if dtype != torch.float16 else (0.1, 10.0)
+    mus = st.floats(-10.0, 10.0)
+    ratio = st.one_of(log_uniform(1e-3, 1e3), st.floats(0.999, 1.001), st.just(1.0))
+    return st.tuples(mus, log_uniform(lo, hi), st.one_of(mus, st.just(0.0)), ratio)
+
+
+def _kl_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float, float, float]:
+    mq, sp_, dm, ratio = (float(v) for v in case)
+    sp_ = _rounded(sp_, dtype)
+    sq = _rounded(sp_ * ratio, dtype)
+    mq = _rounded(mq, dtype)
+    mp_ = _rounded(mq + dm * sp_, dtype) if dm != 0.0 else mq
+    return mq, sq, mp_, sp_
+
+
+def _kl_accuracy(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    vals = _kl_inputs(case, dtype)
+    ts = [torch.tensor([v], dtype=dtype, device=device) for v in vals]
+    got = float(kl_normal(ts[0], ts[1], ts[2], ts[3]).double())
+    want = kl_ref(*vals)
+    if math.isnan(got) or got < 0:
+        return math.inf
+    if want == 0:
+        return 0.0 if got == 0.0 else math.inf  # exactly 0 when the distributions are equal
+    if want > float(torch.finfo(dtype).max):
+        return 0.0 if got >= float(torch.finfo(dtype).max) else math.inf  # overflows the dtype
+    small = _below_normal(got, want, dtype)
+    return small if small is not None else rel_err(got, want) / kl_tol(dtype)
+
+
+register(
+    Check(
+        claim="KL-1",
+        subject="kl_normal",
+        strategy=_kl_cases,
+        run=_kl_accuracy,
+        metric="rel err / (24 u + 3 eps_psi), inf if negative or nonzero at equality",
+        dtypes=ALL_DTYPES,
+        examples=lambda dtype: [(0.5, 1.0, 0.0, 1.0), (0.0, 2.0, 0.0, 1.0000001), (0.0, 1.0, 1.0, 1.0),
+                                (0.0, 1.0, 0.0, 1e-3), (0.0, 1.0, 0.0, 1e3)],
+    )
+)
+
+
+__all__ = [
+    "gauss_tol",
+    "kl_ref",
+    "kl_tol",
+    "logcdf_ref",
+    "relu_grad_tol",
+    "relu_grads_ref",
+    "relu_moments_ref",
+    "relu_tol",
+]
