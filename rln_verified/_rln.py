@@ -166,7 +166,7 @@ class _RNormFn(torch.autograd.Function):
     ) -> tuple[torch.Tensor, ...]:
         st = group_stats(x, eps, two_d)
         sigma = torch.sqrt(st["v"] + st["eps_s"])
-        f, _, u = _inflation(lam * st["r"], alpha, bayes)
+        f, dlogf, u = _inflation(lam * st["r"], alpha, bayes)
         a = 1.0 / (sigma * f)
         if weight is not None and weight.shape[-2:] == (1, 1):
             y = st["xc"] * (a * weight)  # per-channel weight folds into the per-group scalar
@@ -176,27 +176,26 @@ class _RNormFn(torch.autograd.Function):
                 y = y * weight
         if bias is not None:
             y = y + bias
-        return y, u, st["mean"], st["s"], sigma, st["r"]
+        return y, u, st["mean"], st["s"], sigma, st["r"], f, dlogf
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         x, weight, bias, lam, eps, alpha, bayes, two_d = inputs
-        _, _, mean, s, sigma, r = output
+        _, u, mean, s, sigma, r, f, dlogf = output
         ctx.eps, ctx.alpha, ctx.bayes, ctx.two_d = eps, alpha, bayes, two_d
         ctx.bias_shape = bias.shape if bias is not None else None
-        ctx.save_for_backward(x, weight, lam, mean, s, sigma, r)
-        ctx.mark_non_differentiable(mean, s, sigma, r)
+        ctx.save_for_backward(x, weight, lam, mean, s, sigma, r, f, dlogf, u)
+        ctx.mark_non_differentiable(mean, s, sigma, r, f, dlogf)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor, gu: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
-        x, weight, lam, mean, s, sigma, r = ctx.saved_tensors
+        x, weight, lam, mean, s, sigma, r, f, dlogf, u = ctx.saved_tensors
         two_d, bayes, alpha = ctx.two_d, ctx.bayes, ctx.alpha
         p, l_ = x.shape[-2], x.shape[-1]
         m = p * l_
         c = _norm_consts(two_d)
         xc = x * s - mean
         var_eps = sigma * sigma
-        f, dlogf, u = _inflation(lam * r, alpha, bayes)
         a = 1.0 / (sigma * f)
         per_channel = weight is not None and weight.shape[-2:] == (1, 1)
         gyxc = (gy * xc).sum(dim=(-2, -1), keepdim=True) if weight is None or per_channel else None
