@@ -190,7 +190,7 @@ class _RNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor, gu: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
         x, weight, lam, mean, s, sigma, r, f, dlogf, u = ctx.saved_tensors
-        two_d, bayes, alpha = ctx.two_d, ctx.bayes, ctx.alpha
+        two_d, bayes = ctx.two_d, ctx.bayes
         p, l_ = x.shape[-2], x.shape[-1]
         m = p * l_
         c = _norm_consts(two_d)
@@ -198,14 +198,14 @@ class _RNormFn(torch.autograd.Function):
         var_eps = sigma * sigma
         a = 1.0 / (sigma * f)
         per_channel = weight is not None and weight.shape[-2:] == (1, 1)
-        gyxc = (gy * xc).sum(dim=(-2, -1), keepdim=True) if weight is None or per_channel else None
+        gyxc = (gy * xc).sum(dim=(-2, -1), keepdim=True) if weight is None or per_channel else gy
         if weight is None:
             gg_sum = gy.sum(dim=(-2, -1), keepdim=True)
-            a_sum = gyxc / sigma  # type: ignore[operator]
+            a_sum = gyxc / sigma
         elif per_channel:
             gy_sum = gy.sum(dim=(-2, -1), keepdim=True)
             gg_sum = gy_sum * weight
-            a_sum = gyxc * weight / sigma  # type: ignore[operator]
+            a_sum = gyxc * weight / sigma
         else:
             gg = gy * weight
             gg_sum = gg.sum(dim=(-2, -1), keepdim=True)
@@ -232,10 +232,8 @@ class _RNormFn(torch.autograd.Function):
         g_lam = (g_t * r).sum().reshape(lam.shape) if ctx.needs_input_grad[3] else None
         g_w = None
         if weight is not None and ctx.needs_input_grad[1]:
-            if per_channel:
-                g_w = _reduce_to(gyxc * (a / 1.0), weight.shape)  # type: ignore[operator]
-            else:
-                g_w = _reduce_to(gy * xc * a, weight.shape)
+            per_elem = gyxc * a if per_channel and gyxc is not None else gy * xc * a
+            g_w = _reduce_to(per_elem, weight.shape)
         g_b = _reduce_to(gy, ctx.bias_shape) if ctx.bias_shape is not None and ctx.needs_input_grad[2] else None
         return gx, g_w, g_b, g_lam, None, None, None, None
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rln_verified._rln import rnorm_planes
+from rln_verified._rln import group_stats, rnorm_planes
 from rln_verified._validation import compute_dtype
 
 _Shape = int | Sequence[int] | torch.Size
@@ -35,18 +35,28 @@ def _check_config(eps: float, alpha: float, lambda_init: float, lambda_min: floa
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha!r}")
     if not 0 <= lambda_min < lambda_max:
-        raise ValueError(f"lambda bounds must satisfy 0 <= lambda_min < lambda_max, got [{lambda_min!r}, {lambda_max!r}]")
+        raise ValueError(
+            f"lambda bounds must satisfy 0 <= lambda_min < lambda_max, got [{lambda_min!r}, {lambda_max!r}]"
+        )
     if not lambda_min < lambda_init < lambda_max:
         raise ValueError(
             f"lambda_init must lie in the open interval ({lambda_min!r}, {lambda_max!r}), got {lambda_init!r}"
         )
 
 
+def _as_shape(normalized_shape: _Shape) -> tuple[int, ...]:
+    if isinstance(normalized_shape, int):
+        return (normalized_shape,)
+    return tuple(int(n) for n in normalized_shape)
+
+
 def _check_input(x: object, layer: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{layer}: expected a torch.Tensor input, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{layer}: expected a floating-point input (float64, float32, float16, bfloat16), got {x.dtype}")
+        raise TypeError(
+            f"{layer}: expected a floating-point input (float64, float32, float16, bfloat16), got {x.dtype}"
+        )
     return x
 
 
@@ -104,7 +114,8 @@ class _RNormBase(nn.Module):
         return _lambda_of(self.lambda_raw, self.lambda_min, self.lambda_max)
 
     def _common_repr(self) -> str:
-        s = f"eps={self.eps}, elementwise_affine={self.elementwise_affine}, lambda=[{self.lambda_min}, {self.lambda_max}]"
+        s = f"eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+        s += f"lambda=[{self.lambda_min}, {self.lambda_max}]"
         if self._bayes:
             s += f", alpha={self.alpha}"
         return s
@@ -137,9 +148,12 @@ class _LastDims(_RNormBase):
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
-        if not shape or any(not isinstance(n, numbers.Integral) or n < 1 for n in shape):
+        raw: tuple[object, ...] = (
+            (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        )
+        if not raw or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in raw):
             raise ValueError(f"normalized_shape must be a non-empty shape of positive ints, got {normalized_shape!r}")
+        shape = _as_shape(normalized_shape)
         if shape[-1] < 2:
             raise ValueError(
                 f"the last normalized dim must be >= 2 for the width-3 reflect-padded window, got {shape[-1]}"
@@ -172,6 +186,8 @@ class _LastDims(_RNormBase):
 
 
 class _TwoD(_RNormBase):
+    num_channels: int
+
     def __init__(
         self,
         num_channels: int,
@@ -202,7 +218,7 @@ class _TwoD(_RNormBase):
         x = _check_input(x, name)
         if x.ndim != 4:
             raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got {x.ndim}-D of shape {tuple(x.shape)}")
-        n, c, h, w_ = x.shape
+        _, c, h, w_ = x.shape
         if c != self.num_channels:
             raise ValueError(
                 f"{name}: expected {self.num_channels} channels, i.e. shape (N, {self.num_channels}, H, W), "
@@ -272,4 +288,103 @@ class BayesianRLayerNorm2d(_TwoD):
         return (y, u) if return_uncertainty else y
 
 
-__all__ = ["BayesianRLayerNorm", "BayesianRLayerNorm2d", "RLayerNorm", "RLayerNorm2d"]
+
+
+# ---- functional forms (the modules call the same kernel) ------------------------------------------
+
+
+def _lambda_tensor(lambda_: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(lambda_, torch.Tensor):
+        return lambda_
+    if not 0 < float(lambda_) < math.inf:
+        raise ValueError(f"lambda_ must be a positive finite number, got {lambda_!r}")
+    return torch.tensor(float(lambda_), dtype=like.dtype, device=like.device)
+
+
+def _functional_last_dims(x: torch.Tensor, normalized_shape: _Shape, weight: torch.Tensor | None,
+                          bias: torch.Tensor | None, lambda_: float | torch.Tensor, alpha: float, eps: float,
+                          bayes: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    ns = _as_shape(normalized_shape)
+    name = "bayesian_r_layer_norm" if bayes else "r_layer_norm"
+    x = _check_input(x, name)
+    _check_config(eps, alpha, 0.5, 0.0, 1.0)
+    k = len(ns)
+    if x.ndim < k or tuple(x.shape[-k:]) != ns or ns[-1] < 2:
+        raise ValueError(f"{name}: expected input of shape (*, {', '.join(map(str, ns))}) with last dim >= 2, "
+                         f"got {tuple(x.shape)}")
+    cd = compute_dtype(x.dtype)
+    rows, last = math.prod(ns[:-1]), ns[-1]
+    w = weight.reshape(rows, last).to(cd) if weight is not None else None
+    b = bias.reshape(rows, last).to(cd) if bias is not None else None
+    lam = _lambda_tensor(lambda_, x).to(cd)
+    y, u = rnorm_planes(x.reshape(-1, rows, last).to(cd), w, b, lam, eps, alpha if bayes else 0.0, bayes, False)
+    return y.reshape(x.shape).to(x.dtype), u.reshape(*x.shape[: x.ndim - k], *([1] * k)).to(x.dtype)
+
+
+def _functional_2d(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   lambda_: float | torch.Tensor, alpha: float, eps: float,
+                   bayes: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    name = "bayesian_r_layer_norm2d" if bayes else "r_layer_norm2d"
+    x = _check_input(x, name)
+    _check_config(eps, alpha, 0.5, 0.0, 1.0)
+    if x.ndim != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
+    c = x.shape[1]
+    cd = compute_dtype(x.dtype)
+    w = weight.reshape(c, 1, 1).to(cd) if weight is not None else None
+    b = bias.reshape(c, 1, 1).to(cd) if bias is not None else None
+    lam = _lambda_tensor(lambda_, x).to(cd)
+    y, u = rnorm_planes(x.to(cd), w, b, lam, eps, alpha if bayes else 0.0, bayes, True)
+    return y.to(x.dtype), u.to(x.dtype)
+
+
+def r_layer_norm(x: torch.Tensor, normalized_shape: _Shape, weight: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, lambda_: float | torch.Tensor = 0.5,
+                 eps: float = 1e-5) -> torch.Tensor:
+    """Functional :class:`RLayerNorm` (``y = w x_c / (sigma (1 + lambda r)) + b``)."""
+    return _functional_last_dims(x, normalized_shape, weight, bias, lambda_, 0.0, eps, False)[0]
+
+
+def bayesian_r_layer_norm(x: torch.Tensor, normalized_shape: _Shape, weight: torch.Tensor | None = None,
+                          bias: torch.Tensor | None = None, lambda_: float | torch.Tensor = 0.5, alpha: float = 1.0,
+                          eps: float = 1e-5, return_uncertainty: bool = False) -> Any:
+    """Functional :class:`BayesianRLayerNorm`; returns ``(y, u)`` with ``return_uncertainty``."""
+    y, u = _functional_last_dims(x, normalized_shape, weight, bias, lambda_, alpha, eps, True)
+    return (y, u) if return_uncertainty else y
+
+
+def r_layer_norm2d(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                   lambda_: float | torch.Tensor = 0.5, eps: float = 1e-5) -> torch.Tensor:
+    """Functional :class:`RLayerNorm2d`."""
+    return _functional_2d(x, weight, bias, lambda_, 0.0, eps, False)[0]
+
+
+def bayesian_r_layer_norm2d(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                            lambda_: float | torch.Tensor = 0.5, alpha: float = 1.0, eps: float = 1e-5,
+                            return_uncertainty: bool = False) -> Any:
+    """Functional :class:`BayesianRLayerNorm2d`; returns ``(y, u)`` with ``return_uncertainty``."""
+    y, u = _functional_2d(x, weight, bias, lambda_, alpha, eps, True)
+    return (y, u) if return_uncertainty else y
+
+
+def noise_ratio(x: torch.Tensor, eps: float = 1e-5, two_d: bool = True) -> torch.Tensor:
+    """The noise ratio r = nu/(v + eps) per group (keepdim): over (H, W) of an (N, C, H, W) map when ``two_d``,
+    else over the last dim with the width-3 window along it (N0)."""
+    x = _check_input(x, "noise_ratio")
+    cd = compute_dtype(x.dtype)
+    planes = x.to(cd) if two_d else x.to(cd).unsqueeze(-2)
+    r = group_stats(planes, eps, two_d)["r"]
+    return (r if two_d else r.squeeze(-2)).to(x.dtype)
+
+
+__all__ = [
+    "BayesianRLayerNorm",
+    "BayesianRLayerNorm2d",
+    "RLayerNorm",
+    "RLayerNorm2d",
+    "bayesian_r_layer_norm",
+    "bayesian_r_layer_norm2d",
+    "noise_ratio",
+    "r_layer_norm",
+    "r_layer_norm2d",
+]

@@ -12,17 +12,29 @@ from rln_verified._gaussian import (
     normal_pdf,
     relu_moments,
 )
+from rln_verified._rln_layers import (
+    bayesian_r_layer_norm,
+    bayesian_r_layer_norm2d,
+    noise_ratio,
+    r_layer_norm,
+    r_layer_norm2d,
+)
 from rln_verified._special import inv_softplus, psi, softplus
 
 __all__ = [
+    "bayesian_r_layer_norm",
+    "bayesian_r_layer_norm2d",
     "crelu_moments",
     "inv_softplus",
     "kl_normal",
     "neg_relu_moments",
+    "noise_ratio",
     "normal_cdf",
     "normal_logcdf",
     "normal_pdf",
     "psi",
+    "r_layer_norm",
+    "r_layer_norm2d",
     "relu_moments",
     "softplus",
 ]
