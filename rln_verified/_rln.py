@@ -123,10 +123,19 @@ def _inflation(t: torch.Tensor, alpha: float, bayes: bool) -> tuple[torch.Tensor
 
 
 def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scaled, centred values. One refinement step makes the mean exact for constant groups (N2):
+    x s - mean is then a small exactly representable residue whose mean is computed exactly."""
     s = _group_scale(x)
     xs = x * s
     mean = xs.mean(dim=(-2, -1), keepdim=True)
+    mean = mean + (xs - mean).mean(dim=(-2, -1), keepdim=True)
     return xs - mean, mean, s
+
+
+def _scaled_eps(eps: float, s: torch.Tensor) -> torch.Tensor:
+    """eps s^2, kept >= the smallest normal float so that a zero-variance group divides by a positive number.
+    Where eps s^2 underflows, v + eps s^2 and v + tiny agree to within rounding unless v = 0 (N2)."""
+    return torch.clamp(eps * (s * s), min=float(torch.finfo(s.dtype).tiny))
 
 
 def _norm_consts(two_d: bool) -> float:
@@ -142,7 +151,7 @@ def group_stats(x: torch.Tensor, eps: float, two_d: bool) -> dict[str, torch.Ten
     ss = torch.linalg.vector_norm(xc, dim=(-2, -1), keepdim=True) ** 2
     ssw = _weighted_sq_sum(xc, ss, two_d)
     sbx = (torch.linalg.vector_norm(box_sum(xc, two_d), dim=(-2, -1), keepdim=True) / c) ** 2
-    eps_s = eps * (s * s)
+    eps_s = _scaled_eps(eps, s)
     v = ss / m
     nu = torch.clamp((ssw - sbx) / m, min=0.0)
     return {"xc": xc, "mean": mean, "s": s, "v": v, "nu": nu, "r": nu / (v + eps_s), "eps_s": eps_s}
