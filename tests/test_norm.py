@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import pickle
 
@@ -28,16 +29,12 @@ BAYES = ["BayesianRLayerNorm", "BayesianRLayerNorm2d"]
 DT = pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 
 
+@pytest.mark.claim("N0", "N1", "N2", "N3", "N4", "N5", "N9", "N10")
 @pytest.mark.parametrize("layer", LAYERS)
 @DT
 @pytest.mark.parametrize("claim", ["N0", "N1", "N2", "N3", "N4", "N5", "N9", "N10"])
 def test_layer_claims(claim: str, layer: str, dtype: torch.dtype, device: str) -> None:
-    # One test body, one marker per claim below, so the traceability map sees each ID.
     assert_check(claim, layer, device, dtype)
-
-
-for _cid in ("N0", "N1", "N2", "N3", "N4", "N5", "N9", "N10"):
-    pytest.mark.claim(_cid)(test_layer_claims)
 
 
 @pytest.mark.claim("N6", "N7")
@@ -93,7 +90,7 @@ def test_uncertainty_rises_with_noise(cls: type[nn.Module]) -> None:
         inp = x if cls is rv.BayesianRLayerNorm2d else x.reshape(-1, w)
         _, u = layer(inp, return_uncertainty=True)
         us.append(u.detach().flatten().double())
-    for lo, hi in zip(us, us[1:]):
+    for lo, hi in itertools.pairwise(us):
         d = hi - lo
         assert int((d > 0).sum()) >= 15, (lo.mean(), hi.mean(), d)
 

@@ -255,6 +255,20 @@ def _output(subject: LayerSubject, mod: nn.Module, x: torch.Tensor) -> torch.Ten
         raise AssertionError(f"{subject.name} raised {type(exc).__name__}: {exc}") from exc
 
 
+def _attr(mod: nn.Module, name: str) -> torch.Tensor:
+    """A tensor attribute of the module (weight, bias, lambda_), detached."""
+    val = getattr(mod, name)
+    if not isinstance(val, torch.Tensor):
+        raise NotApplicable(f"the layer has no tensor attribute {name!r}")
+    return val.detach()
+
+
+def _eps_of(subject: LayerSubject) -> float:
+    if subject.eps is None:
+        raise NotApplicable("the claim is stated with the layer's eps, which this subject does not give")
+    return float(subject.eps)
+
+
 def _cd(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -297,7 +311,7 @@ def _n0(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
         # Lambda is met up to that.
         m = p * l_
         slack = (2 * math.log2(m) + 8) * eps(_cd(dtype)) / 2
-        return float(r.max()) / (info["sharp_ratio_bound"] + slack)
+        return float(r.max()) / (float(info["sharp_ratio_bound"]) + slack)
 
     return run
 
@@ -351,8 +365,8 @@ def _n2(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
             return math.inf
         p, l_ = info["plane"]
         planes = x.double().cpu().reshape(-1, p, l_)
-        lam = float(mod.lambda_.double())
-        eps_ = float(mod.eps)
+        lam = float(_attr(mod, "lambda_").double())
+        eps_ = _eps_of(subject)
         ref, _, _ = reference_planes(planes, eps_, info["alpha"], lam, info["bayes"], info["two_d"])
         gw, gb = _affine(mod, x, subject)
         ref_y = subject.groups(ref.reshape(x.shape))
@@ -379,7 +393,9 @@ def _n3(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
         x = build(subject, case, device, dtype)
         if not torch.isfinite(x).all():
             return 0.0
-        jac = torch.autograd.functional.jacobian(lambda t: _output(subject, mod, t), x)
+        jac = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
+            lambda t: _output(subject, mod, t), x
+        )
         n = x.numel()
         jac = jac.reshape(n, n).double().cpu()
         if not torch.isfinite(jac).all():
@@ -464,16 +480,16 @@ def _n6(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
         mod.alpha = 0.0  # type: ignore[assignment]
         x = build(subject, ("random", 0, 0.0, case[3]), device, dtype)
         y = _output(subject, mod, x).double().cpu()
-        w = mod.weight
-        b = mod.bias
+        w = _attr(mod, "weight")
+        b = _attr(mod, "bias")
         if info["two_d"]:
-            ref = F.group_norm(x.double(), x.shape[1], w.double(), b.double(), subject.eps).cpu()
+            ref = F.group_norm(x.double(), x.shape[1], w.double(), b.double(), _eps_of(subject)).cpu()
         else:
-            ref = F.layer_norm(x.double(), (2, 6), w.double(), b.double(), subject.eps).cpu()
+            ref = F.layer_norm(x.double(), (2, 6), w.double(), b.double(), _eps_of(subject)).cpu()
         gw, gb = _affine(mod, x, subject)
         m = subject.groups(x).shape[-1]
         tol = n2_tolerance(subject.groups(x.double().cpu()), (subject.groups(ref) - gb) / gw, m, 0.0, dtype,
-                           subject.eps)
+                           _eps_of(subject))
         # Storing y in the dtype rounds beta too: + u_d |beta|.
         den = gw.abs() * tol + gb.abs() * eps(dtype) / 2 + 1e-300
         return float(((subject.groups(y) - subject.groups(ref)).abs() / den).max())
@@ -498,11 +514,11 @@ def _n7(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
             return math.inf
         # sigma_eff >= sigma: |y - beta| <= |gamma| |x_c|/sigma elementwise.
         p, l_ = info["plane"]
-        _ref_y, _ref_u, r = reference_planes(x.double().cpu().reshape(-1, p, l_), subject.eps, info["alpha"],
-                                           float(mod.lambda_.double()), True, info["two_d"])
+        _ref_y, _ref_u, r = reference_planes(x.double().cpu().reshape(-1, p, l_), _eps_of(subject), info["alpha"],
+                                             float(_attr(mod, "lambda_").double()), True, info["two_d"])
         xg = subject.groups(x.double().cpu())
         xc = xg - xg.mean(-1, keepdim=True)
-        sigma = torch.sqrt(xg.var(-1, unbiased=False, keepdim=True) + subject.eps)
+        sigma = torch.sqrt(xg.var(-1, unbiased=False, keepdim=True) + _eps_of(subject))
         gw, gb = _affine(mod, x, subject)
         lhs = (subject.groups(y.double().cpu()) - gb).abs()
         rhs = gw.abs() * xc.abs() / sigma
