@@ -1,6 +1,7 @@
 """rln_verified: robust and Bayesian normalization and Bayesian linear layers with verified numerics."""
 
 from rln_verified import functional
+from rln_verified._model_tools import forward_with_uncertainty, replace_norm_layers
 from rln_verified._rln_layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified.claims import CLAIMS, Claim, get_claim
 
@@ -14,6 +15,8 @@ __all__ = [
     "RLayerNorm",
     "RLayerNorm2d",
     "__version__",
+    "forward_with_uncertainty",
     "functional",
     "get_claim",
+    "replace_norm_layers",
 ]
