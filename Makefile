@@ -49,10 +49,28 @@ proofs: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest
 
-test: lint typecheck proofs pytest
+test: lint typecheck proofs pytest bench-quick
 
 verify: $(STAMP)
 	$(PY) -m pytest -q -p no:randomly tests --verify-summary
+
+BENCH_DIR ?= .benchmarks
+BENCH_COMMON = -q -p no:randomly --benchmark-only --benchmark-disable-gc --benchmark-warmup=on
+BENCH_FULL_OPTS ?= --benchmark-min-rounds=25 --benchmark-max-time=1.0 --benchmark-warmup-iterations=5
+BENCH_QUICK_OPTS ?= --benchmark-min-rounds=5 --benchmark-max-time=0.05 --benchmark-warmup-iterations=1
+# glibc returns freed blocks to the OS and re-faults them on the next allocation, which in this VM costs
+# more than the arithmetic; the same setting applies to baseline and contender (benchmarks/README.md).
+BENCH_ENV = MALLOC_TRIM_THRESHOLD_=1000000000 MALLOC_MMAP_THRESHOLD_=1000000000
+
+bench: $(STAMP)
+	@mkdir -p $(BENCH_DIR)
+	$(BENCH_ENV) $(PY) -m pytest benchmarks $(BENCH_COMMON) $(BENCH_FULL_OPTS) --benchmark-json=$(BENCH_DIR)/full.json
+	$(PY) -m rln_verified.bench $(BENCH_DIR)/full.json
+
+bench-quick: $(STAMP)
+	@mkdir -p $(BENCH_DIR)
+	$(BENCH_ENV) $(PY) -m pytest benchmarks $(BENCH_COMMON) $(BENCH_QUICK_OPTS) --benchmark-json=$(BENCH_DIR)/quick.json
+	$(PY) -m rln_verified.bench $(BENCH_DIR)/quick.json --margin quick
 
 clean:
 	rm -rf $(VENV) .hypothesis .benchmarks site

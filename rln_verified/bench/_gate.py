@@ -187,12 +187,14 @@ def _verdict(ratio: float, limit: float | None) -> str:
 
 
 def evaluate(
-    run: Sequence[Measurement], thresholds: Thresholds, margin: float = 1.0, strict: bool = False
+    run: Sequence[Measurement], thresholds: Thresholds, margin: float = 1.0, strict: bool = False,
+    subset: bool = False,
 ) -> list[Row]:
     """Pair every contender with its baselines inside its group and judge each ratio.
 
-    Raises ``GateError`` for a baseline missing from a group, an unmatched threshold, or (``strict``) a pair
-    without a threshold.
+    Raises ``GateError`` for a baseline missing from a group, an unmatched threshold (unless ``subset``: a
+    deliberate partial run, e.g. one benchmark file while developing), or (``strict``) a pair without a
+    threshold.
     """
     if not (margin >= 1.0 and math.isfinite(margin)):
         raise GateError(f"margin must be a finite number >= 1, got {margin!r}")
@@ -236,7 +238,7 @@ def evaluate(
                         _verdict(mratio, mthr), shape)
                 )
     unmatched = sorted(set(thresholds.time) - used_time) + sorted(set(thresholds.memory) - used_mem)
-    if unmatched:
+    if unmatched and not subset:
         raise GateError(
             "thresholds with no measurement in this run (a contender or baseline did not run, or it lost its "
             f"saved_bytes): {unmatched}"
@@ -279,6 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="factor on the time thresholds; 'quick' takes [gate] quick_margin from the TOML (default: 1)",
     )
     p.add_argument("--strict", action="store_true", help="a pair without a threshold is an error")
+    p.add_argument(
+        "--subset",
+        action="store_true",
+        help="a deliberate partial run: thresholds with no measurement are not an error (never in CI)",
+    )
     p.add_argument("--rows-json", default=None, help="also write the rows as JSON to this path")
     args = p.parse_args(argv)
     try:
@@ -290,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 margin = float(args.margin)
             except ValueError as exc:
                 raise GateError(f"--margin must be a number or 'quick', got {args.margin!r}") from exc
-        rows = evaluate(load_run(args.json), thresholds, margin=margin, strict=args.strict)
+        rows = evaluate(load_run(args.json), thresholds, margin=margin, strict=args.strict, subset=args.subset)
     except GateError as exc:
         print(f"rln-bench-gate: error: {exc}", file=sys.stderr)
         return 2
