@@ -1,6 +1,15 @@
 """rln_verified: robust and Bayesian normalization and Bayesian linear layers with verified numerics."""
 
 from rln_verified import functional
+from rln_verified._bayes_linear import (
+    BayesianLinear,
+    BayesianMLP,
+    BBBLinear,
+    CLTLinear,
+    CLTLinearDet,
+    CReLU,
+    LRLinear,
+)
 from rln_verified._model_tools import forward_with_uncertainty, replace_norm_layers
 from rln_verified._rln_layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified.claims import CLAIMS, Claim, get_claim
@@ -9,9 +18,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLAIMS",
+    "BBBLinear",
+    "BayesianLinear",
+    "BayesianMLP",
     "BayesianRLayerNorm",
     "BayesianRLayerNorm2d",
+    "CLTLinear",
+    "CLTLinearDet",
+    "CReLU",
     "Claim",
+    "LRLinear",
     "RLayerNorm",
     "RLayerNorm2d",
     "__version__",

@@ -34,14 +34,16 @@ Act = Literal["relu", "crelu"]
 
 
 def std_bounds(dtype: torch.dtype) -> tuple[float, float]:
-    """The range ``[tiny**(1/4), max**(1/4)]`` the posterior std is kept in (C6).
+    """The range ``[tiny**(1/4), max**(1/8)]`` the posterior std is kept in (C6).
 
-    Inside it ``sigma**2`` lies in ``[sqrt(tiny), sqrt(max)]``, so a product of ``sigma**2`` with the
-    square of any number of that range (an input, a mean) is again a normal, finite float. float16
-    and bfloat16 use the float32 range (their std is computed in float32 and cast back).
+    Below: ``sigma**2 >= sqrt(tiny)``, so the variance and its products with inputs of size >= tiny**(1/4)
+    stay normal. Above: ``sigma**2 <= max**(1/4)``, so ``x**2 sigma**2`` summed over a layer stays finite
+    for ``|x| <= max**(1/4) / sqrt(fan_in)``, and the KL's ``t = (sigma/s)**2 - 1`` keeps ``t**2`` finite
+    for every prior std ``s >= max**(-1/8)``. float32: ``[3.3e-10, 6.5e4]``; float64: ``[1.2e-77, 3.4e38]``.
+    float16 and bfloat16 use the float32 range (their std is computed in float32 and cast back).
     """
     fi = torch.finfo(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
-    return float(fi.tiny) ** 0.25, float(fi.max) ** 0.25
+    return float(fi.tiny) ** 0.25, float(fi.max) ** 0.125
 
 
 def _safe_sqrt(var: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,8 @@ def _prior_tensor(value: Prior, name: str, default: float, weight_shape: tuple[i
     t = value.detach().to(**{k: v for k, v in factory_kwargs.items() if v is not None})
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype() if factory_kwargs.get("dtype") is None else factory_kwargs["dtype"])
-    if t.dim() == 0 or tuple(t.shape) == (1,):
+    if t.dim() == 0 or tuple(t.shape) == (1,) or (t.numel() == 1 and tuple(t.shape) == weight_shape):
+        # One number (also a (1, 1) prior of a 1-to-1 layer): shared by the weights and the bias.
         return t.reshape(1).clone()
     if tuple(t.shape) == weight_shape:
         return t.clone()

@@ -1,0 +1,430 @@
+"""Checks of C1-C6 (proofs/bayesian_linear.md): the Bayesian linear layers.
+
+The Monte Carlo halves of C2 and C3 are pytest tests with fixed seeds (tests/test_bayesian_linear.py);
+the checks here are the exact, per-case halves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import mpmath
+import torch
+from hypothesis import strategies as st
+
+from rln_verified._bayes_linear import (
+    BayesianLinear,
+    BayesianMLP,
+    BBBLinear,
+    CLTLinear,
+    CLTLinearDet,
+    LRLinear,
+)
+from rln_verified.verify._core import Check, eps, finite_floats, log_uniform, register
+from rln_verified.verify.gaussian import kl_ref
+
+# PSI-3: relative error of psi, the only non-elementary step of kl_normal (KL-1).
+_EPS_PSI: dict[torch.dtype, float] = {torch.float64: 1e-13, torch.float32: 2e-6}
+
+
+def _u(dtype: torch.dtype) -> float:
+    return eps(dtype) / 2
+
+
+def gamma(n: int, dtype: torch.dtype) -> float:
+    """gamma_n = n u / (1 - n u), the bound of an n-term floating-point sum or product chain."""
+    nu = n * _u(dtype)
+    return nu / (1.0 - nu)
+
+
+_KINDS: dict[str, type[BayesianLinear]] = {"bbb": BBBLinear, "lr": LRLinear, "clt": CLTLinear,
+                                           "cltdet": CLTLinearDet}
+
+
+def _make(kind: str, case: dict[str, Any], device: torch.device, dtype: torch.dtype, **kw: Any) -> BayesianLinear:
+    """A layer of ``kind`` with parameters drawn from ``case['seed']`` (rho around ``case['rho']``)."""
+    cls = _KINDS[kind]
+    extra: dict[str, Any] = {}
+    if issubclass(cls, CLTLinear):
+        extra = {"act": case.get("act", "relu"), "is_input": case.get("is_input", False),
+                 "is_output": case.get("is_output", False)}
+    layer = cls(case["n_in"], case["n_out"], bias=case["bias"], use_softplus=case.get("softplus", False),
+                device=device, dtype=dtype, **extra, **kw)
+    g = torch.Generator().manual_seed(case["seed"])
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name.endswith("_mu"):
+                v = torch.randn(p.shape, generator=g, dtype=torch.float64) * case.get("mu_scale", 1.0)
+            else:
+                v = case.get("rho", -2.0) + case.get("rho_spread", 1.0) * torch.randn(p.shape, generator=g,
+                                                                                      dtype=torch.float64)
+            p.copy_(v.to(dtype))
+    return layer
+
+
+def _inputs(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(case["seed"] + 1)
+    x = torch.randn(case["batch"], case["n_in"], generator=g, dtype=torch.float64) * case.get("x_scale", 1.0)
+    if case.get("zero_rows", False):
+        x[0] = 0.0
+    out: torch.Tensor = x.to(device=device, dtype=dtype)
+    return out
+
+
+def _layer_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({
+        "n_in": st.integers(1, 6), "n_out": st.integers(1, 5), "batch": st.integers(1, 4),
+        "bias": st.booleans(), "softplus": st.booleans(), "seed": st.integers(0, 2**31 - 1),
+        "mu_scale": log_uniform(1e-3, 1e2), "rho": st.floats(-8.0, 2.0), "rho_spread": st.floats(0.0, 2.0),
+        "x_scale": log_uniform(1e-3, 1e2), "zero_rows": st.booleans(),
+    })
+
+
+# ---- C1: KL -------------------------------------------------------------------------------------------
+
+
+def _kl_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(
+        lambda base, prior, pm, ps, equal: {**base, "prior": prior, "pm": pm, "ps": ps, "equal": equal},
+        _layer_cases(dtype),
+        st.sampled_from(["default", "int", "float", "0d", "one", "weight"]),
+        st.floats(-3.0, 3.0), log_uniform(1e-2, 1e2), st.booleans(),
+    )
+
+
+def _prior_args(case: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    kind, pm, ps = case["prior"], case["pm"], case["ps"]
+    shape = (case["n_out"], case["n_in"])
+    if kind == "default":
+        return {}
+    if kind == "int":
+        return {"prior_mean": round(pm), "prior_std": max(1, round(ps))}
+    if kind == "float":
+        return {"prior_mean": pm, "prior_std": ps}
+    if kind == "0d":
+        return {"prior_mean": torch.tensor(pm, dtype=dtype), "prior_std": torch.tensor(ps, dtype=dtype)}
+    if kind == "one":
+        return {"prior_mean": torch.tensor([pm], dtype=dtype), "prior_std": torch.tensor([ps], dtype=dtype)}
+    g = torch.Generator().manual_seed(case["seed"] + 2)
+    return {"prior_mean": (pm + torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype),
+            "prior_std": (ps * torch.rand(shape, generator=g, dtype=torch.float64).add(0.5)).to(dtype)}
+
+
+def _run_kl_equal(layer: BayesianLinear, case: dict[str, Any]) -> float:
+    """Posterior := prior exactly; the KL must then be exactly 0."""
+    assert layer.weight_rho is not None
+    with torch.no_grad():
+        layer.weight_rho.fill_(case["rho"])
+        if layer.bias_rho is not None:
+            layer.bias_rho.fill_(case["rho"])
+    ws, _ = layer.std()
+    if case["prior"] == "weight" and ws.numel() > 1:  # a one-element prior is a scalar prior
+        # Weight-shaped prior := the posterior; the biases' prior is then N(0, 1), matched by mu = 0 and
+        # rho = 0 (exp(0) = 1 exactly; softplus has no float with softplus(rho) == 1 guaranteed).
+        if layer.bias_mu is not None and layer.bias_rho is not None:
+            if layer.use_softplus:
+                return 0.0
+            with torch.no_grad():
+                layer.bias_mu.zero_()
+                layer.bias_rho.zero_()
+        layer.update_prior(layer.weight_mu.detach().clone(), ws.detach().clone())
+    else:
+        # A scalar prior: every mean := pm, every std is the same value s0, the prior std := s0.
+        with torch.no_grad():
+            layer.weight_mu.fill_(case["pm"])
+            if layer.bias_mu is not None:
+                layer.bias_mu.fill_(case["pm"])
+        layer.update_prior(layer.weight_mu.detach()[0, 0].reshape(1).clone(), ws.detach()[0, 0].reshape(1).clone())
+    kl, n = layer.KL()
+    wm, bm = layer.mean()
+    if n != wm.numel() + (bm.numel() if bm is not None else 0):
+        return math.inf
+    return 0.0 if float(kl.detach()) == 0.0 else math.inf
+
+
+def _run_kl(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    layer = _make("bbb", case, device, dtype, **_prior_args(case, dtype))
+    wm, bm = layer.mean()
+    if case["equal"]:
+        return _run_kl_equal(layer, case)
+    kl, n = layer.KL()
+    if n != case["n_in"] * case["n_out"] + (case["n_out"] if case["bias"] else 0):
+        return math.inf
+    got = float(kl.detach())
+    if not got >= 0.0:
+        return math.inf
+    ws, bs = layer.std()
+    pairs = [(wm, ws, layer.prior_mean.expand_as(wm), layer.prior_std.expand_as(wm))]
+    if bm is not None and bs is not None:
+        scalar = layer.prior_mean.numel() == 1
+        pairs.append((bm, bs, layer.prior_mean.expand_as(bm) if scalar else torch.zeros_like(bm),
+                      layer.prior_std.expand_as(bm) if scalar else torch.ones_like(bm)))
+    ref = mpmath.mpf(0)
+    td = 0.0
+    td_err = 0.0
+    n_terms = 0
+    for t in pairs:
+        flat = [a.detach().double().cpu().reshape(-1).tolist() for a in t]
+        for mq, sq, mp_, sp in zip(*flat):
+            ref += kl_ref(mq, sq, mp_, sp)
+            n_terms += 1
+        a64 = [a.detach().double().cpu() for a in t]
+        q = torch.distributions.Normal(a64[0], a64[1])
+        p = torch.distributions.Normal(a64[2], a64[3])
+        td += float(torch.distributions.kl_divergence(q, p).sum())
+        # torch.distributions evaluates 0.5 (r^2 + d^2 - 1 - log r^2) with no care for cancellation:
+        # its error is <= 8 u64 per term times the size of the terms it adds.
+        r2, d2 = (a64[1] / a64[3]) ** 2, ((a64[0] - a64[2]) / a64[3]) ** 2
+        td_err += float((8 * 2.0**-53 * (r2 + d2 + 1 + r2.log().abs())).sum())
+    # KL-1 per term, then a sum of n_terms nonnegative terms in the layer dtype (gamma_n relative).
+    tol = (24 * _u(dtype) + 3 * _EPS_PSI[dtype] + gamma(n_terms + 1, dtype)) * float(ref)
+    margin = float(abs(mpmath.mpf(got) - ref)) / tol if tol > 0 else (0.0 if got == 0 else math.inf)
+    # torch.distributions agrees within its own error plus ours (float64 only: in float32 our KL is the
+    # sharper of the two and the comparison measures theirs).
+    if dtype == torch.float64:
+        margin = max(margin, abs(got - td) / (td_err + tol + 1e-300))
+    return margin
+
+
+def _kl_examples(dtype: torch.dtype) -> Sequence[dict[str, Any]]:
+    base = {"n_in": 10, "n_out": 20, "batch": 1, "bias": True, "softplus": False, "seed": 0, "mu_scale": 0.1,
+            "rho": -4.6, "rho_spread": 0.0, "x_scale": 1.0, "zero_rows": False}
+    return [
+        {**base, "prior": "int", "pm": 0.0, "ps": 1.0, "equal": False},  # ObjectRL: ValueError on an int std
+        {**base, "prior": "default", "pm": 0.0, "ps": 1.0, "equal": True},
+        {**base, "n_in": 3, "n_out": 3, "prior": "weight", "pm": 0.5, "ps": 2.0, "equal": False},
+    ]
+
+
+# ---- C2: LR variance identity -------------------------------------------------------------------------
+
+
+def _run_lr_identity(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    """With the stored noise set to 1, LR's output minus the MAP output is its std, which must equal
+    sqrt(x^2 sigma_W^2 + sigma_b^2), the std of BBB's output for the same posterior."""
+    layer = _make("lr", case, device, dtype, manual_reset=True)
+    x = _inputs(case, device, dtype)
+    layer.map(True)
+    m = layer(x).detach()
+    layer.map(False)
+    layer._random_weight = torch.ones_like(m)
+    d = (layer(x) - m).detach().double().cpu()
+    ws, bs = layer.std()
+    v = (x.double().square() @ ws.detach().double().square().T).cpu()
+    if bs is not None:
+        v = v + bs.detach().double().square().cpu()
+    s = v.sqrt()
+    n = case["n_in"] + 1
+    u = _u(dtype)
+    tiny = float(torch.finfo(dtype).tiny)
+    # fl(m + s) - m: <= u |m + s| + u |d|; s itself: squares (2u), an n-term sum (gamma_n), sqrt (u).
+    tol = 2 * u * (m.double().abs().cpu() + 2 * s) + (gamma(n + 3, dtype) + 2 * u) * s + math.sqrt(tiny)
+    return float(((d.detach() - s).abs() / tol).max())
+
+
+# ---- C3: CLT pre-activation moments and the activation -------------------------------------------------
+
+
+def _clt_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(lambda base, act, has_var, vs: {**base, "act": act, "has_var": has_var, "v_scale": vs},
+                     _layer_cases(dtype), st.sampled_from(["relu", "crelu"]), st.booleans(), log_uniform(1e-4, 1e2))
+
+
+def _run_clt(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    pre = _make("clt", {**case, "is_input": True, "is_output": True}, device, dtype)
+    post = _make("clt", {**case, "is_input": True, "is_output": False}, device, dtype)
+    x = _inputs(case, device, dtype)
+    g = torch.Generator().manual_seed(case["seed"] + 3)
+    vh = None
+    if case["has_var"]:
+        vh = (torch.rand(x.shape, generator=g, dtype=torch.float64) * case["v_scale"]).to(device=device, dtype=dtype)
+    m, v = pre(x, vh)
+    assert v is not None
+    m, v = m.detach(), v.detach()
+    wm, bm = pre.mean()
+    ws, bs = pre.std()
+    x64, wm64, ws64 = x.double().cpu(), wm.detach().double().cpu(), ws.detach().double().cpu()
+    m_ref = x64 @ wm64.T
+    m_abs = x64.abs() @ wm64.abs().T
+    vh64 = vh.double().cpu() if vh is not None else torch.zeros_like(x64)
+    v_ref = (vh64 + x64.square()) @ ws64.square().T + vh64 @ wm64.square().T
+    if bm is not None and bs is not None:
+        m_ref = m_ref + bm.detach().double().cpu()
+        m_abs = m_abs + bm.detach().double().cpu().abs()
+        v_ref = v_ref + bs.detach().double().cpu().square()
+    n = case["n_in"] + 1
+    # Mean: an (n)-term dot product, |fl - exact| <= gamma_n sum |terms|. Variance: 2n + 1 nonnegative
+    # terms, each a product of up to 3 rounded factors (<= 4u) and one add: gamma_{2n + 6} relative.
+    tiny = float(torch.finfo(dtype).tiny)
+    margin_m = float(((m.double().cpu() - m_ref).abs() / (gamma(n, dtype) * m_abs + tiny)).max())
+    margin_v = float(((v.double().cpu() - v_ref).abs() / (gamma(2 * n + 6, dtype) * v_ref + tiny)).max())
+    # The activation: exactly the ReLU/CReLU moments of the layer's own pre-activation moments.
+    am, av = post(x, vh)
+    s = torch.sqrt(v.clamp_min(torch.finfo(dtype).tiny))
+    em, ev = CLTLinear.relu_moments(m, s) if case["act"] == "relu" else CLTLinear.crelu_moments(m, s)
+    same = bool(torch.equal(am, em)) and av is not None and bool(torch.equal(av, ev))
+    return max(margin_m, margin_v, 0.0 if same else math.inf)
+
+
+# ---- C4: MAP mode -------------------------------------------------------------------------------------
+
+
+def _map_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(lambda base, kind, act, out: {**base, "kind": kind, "act": act, "is_output": out},
+                     _layer_cases(dtype), st.sampled_from(sorted(_KINDS)), st.sampled_from(["relu", "crelu"]),
+                     st.booleans())
+
+
+def _run_map(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    layer = _make(case["kind"], {**case, "is_input": True}, device, dtype)
+    layer.map(True)
+    x = _inputs(case, device, dtype)
+    wm, bm = layer.mean()
+    ref = torch.nn.functional.linear(x, wm, bm)
+    if isinstance(layer, CLTLinear):
+        a, b = layer(x)
+        a2, b2 = layer(x)
+        if b is not None or b2 is not None:
+            return math.inf
+        if not layer.is_output:
+            ref = torch.relu(ref) if layer.act == "relu" else torch.cat([torch.relu(ref), torch.relu(-ref)], -1)
+    else:
+        a, a2 = layer(x), layer(x)
+    return 0.0 if torch.equal(a, ref) and torch.equal(a2, ref) else math.inf
+
+
+def _mlp_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({
+        "kind": st.sampled_from(["bbb", "lr", "clt", "cltdet"]), "act": st.sampled_from(["relu", "crelu"]),
+        "depth": st.integers(1, 4), "width": st.integers(1, 6), "n_in": st.integers(1, 5),
+        "n_out": st.integers(1, 4), "batch": st.integers(1, 4), "seed": st.integers(0, 2**31 - 1),
+    })
+
+
+def _run_mlp_map(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    torch.manual_seed(case["seed"])
+    net = BayesianMLP(case["n_in"], case["n_out"], case["depth"], case["width"], case["kind"], case["act"],
+                      device=device, dtype=dtype)
+    net.map(True)
+    x = _inputs(case, device, dtype)
+    h = x
+    layers = net.bayesian_layers()
+    for i, layer in enumerate(layers):
+        wm, bm = layer.mean()
+        h = torch.nn.functional.linear(h, wm, bm)
+        if i < len(layers) - 1:
+            h = torch.relu(h) if case["act"] == "relu" else torch.cat([torch.relu(h), torch.relu(-h)], -1)
+    outs = [net(x), net(x)]
+    for out in outs:
+        if isinstance(out, tuple):
+            if out[1] is not None:
+                return math.inf
+            out = out[0]
+        if not torch.equal(out, h):
+            return math.inf
+    return 0.0
+
+
+# ---- C5: manual reset ---------------------------------------------------------------------------------
+
+
+def _reset_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(lambda base, kind: {**base, "kind": kind}, _layer_cases(dtype), st.sampled_from(["bbb", "lr"]))
+
+
+def _run_reset(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    layer = _make(case["kind"], {**case, "rho": 0.0}, device, dtype, manual_reset=True)
+    x = _inputs(case, device, dtype) + 1.0  # a nonzero input, so the noise shows in every output
+    torch.manual_seed(case["seed"])
+    a, b = layer(x), layer(x)
+    layer.reset_randomness()
+    c = layer(x)
+    layer.set_manual_reset(False)
+    d, e = layer(x), layer(x)
+    # Same until reset; fresh after reset, and fresh on every call without manual_reset. A continuous
+    # random vector repeats with probability 0, so any equality below is a failure.
+    ok = torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(d, e)
+    return 0.0 if ok else math.inf
+
+
+# ---- C6: finite gradients, positive finite std --------------------------------------------------------
+
+
+def _grad_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    fmax = float(torch.finfo(dtype).max)
+    rho = st.one_of(finite_floats(dtype), st.sampled_from([-fmax, fmax, 0.0, -1e4, 1e4, -100.0, 100.0]))
+    xs = st.one_of(st.just(0.0), st.floats(-1e3, 1e3), st.sampled_from([1e-30, -1e-20, 1e3]))
+    return st.fixed_dictionaries({
+        "kind": st.sampled_from(["bbb", "lr", "clt", "clt_out", "clt_var", "cltdet", "cltdet_var"]),
+        "act": st.sampled_from(["relu", "crelu"]), "softplus": st.booleans(), "bias": st.booleans(),
+        "rho": st.lists(rho, min_size=1, max_size=6), "x": st.lists(xs, min_size=1, max_size=6),
+        "v": st.lists(st.one_of(st.just(0.0), log_uniform(1e-30, 6e4)), min_size=1, max_size=6),
+        "seed": st.integers(0, 2**31 - 1),
+    })
+
+
+def _cycle(vals: list[float], n: int) -> list[float]:
+    return [vals[i % len(vals)] for i in range(n)]
+
+
+def _run_grads(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    kind = case["kind"]
+    n_in, n_out = 3, 2
+    base = {"n_in": n_in, "n_out": n_out, "bias": case["bias"], "softplus": case["softplus"], "seed": case["seed"],
+            "act": case["act"], "is_input": kind in ("clt", "clt_out", "cltdet"), "is_output": kind == "clt_out"}
+    layer = _make(kind.split("_")[0], base, device, dtype)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name.endswith("_rho"):
+                p.copy_(torch.tensor(_cycle(case["rho"], p.numel()), dtype=dtype).reshape(p.shape))
+    x = torch.tensor(_cycle(case["x"], 2 * n_in), dtype=dtype, device=device).reshape(2, n_in)
+    x[0] = 0.0
+    x.requires_grad_(True)
+    vh = None
+    if kind.endswith("_var"):
+        vh = torch.tensor(_cycle(case["v"], 2 * n_in), dtype=dtype, device=device).reshape(2, n_in)
+        vh[0] = 0.0
+        vh.requires_grad_(True)
+    if isinstance(layer, CLTLinear):
+        m, v = layer(x, vh)
+        loss = m.sum() + (v.sum() if v is not None else 0.0)
+    else:
+        loss = layer(x).sum()
+    if layer.weight_rho is not None:
+        ws, bs = layer.std()
+        for s in (ws, bs):
+            if s is not None and not bool(((s > 0) & torch.isfinite(s)).all()):
+                return math.inf
+        loss = loss + layer.KL()[0]
+    if not bool(torch.isfinite(loss)):
+        return math.inf
+    loss.backward()
+    grads = [p.grad for p in layer.parameters()] + [x.grad] + ([vh.grad] if vh is not None else [])
+    return 0.0 if all(gr is None or bool(torch.isfinite(gr).all()) for gr in grads) else math.inf
+
+
+def _grad_examples(dtype: torch.dtype) -> Sequence[dict[str, Any]]:
+    fmax = float(torch.finfo(dtype).max)
+    base = {"act": "relu", "softplus": False, "bias": False, "x": [0.0], "v": [0.0], "seed": 0}
+    return [
+        {**base, "kind": "lr", "rho": [-4.6]},  # ObjectRL: NaN rho gradient at a zero input
+        {**base, "kind": "lr", "rho": [fmax], "x": [1e3]},
+        {**base, "kind": "bbb", "rho": [-fmax], "softplus": True},
+        {**base, "kind": "cltdet_var", "rho": [0.0], "x": [1.0], "v": [0.0]},  # zero variance into the moments
+        {**base, "kind": "clt", "rho": [-fmax, fmax], "x": [0.0, 1e3]},
+    ]
+
+
+register(
+    Check("C1", "BayesianLinear.KL", _kl_cases, _run_kl, "|KL - mpmath| / (KL-1 bound + gamma_n)",
+          examples=_kl_examples),
+    Check("C2", "LRLinear", _layer_cases, _run_lr_identity, "|LR std - sqrt(x^2 s_W^2 + s_b^2)| / derived bound"),
+    Check("C3", "CLTLinear", _clt_cases, _run_clt, "|moment - float64 exact| / gamma bound; activation identity"),
+    Check("C4", "BayesianLinear", _map_cases, _run_map, "MAP output == F.linear of means (exact) ? 0 : inf"),
+    Check("C4", "BayesianMLP", _mlp_cases, _run_mlp_map, "MAP output == deterministic net (exact) ? 0 : inf"),
+    Check("C5", "BayesianLinear", _reset_cases, _run_reset, "noise kept until reset, fresh otherwise ? 0 : inf"),
+    Check("C6", "BayesianLinear", _grad_cases, _run_grads, "all grads finite and std in (0, inf) ? 0 : inf",
+          examples=_grad_examples),
+)
