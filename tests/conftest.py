@@ -96,6 +96,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     ids: list[str] = []
     for mark in item.iter_markers(name="claim"):
         ids.extend(str(a) for a in mark.args)
+    # A test parametrized over claims counts each case only for its own claim.
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "claim" in callspec.params:
+        ids = [cid for cid in ids if cid == callspec.params["claim"]]
     report.claim_ids = tuple(ids)
 
 
