@@ -154,11 +154,39 @@ def check_sum_invariant() -> None:
     check("sum_i x_c_i g(x) == 0 identically", sp.simplify(total) == 0)
 
 
+def check_phi_maximum() -> None:
+    # N3: ||(S - r) n||^2 <= Lambda q - 2 q^2 rho + q^2 rho^2 (S^2 <= Lambda S, r = q rho); its max over
+    # q in [0, Lambda] is Lambda^2/(4 rho(2-rho)) at the vertex q* = Lambda/(2 rho(2-rho)) when q* <= Lambda,
+    # else Lambda^2 (1-rho)^2 at q = Lambda.
+    q, lam, rho = sp.symbols("q Lambda rho", positive=True)
+    g = lam * q - 2 * q**2 * rho + q**2 * rho**2
+    (vertex,) = sp.solve(sp.diff(g, q), q)
+    check("vertex q* == Lambda/(2 rho (2-rho))", sp.simplify(vertex - lam / (2 * rho * (2 - rho))) == 0)
+    top = lam**2 / (4 * rho * (2 - rho))
+    check("value at q* == Lambda^2/(4 rho(2-rho))", sp.simplify(g.subs(q, vertex) - top) == 0)
+    check("value at q = Lambda == Lambda^2 (1-rho)^2", sp.simplify(g.subs(q, lam) - lam**2 * (1 - rho) ** 2) == 0)
+
+
+def check_k_sharp() -> None:
+    # N3: with W = 2 b Lambda rho phi(rho), W^2/(rho(2-rho)) <= b^2 Lambda^2 on both branches of phi.
+    b, lam, rho = sp.symbols("b Lambda rho", positive=True)
+    w1 = 2 * b * lam * rho / (2 * sp.sqrt(rho * (2 - rho)))
+    check("branch rho(2-rho) >= 1/2: W^2/(rho(2-rho)) == b^2 Lambda^2/(2-rho)^2",
+          sp.simplify(w1**2 / (rho * (2 - rho)) - b**2 * lam**2 / (2 - rho) ** 2) == 0)
+    w2 = 2 * b * lam * rho * (1 - rho)
+    h = sp.simplify(w2**2 / (rho * (2 - rho)) / (b**2 * lam**2))
+    r0 = 1 - 1 / sp.sqrt(2)  # rho(2-rho) = 1/2
+    check("rho(2-rho) == 1/2 at rho = 1 - 1/sqrt(2)", sp.simplify(r0 * (2 - r0) - sp.Rational(1, 2)) == 0)
+    top = sp.maximum(h, rho, sp.Interval(0, r0))
+    check("branch rho(2-rho) < 1/2: max W^2/(rho(2-rho)) = (6 - 4 sqrt 2) b^2 Lambda^2 <= 0.35 b^2 Lambda^2",
+          sp.simplify(top - (6 - 4 * sp.sqrt(2))) == 0 and float(top) <= 0.35)
+
+
 if __name__ == "__main__":
     print("proofs/norm.md")
     for fn in (check_reuse_counts, check_quad_form, check_centred_max, check_scale_invariance,
                check_inflation_derivative, check_grad_r, check_n3_maximization, check_shift, check_scale,
-               check_u_monotone, check_lambda_map, check_sum_invariant):
+               check_u_monotone, check_lambda_map, check_sum_invariant, check_phi_maximum, check_k_sharp):
         fn()
     if FAILED:
         print(f"FAILED: {FAILED}")

@@ -16,7 +16,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("N1", "norm", "|y - beta| <= |gamma| sqrt(M - 1) for every finite input.", _L),
     Claim("N2", "norm", "For every finite input up to the dtype's max the output is finite and matches a float64 "
           "evaluation of the formula within the derived tolerance.", _L),
-    Claim("N3", "norm", "||dy/dx||_2 <= K max|gamma| / sqrt(v + eps), K = sqrt(1 + 4 b^2 Lambda^2), "
+    Claim("N3", "norm", "||dy/dx||_2 <= K max|gamma| / sqrt(v + eps), K = sqrt(1 + b^2 Lambda^2), "
           "b = alpha lambda_max / 4 (Bayesian) or lambda_max (plain).", _L),
     Claim("N4", "norm", "y(x + c) = y(x) and u(x + c) = u(x), within a tolerance from ulp(|c|)/sigma.", _L),
     Claim("N5", "norm", "y(a x) = y(x) for a > 0 when v >> eps, within a derived tolerance.", _L),

@@ -3,17 +3,17 @@ runs the same checks on anyone's normalization layer."""
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
-from rln_verified._rln import reuse_weights
-from rln_verified._rln_layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified.verify._core import ALL_DTYPES, Check, eps, register
 from rln_verified.verify._subjects import LayerSubject, NotApplicable
 
@@ -31,8 +31,12 @@ def reference_planes(x: torch.Tensor, eps_: float, alpha: float, lam: float, bay
     _, e = torch.frexp(m)
     s = torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=0))
     xs = x * s
-    eps_s = eps_ * s * s
+    # eps s^2 underflows to 0 for groups above ~2^520; clamp it at the smallest normal as the kernel does (N2):
+    # a non-constant group has v s^2 >= (2^-53)^2/M there, so the clamp moves v + eps s^2 by < 1e-270 relative,
+    # and a constant group has x_c = 0 (y = 0) either way, where 0/0 would otherwise give NaN.
+    eps_s = torch.clamp(eps_ * s * s, min=float(torch.finfo(torch.float64).tiny))
     mu = xs.mean((-2, -1), keepdim=True)
+    mu = mu + (xs - mu).mean((-2, -1), keepdim=True)  # refinement: exact for constant groups
     xc = xs - mu
     v = (xc * xc).mean((-2, -1), keepdim=True)
     p, l_ = x.shape[-2], x.shape[-1]
@@ -87,6 +91,27 @@ def sharp_ratio_bound(p: int, l_: int, two_d: bool) -> float:
     return float(torch.linalg.eigvalsh(proj @ q @ proj).max())
 
 
+def reuse_weights(n: int) -> list[float]:
+    """w_j = c_j/3: how many times element j appears over the reflect-padded width-3 windows of an axis of
+    length n >= 2, divided by 3 (N0). Counted here from the windows, independently of the kernel."""
+    counts = [0] * n
+    for i in range(n):
+        for j in (i - 1, i, i + 1):
+            counts[1 if j == -1 else (n - 2 if j == n else j)] += 1
+    return [c / 3.0 for c in counts]
+
+
+def _group_stats() -> Callable[[torch.Tensor, float, bool], dict[str, torch.Tensor]]:
+    """The kernel's per-group statistics (N0 checks the r it computes), wherever the kernel module lives."""
+    for name in ("rln_verified._rnorm", "rln_verified._rln"):
+        try:
+            fn = importlib.import_module(name).group_stats
+        except (ModuleNotFoundError, AttributeError):
+            continue
+        return cast(Callable[[torch.Tensor, float, bool], dict[str, torch.Tensor]], fn)
+    raise ImportError("rln_verified has no kernel module with group_stats (_rnorm or _rln)")
+
+
 def closed_ratio_bound(p: int, l_: int, two_d: bool) -> float:
     """c_max/|W|: the largest reuse weight (N0), 4/3 along an axis of length >= 4 (16/9 for 3x3)."""
     wl = max(reuse_weights(l_))
@@ -94,9 +119,10 @@ def closed_ratio_bound(p: int, l_: int, two_d: bool) -> float:
 
 
 def gradient_constant(alpha: float, lambda_max: float, bayes: bool, ratio_bound: float) -> float:
-    """K of N3: sqrt(1 + 4 b^2 Lambda^2), b = alpha lambda_max / 4 (Bayesian) or lambda_max (plain)."""
+    """K of N3: sqrt(1 + b^2 Lambda^2), b = alpha lambda_max / 4 (Bayesian) or lambda_max (plain), Lambda the
+    bound on r (N0: the sharp one, or any larger one such as c_max/|W|)."""
     b = alpha * lambda_max / 4.0 if bayes else lambda_max
-    return math.sqrt(1.0 + 4.0 * b * b * ratio_bound * ratio_bound)
+    return math.sqrt(1.0 + b * b * ratio_bound * ratio_bound)
 
 
 # ---- subjects -------------------------------------------------------------------------------------
@@ -127,7 +153,7 @@ def _ours(cls: type[nn.Module], two_d: bool, bayes: bool) -> LayerSubject:
     p, l_ = norm_dims
     info: dict[str, Any] = {
         "alpha": 1.0, "lambda_max": 1.0, "bayes": bayes, "two_d": two_d, "plane": (p, l_),
-        "K": gradient_constant(1.0, 1.0, bayes, closed_ratio_bound(p, l_, two_d)),
+        "K": gradient_constant(1.0, 1.0, bayes, sharp_ratio_bound(p, l_, two_d)),
         "ratio_bound": closed_ratio_bound(p, l_, two_d),
         "sharp_ratio_bound": sharp_ratio_bound(p, l_, two_d),
         "ours": True,
@@ -171,8 +197,8 @@ def case_strategy(subject: LayerSubject) -> Callable[[torch.dtype], st.SearchStr
 
 
 def build(subject: LayerSubject, case: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Input tensor of a case: a pattern in [-1, 1] scaled by 2^e, plus an offset of up to 2^(e+8) (clamped
-    to the dtype's range)."""
+    """Input tensor of a case: a pattern in [-1, 1] scaled by 2^e, plus an offset of up to 2^(e+20) (clamped
+    to the dtype's range). Pinned examples may pass values outside [-1, 1] with e = 0: they are used as given."""
     pattern, e, offset, vals = case
     n = math.prod(subject.shape)
     base = torch.tensor(list(vals), dtype=torch.float64)
@@ -189,7 +215,7 @@ def build(subject: LayerSubject, case: Any, device: torch.device, dtype: torch.d
     scale = math.ldexp(1.0, e)
     x = base * scale
     if pattern == "offset":
-        x = x + float(offset) * min(scale * 256.0, fmax / 4)
+        x = x + float(offset) * min(scale * 2.0**20, fmax / 4)
     x = torch.clamp(x, -fmax, fmax)
     return x.reshape(subject.shape).to(dtype).to(device)
 
@@ -212,6 +238,20 @@ def _examples(subject: LayerSubject) -> Callable[[torch.dtype], Sequence[Any]]:
         for pat in ([1e20, -1e20, 0.0, 3e19], [3e38, -3e38, 0.0, 1.0]):
             v = [pat[i % 4] / 3.5e38 for i in range(n)]
             out.append(("random", 128 if dtype in (torch.float32, torch.float64) else emax, 0.0, v))
+        # The exact values of issue 3, used as given (e = 0): torch's failing float32 rows, a 1e20 spike, 3e38,
+        # fp16's max 65504, and a huge offset whose spread is still representable (2^(p-1) ulps of the offset).
+        def tile(pat: list[float]) -> list[float]:
+            return [pat[i % len(pat)] for i in range(n)]
+
+        if dtype == torch.float16:
+            out += [("random", 0, 0.0, tile([65504.0, -65504.0, 0.0, 1.0])), ("constant", 0, 0.0, [65504.0] * n),
+                    ("random", 0, 0.0, [65504.0] + [0.0] * (n - 1)), ("random", 0, 0.0, tile([1000.0, 1000.5]))]
+        else:
+            big = {torch.float64: 1e15, torch.float32: 1e6, torch.bfloat16: 100.0}[dtype]
+            out += [("random", 0, 0.0, tile([1e20, -1e20, 0.0, 3e19])),
+                    ("random", 0, 0.0, tile([3e38, -3e38, 0.0, 1.0])),
+                    ("random", 0, 0.0, [1e20] + [0.0] * (n - 1)), ("constant", 0, 0.0, [3e38] * n),
+                    ("random", 0, 0.0, tile([big + 0.5, big - 0.5, big]))]
         return out
 
     return examples
@@ -281,7 +321,9 @@ def group_sigma(xg: torch.Tensor, eps_: float) -> tuple[torch.Tensor, torch.Tens
     _, e = torch.frexp(m)
     s = torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=-1000))
     xs = xg * s
-    xc = xs - xs.mean(-1, keepdim=True)
+    mean = xs.mean(-1, keepdim=True)
+    mean = mean + (xs - mean).mean(-1, keepdim=True)  # refinement: exact for constant groups (x_c = 0, v = 0)
+    xc = xs - mean
     v_s = (xc * xc).mean(-1, keepdim=True)
     # Large groups (s <= 1): sigma = sqrt(v_s + eps s^2)/s. Tiny groups (s > 1): v = v_s/s^2 may underflow,
     # which is harmless because eps then dominates.
@@ -299,7 +341,7 @@ def _n0(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
         if not info.get("ours"):
             raise NotApplicable("N0 is about the noise ratio r of the R-LayerNorm layers")
-        from rln_verified._rln import group_stats
+        group_stats = _group_stats()
 
         x = build(subject, case, device, dtype)
         p, l_ = info["plane"]
@@ -432,7 +474,9 @@ def _invariance(subject: LayerSubject, kind: str) -> Callable[[Any, torch.device
         x64 = x.double().cpu()
         a = 2.0 ** max(min(e, 8), -8) * (1 + 0.5 * abs(float(offset)))
         if kind == "N4":
-            c = float(offset) * 2.0 ** min(e, 10)
+            # |c| up to 2^24 |x| (fp16: 2^13, so that x + c stays finite); the tolerance grows with ulp(|c|).
+            fmax_e = int(math.log2(float(torch.finfo(dtype).max)))
+            c = float(offset) * 2.0 ** min(e, 24, fmax_e - 3)
             x2 = x + c
         else:
             x2 = x * a
@@ -453,8 +497,11 @@ def _invariance(subject: LayerSubject, kind: str) -> Callable[[Any, torch.device
         pert = ud * x2g.abs().amax(-1, keepdim=True) * math.sqrt(m)
         if kind == "N5":
             pert = pert / a  # the rounding of a x, in the units of x
-            # y(a x; eps) = y(x; eps / a^2): the change of eps moves y by <= |dy/deps| |eps/a^2 - eps|.
-            eps_shift = subject.eps * abs(1 - 1 / (a * a)) / (v + subject.eps) * (1 + 2 * info["K"])
+            # y(a x; eps) = y(x; eps / a^2), and |dz/deps| <= sqrt(M-1)(1/2 + b Lambda)/(v + eps') between the two
+            # eps (N5); b Lambda = sqrt(K^2 - 1) with K of N3 (0 for a plain LayerNorm, K = 1).
+            b_lam = math.sqrt(max(info["K"] ** 2 - 1.0, 0.0))
+            eps_lo = subject.eps * min(1.0, 1.0 / (a * a))
+            eps_shift = math.sqrt(m - 1) * (0.5 + b_lam) * subject.eps * abs(1 - 1 / (a * a)) / (v + eps_lo)
         else:
             eps_shift = torch.zeros_like(v)
         ref = subject.groups(y1)
@@ -578,12 +625,15 @@ def _n10(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], fl
         (g,) = torch.autograd.grad(y.sum(), x)
         g = subject.groups(g.double().cpu())
         xg = subject.groups(x.detach().double().cpu())
-        sigma = torch.sqrt(xg.var(-1, unbiased=False, keepdim=True) + (subject.eps or 0.0))
+        sigma, a_over_sigma = group_sigma(xg, subject.eps or 0.0)
         m = g.shape[-1]
         # Exact value 0; each entry is a sum of O(M) terms of size <= 1.5 K / sigma, rounded with u_c each.
+        # The computed x_c also carries the centring error (log2 M + 3) u_c A (N2), so its computed sum is not 0:
+        # that leaves a term xh mean(x_c)/sigma of size <= sqrt(M) (log2 M + 3) u_c (A/sigma) / sigma per entry,
+        # once through xh and once through the r-term (factor 2).
         uc = eps(_cd(dtype)) / 2
         k = subject.info.get("K", 1.0)
-        tol = 1.5 * k / sigma * (4 * m + 16) * uc
+        tol = 1.5 * k / sigma * uc * ((4 * m + 16) + 2 * math.sqrt(m) * (math.log2(m) + 3) * a_over_sigma)
         return float((g.abs() / tol).max())
 
     return run

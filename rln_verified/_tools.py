@@ -1,0 +1,189 @@
+"""Model-level tools: collect the uncertainty of every Bayesian norm layer, and convert torch norm layers.
+
+``forward_with_uncertainty`` makes the seed's quick start (``model(x, return_uncertainty=True)`` on an
+``nn.Sequential``) work in our form: the layers are asked for ``u`` through hooks, and the model itself is called
+unchanged. ``replace_norm_layers`` swaps torch's per-group norm layers for ours, copying the affine; with the
+Bayesian layers at ``alpha = 0`` the converted layers compute the same function (N6 in proofs/norm.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+
+def _bayesian_norm_types() -> tuple[type[nn.Module], ...]:
+    from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d
+
+    return (BayesianRLayerNorm, BayesianRLayerNorm2d)
+
+
+def forward_with_uncertainty(model: nn.Module, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Run ``model(*args, **kwargs)`` and collect ``u`` from every Bayesian R-LayerNorm layer inside it.
+
+    Each Bayesian norm layer is called with ``return_uncertainty=True`` (a forward pre-hook sets it), its ``u``
+    is recorded under the layer's qualified name (``model.named_modules()``), and the hook hands only ``y`` on,
+    so the model sees exactly what it would see without this function. A layer that the model itself calls with
+    ``return_uncertainty=True`` keeps returning ``(y, u)``. A layer called more than once gets the keys
+    ``name``, ``name#1``, ``name#2``, ... in call order. Hooks are removed on return, also when the forward raises.
+
+    Args:
+        model: any module; layers other than ``BayesianRLayerNorm``/``BayesianRLayerNorm2d`` are untouched.
+        *args, **kwargs: passed to ``model``.
+
+    Returns:
+        ``(output, {qualified_name: u})``; ``u`` is keepdim, so it broadcasts against that layer's output.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from rln_verified import BayesianRLayerNorm2d
+        >>> model = nn.Sequential(nn.Conv2d(3, 16, 3), BayesianRLayerNorm2d(16), nn.ReLU())
+        >>> y, us = forward_with_uncertainty(model, torch.randn(2, 3, 8, 8))
+        >>> tuple(us["1"].shape)
+        (2, 16, 1, 1)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"forward_with_uncertainty: expected an nn.Module, got {type(model).__name__}")
+    kinds = _bayesian_norm_types()
+    found: dict[str, torch.Tensor] = {}
+    handles: list[RemovableHandle] = []
+
+    def store(name: str, u: torch.Tensor) -> None:
+        key, k = name, 0
+        while key in found:
+            k += 1
+            key = f"{name}#{k}"
+        found[key] = u
+
+    for name, module in model.named_modules():
+        if not isinstance(module, kinds):
+            continue
+        asked: list[bool] = []  # per call: did the caller ask for (y, u) itself? (a stack, for re-entrant calls)
+
+        def pre(mod: nn.Module, a: tuple[Any, ...], kw: dict[str, Any],
+                asked: list[bool] = asked) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            user = bool(kw.get("return_uncertainty", False)) or (len(a) > 1 and bool(a[1]))
+            asked.append(user)
+            if len(a) > 1:  # return_uncertainty given positionally
+                return (a[0], True, *a[2:]), kw
+            return a, {**kw, "return_uncertainty": True}
+
+        def post(mod: nn.Module, a: tuple[Any, ...], out: Any, name: str = name, asked: list[bool] = asked) -> Any:
+            user = asked.pop()
+            y, u = out
+            store(name, u)
+            return out if user else y
+
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post))
+    try:
+        output = model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return output, found
+
+
+def _factory_kwargs(module: nn.Module) -> dict[str, Any]:
+    for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+        return {"device": t.device, "dtype": t.dtype}
+    return {}
+
+
+def _copy_affine(src: nn.Module, dst: nn.Module) -> None:
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            a = getattr(src, name, None)
+            b = getattr(dst, name, None)
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                b.copy_(a.reshape(b.shape))
+                b.requires_grad_(a.requires_grad)
+
+
+def replace_norm_layers(
+    model: nn.Module,
+    *,
+    bayesian: bool = True,
+    alpha: float = 1.0,
+    group_norm: bool = False,
+    instance_norm: bool = False,
+    lambda_init: float = 0.5,
+    lambda_min: float = 1e-3,
+    lambda_max: float = 1.0,
+) -> nn.Module:
+    """Swap torch's norm layers for R-LayerNorm layers, in place, copying eps and the affine parameters.
+
+    - ``nn.LayerNorm(shape)`` becomes ``BayesianRLayerNorm(shape)`` (or ``RLayerNorm`` with ``bayesian=False``).
+    - With ``group_norm=True``, ``nn.GroupNorm(C, C)`` (one group per channel) becomes
+      ``BayesianRLayerNorm2d(C)``; a GroupNorm with fewer groups than channels is a different grouping and is
+      left as it is.
+    - With ``instance_norm=True``, ``nn.InstanceNorm2d(C)`` becomes ``BayesianRLayerNorm2d(C)`` (the affine is
+      copied when it has one). One that tracks running statistics normalizes with them in eval mode, which no
+      R-LayerNorm does, so it raises ``ValueError``.
+
+    The new layers keep the device, dtype and training mode of the old ones. The 2d layers take 4-D input
+    only. With ``bayesian=True`` and ``alpha=0`` every converted layer computes the function of the layer it
+    replaces (N6 in proofs/norm.md).
+
+    Returns:
+        ``model`` (or the new layer, when ``model`` itself is a converted norm layer).
+
+    Example:
+        >>> from torch import nn
+        >>> m = replace_norm_layers(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)), alpha=0.0)
+        >>> type(m[1]).__name__
+        'BayesianRLayerNorm'
+    """
+    from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"replace_norm_layers: expected an nn.Module, got {type(model).__name__}")
+    extra: dict[str, Any] = {"lambda_init": lambda_init, "lambda_min": lambda_min, "lambda_max": lambda_max}
+    if bayesian:
+        extra["alpha"] = alpha
+    last_cls: type[nn.Module] = BayesianRLayerNorm if bayesian else RLayerNorm
+    two_d_cls: type[nn.Module] = BayesianRLayerNorm2d if bayesian else RLayerNorm2d
+
+    def convert(name: str, m: nn.Module) -> nn.Module | None:
+        fk = _factory_kwargs(m)
+        new: nn.Module | None = None
+        if isinstance(m, nn.LayerNorm):
+            eps = float(m.eps)
+            new = last_cls(m.normalized_shape, eps=eps, elementwise_affine=m.elementwise_affine,
+                           bias=m.bias is not None, **fk, **extra)
+        elif group_norm and isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels:
+            new = two_d_cls(m.num_channels, eps=float(m.eps), affine=m.affine, **fk, **extra)
+        elif instance_norm and isinstance(m, nn.InstanceNorm2d):
+            if m.track_running_stats:
+                raise ValueError(
+                    f"replace_norm_layers: {name or 'model'} is an InstanceNorm2d with track_running_stats=True; "
+                    "it normalizes with running statistics in eval mode, which R-LayerNorm does not. Convert one "
+                    "with track_running_stats=False, or leave instance_norm=False"
+                )
+            new = two_d_cls(m.num_features, eps=float(m.eps), affine=m.affine, **fk, **extra)
+        if new is not None:
+            _copy_affine(m, new)
+            new.train(m.training)
+        return new
+
+    def walk(prefix: str, parent: nn.Module) -> None:
+        for child_name, child in list(parent.named_children()):
+            qual = f"{prefix}.{child_name}" if prefix else child_name
+            new = convert(qual, child)
+            if new is not None:
+                setattr(parent, child_name, new)
+            else:
+                walk(qual, child)
+
+    root = convert("", model)
+    if root is not None:
+        return root
+    walk("", model)
+    return model
+
+
+__all__ = ["forward_with_uncertainty", "replace_norm_layers"]
