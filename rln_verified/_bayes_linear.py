@@ -543,7 +543,7 @@ class BayesianMLP(nn.Module):
             layers.append(cls(ins[i], dims[i + 1], **factory_kwargs))
             if not last:
                 if has_norm:
-                    from rln_verified._rln_layers import BayesianRLayerNorm
+                    from rln_verified._layers import BayesianRLayerNorm
 
                     layers.append(BayesianRLayerNorm(width, elementwise_affine=False, **factory_kwargs))
                 layers.append(CReLU() if act == "crelu" else nn.ReLU())

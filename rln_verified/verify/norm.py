@@ -103,7 +103,7 @@ def reuse_weights(n: int) -> list[float]:
 
 def _group_stats() -> Callable[[torch.Tensor, float, bool], dict[str, torch.Tensor]]:
     """The kernel's per-group statistics (N0 checks the r it computes), wherever the kernel module lives."""
-    for name in ("rln_verified._rnorm", "rln_verified._rln"):
+    for name in ("rln_verified._rnorm",):
         try:
             fn = importlib.import_module(name).group_stats
         except (ModuleNotFoundError, AttributeError):
