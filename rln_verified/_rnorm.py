@@ -153,18 +153,38 @@ def _norm_consts(two_d: bool) -> float:
     return 9.0 if two_d else 3.0
 
 
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Per-group scalars are kept in float64 when the plane is float32: eps s^2 and 1/sigma of a huge constant
+    group (s = 2^-128) are representable there, so the gradient of such a group stays 1/sqrt(eps) (N2, N3)."""
+    return torch.float64 if dtype == torch.float32 else dtype
+
+
 def group_stats(x: torch.Tensor, eps: float, two_d: bool) -> dict[str, torch.Tensor]:
-    """The per-group quantities of N0 (mean, v, nu, r, s) for planes ``x`` of shape (..., P, L)."""
+    """The per-group quantities of N0 (mean, v, nu, r, s) for planes ``x`` of shape (..., P, L).
+
+    ``xc`` and ``mean`` are in x's dtype; the per-group scalars ``s, v, nu, r, eps_s`` in :func:`stat_dtype`."""
     xc, mean, s = _centre(x)
     m = x.shape[-2] * x.shape[-1]
     c = _norm_consts(two_d)
+    sd = stat_dtype(x.dtype)
     ss = torch.linalg.vector_norm(xc, dim=(-2, -1), keepdim=True) ** 2
-    ssw = _weighted_sq_sum(xc, ss, two_d)
-    sbx = (torch.linalg.vector_norm(box_sum(xc, two_d), dim=(-2, -1), keepdim=True) / c) ** 2
-    eps_s = _scaled_eps(eps, s)
+    ssw = _weighted_sq_sum(xc, ss, two_d).to(sd)
+    sbx = (torch.linalg.vector_norm(box_sum(xc, two_d), dim=(-2, -1), keepdim=True).to(sd) / c) ** 2
+    ss = ss.to(sd)
+    s_d = s.to(sd)
+    eps_s = _scaled_eps(eps, s_d)
     v = ss / m
     nu = torch.clamp((ssw - sbx) / m, min=0.0)
-    return {"xc": xc, "mean": mean, "s": s, "v": v, "nu": nu, "r": nu / (v + eps_s), "eps_s": eps_s}
+    return {"xc": xc, "mean": mean, "s": s_d, "v": v, "nu": nu, "r": nu / (v + eps_s), "eps_s": eps_s}
+
+
+def _to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast a per-group factor to the plane's dtype, saturating instead of overflowing (a factor that large only
+    multiplies x_c = 0, a constant group)."""
+    if t.dtype == dtype:
+        return t
+    big = float(torch.finfo(dtype).max)
+    return torch.clamp(t, min=-big, max=big).to(dtype)
 
 
 def _plane_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -190,29 +210,34 @@ class _RNormFn(torch.autograd.Function):
         two_d: bool,
     ) -> tuple[torch.Tensor, ...]:
         st = group_stats(x, eps, two_d)
+        sd, cd = st["v"].dtype, x.dtype
         sigma = torch.sqrt(st["v"] + st["eps_s"])
-        f, dlogf, u = _inflation(lam * st["r"], alpha, bayes)
+        f, dlogf, u = _inflation(lam.to(sd) * st["r"], alpha, bayes)
         a = 1.0 / (sigma * f)
         if weight is not None and weight.shape[-2:] == (1, 1):
-            scale, xcs = a * weight, st["xc"]  # per-channel weight folds into the per-group scalar
+            # per-channel weight folds into the per-group scalar
+            scale, xcs = _to(a * weight.to(sd), cd), st["xc"]
         elif weight is not None:
-            scale, xcs = weight, st["xc"] * a
+            scale, xcs = weight, st["xc"] * _to(a, cd)
         else:
-            scale, xcs = a, st["xc"]
+            scale, xcs = _to(a, cd), st["xc"]
         # x_c * scale + bias: torch.addcmul with a broadcast bias measured 2.5x slower than these two passes.
         y = xcs * scale
         if bias is not None:
             y = y + bias
-        return y, u, st["mean"], st["s"], sigma, st["r"], f, dlogf
+        # The user-facing u and the saved one must be distinct tensors (the saved one is non-differentiable).
+        u_out = u.to(cd) if u.dtype != cd else u.clone()
+        return y, u_out, st["mean"], st["s"], sigma, st["r"], f, dlogf, u
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         x, weight, bias, lam, eps, alpha, bayes, two_d = inputs
-        _, u, mean, s, sigma, r, f, dlogf = output
+        _, _, mean, s, sigma, r, f, dlogf, u = output
         ctx.eps, ctx.alpha, ctx.bayes, ctx.two_d = eps, alpha, bayes, two_d
         ctx.bias_shape = bias.shape if bias is not None else None
+        ctx.lam_dtype = lam.dtype
         ctx.save_for_backward(x, weight, lam, mean, s, sigma, r, f, dlogf, u)
-        ctx.mark_non_differentiable(mean, s, sigma, r, f, dlogf)
+        ctx.mark_non_differentiable(mean, s, sigma, r, f, dlogf, u)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor, gu: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
@@ -221,22 +246,27 @@ class _RNormFn(torch.autograd.Function):
         p, l_ = x.shape[-2], x.shape[-1]
         m = p * l_
         c = _norm_consts(two_d)
-        xc = x * s - mean  # (torch.addcmul with a broadcast self measured 2.5x slower here)
+        cd, sd = x.dtype, sigma.dtype
+        xc = x * s.to(cd) - mean  # (torch.addcmul with a broadcast self measured 2.5x slower here)
         var_eps = sigma * sigma
         a = 1.0 / (sigma * f)
         per_channel = weight is not None and weight.shape[-2:] == (1, 1)
-        gyxc = _plane_dot(gy, xc) if weight is None or per_channel else gy
+        w_sd = weight.to(sd) if per_channel and weight is not None else None
+        gyxc = _plane_dot(gy, xc).to(sd) if weight is None or per_channel else gy
         if weight is None:
-            gg_sum = gy.sum(dim=(-2, -1), keepdim=True)
+            gg_sum = gy.sum(dim=(-2, -1), keepdim=True).to(sd)
             a_sum = gyxc / sigma
-        elif per_channel:
-            gy_sum = gy.sum(dim=(-2, -1), keepdim=True)
-            gg_sum = gy_sum * weight
-            a_sum = gyxc * weight / sigma
+        elif w_sd is not None:
+            gy_sum = gy.sum(dim=(-2, -1), keepdim=True).to(sd)
+            gg_sum = gy_sum * w_sd
+            a_sum = gyxc * w_sd / sigma
         else:
             gg = gy * weight
-            gg_sum = gg.sum(dim=(-2, -1), keepdim=True)
-            a_sum = _plane_dot(gg, xc) / sigma
+            gg_sum = gg.sum(dim=(-2, -1), keepdim=True).to(sd)
+            a_sum = _plane_dot(gg, xc).to(sd) / sigma
+        lam = lam.to(sd)
+        if gu is not None:
+            gu = gu.to(sd)
         # dL/dt, t = lambda r: through y (1/f) and through u.
         g_t = -a_sum * dlogf / f
         if bayes and gu is not None:
@@ -247,19 +277,19 @@ class _RNormFn(torch.autograd.Function):
         k_0 = -(gg_sum / m) * a
         btb = box_sum_adjoint(box_sum(xc, two_d), two_d)
         if weight is None:
-            gx = gy * (a * s)
-        elif per_channel:
-            gx = gy * (a * weight * s)
+            gx = gy * _to(a * s, cd)
+        elif w_sd is not None:
+            gx = gy * _to(a * w_sd * s, cd)
         else:
-            gx = gg * (a * s)
-        gx.addcmul_(xc, k_xc * s)
-        gx.addcmul_(btb, -(coef * s) / (c * c))
-        gx.add_(k_0 * s)
-        _add_edge_term(gx, xc, coef * s, two_d)
-        g_lam = (g_t * r).sum().reshape(lam.shape) if ctx.needs_input_grad[3] else None
+            gx = gg * _to(a * s, cd)
+        gx.addcmul_(xc, _to(k_xc * s, cd))
+        gx.addcmul_(btb, _to(-(coef * s) / (c * c), cd))
+        gx.add_(_to(k_0 * s, cd))
+        _add_edge_term(gx, xc, _to(coef * s, cd), two_d)
+        g_lam = (g_t * r).sum().reshape(lam.shape).to(ctx.lam_dtype) if ctx.needs_input_grad[3] else None
         g_w = None
         if weight is not None and ctx.needs_input_grad[1]:
-            per_elem = gyxc * a if per_channel and gyxc is not None else gy * xc * a
+            per_elem = (gyxc * a).to(cd) if w_sd is not None else gy * xc * _to(a, cd)
             g_w = _reduce_to(per_elem, weight.shape)
         g_b = _reduce_to(gy, ctx.bias_shape) if ctx.bias_shape is not None and ctx.needs_input_grad[2] else None
         return gx, g_w, g_b, g_lam, None, None, None, None
