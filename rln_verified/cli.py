@@ -1,0 +1,161 @@
+"""``rln-verify``: run the stability suite (every registered check) or audit a user's layer.
+
+    rln-verify [--profile dev|ci|thorough] [--seed N] [--device D] [--dtype T] [--claims PATTERN]
+               [--json PATH] [--markdown PATH]
+    rln-verify audit MODULE:FACTORY --shape 8,64 [--kwargs name=value ...] [--groups last:K|channels|groups:G]
+               [same options]
+
+Exit status: 0 when every claim holds, 1 on a violation (the shrunk counterexample is printed as a
+ready-to-paste ``@example``), 2 on bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+from hypothesis import HealthCheck, settings
+
+from rln_verified.verify._audit import UsageError, audit_subject, parse_kwargs, parse_shape
+from rln_verified.verify._core import Check, CheckResult, registered_checks, run_check
+from rln_verified.verify._profiles import PROFILES, profile_settings
+from rln_verified.verify._report import RunInfo, findings, markdown, table, verdict, write_json
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+}
+DEFAULT_PROFILE = "dev"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                   help=f"Hypothesis profile, as in the test suite (default {DEFAULT_PROFILE})")
+    p.add_argument("--seed", type=int, default=None, help="seed of the search (default: the profile's)")
+    p.add_argument("--device", action="append", default=None,
+                   help="device to run on (repeatable; default cpu, plus cuda when available)")
+    p.add_argument("--dtype", action="append", default=None, choices=tuple(_DTYPES),
+                   help="dtype to run (repeatable; default every dtype each claim is stated for)")
+    p.add_argument("--claims", default="*", metavar="PATTERN",
+                   help="glob on claim IDs (N3, PSI-*) or on claim/subject keys (N3/RLayerNorm)")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the JSON report here")
+    p.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="write the Markdown report here")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _devices(names: Sequence[str] | None) -> tuple[torch.device, ...]:
+    if not names:
+        return (torch.device("cpu"),) + ((torch.device("cuda"),) if torch.cuda.is_available() else ())
+    out = []
+    for name in names:
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"device {name!r} is not available: torch {torch.__version__} sees no CUDA device")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+        if dev.type not in ("cpu", "cuda"):
+            raise UsageError(f"device {name!r} is not supported: use cpu or cuda")
+        out.append(dev)
+    return tuple(out)
+
+
+def _select(checks: Sequence[Check], pattern: str) -> list[Check]:
+    chosen = [c for c in checks if fnmatch.fnmatchcase(c.claim, pattern) or fnmatch.fnmatchcase(c.key, pattern)]
+    if not chosen:
+        raise UsageError(f"--claims {pattern!r} matches no claim; known claims: "
+                         + ", ".join(sorted({c.claim for c in checks})))
+    return chosen
+
+
+def _run(checks: Sequence[Check], args: argparse.Namespace, title: str) -> int:
+    devices = _devices(args.device)
+    wanted = tuple(_DTYPES[d] for d in args.dtype) if args.dtype else None
+    jobs = [(c, dev, dt) for c in checks for dev in devices for dt in c.dtypes if wanted is None or dt in wanted]
+    if not jobs:
+        raise UsageError("no claim is stated for the requested dtype(s)")
+    # large_base_example: an audited layer's input (e.g. 8 x 64 values) is large by the user's choice.
+    base = profile_settings(args.profile, args.seed)
+    cfg = settings(base, suppress_health_check=[*base.suppress_health_check, HealthCheck.large_base_example,
+                                                HealthCheck.data_too_large])
+    if args.seed is not None:
+        import hypothesis.core
+
+        hypothesis.core.global_force_seed = args.seed  # the seed of every search in this run
+    results: list[CheckResult] = []
+    t0 = time.monotonic()
+    for i, (c, dev, dt) in enumerate(jobs, 1):
+        if not args.quiet:
+            sys.stderr.write(f"[{i:>{len(str(len(jobs)))}}/{len(jobs)} {time.monotonic() - t0:6.1f}s] "
+                             f"{c.key} {dev} {str(dt).removeprefix('torch.')}\n")
+            sys.stderr.flush()
+        results.append(run_check(c, dev, dt, settings_=cfg))
+    info = RunInfo(profile=args.profile, seed=args.seed, devices=tuple(str(d) for d in devices))
+    print(table(results))
+    bad = findings(results)
+    n_bad = sum(verdict(r) in ("VIOLATED", "ERROR") for r in results)
+    n_skip = sum(verdict(r) == "skipped" for r in results)
+    print(f"\n{len(results) - n_bad - n_skip} hold, {n_bad} violated, {n_skip} skipped "
+          f"({time.monotonic() - t0:.1f}s, profile {args.profile}, seed {args.seed}, torch {torch.__version__})")
+    skipped = [f"{r.check.key} [{r.device}, {str(r.dtype).removeprefix('torch.')}]: "
+               f"{(r.error or '').split(': ', 1)[-1]}" for r in results if verdict(r) == "skipped"]
+    if skipped:
+        print("\nSkipped (claim does not apply):\n  " + "\n  ".join(skipped))
+    if bad:
+        print("\nCounterexamples (shrunk by Hypothesis):\n" + bad)
+    if args.json is not None:
+        write_json(args.json, results, info)
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(results, info, title))
+    return 1 if n_bad else 0
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rln-verify", description="Run the stability suite. `rln-verify audit -h` audits a layer.")
+    _common(p)
+    return p
+
+
+def _audit_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rln-verify audit", description="Run the generic normalization-layer checks on a layer.")
+    p.add_argument("factory", metavar="MODULE:FACTORY", help="importable callable that builds the layer")
+    p.add_argument("--shape", required=True, help="input shape, batch first, e.g. 8,64")
+    p.add_argument("--kwargs", nargs="*", default=[], metavar="NAME=VALUE", help="factory arguments")
+    p.add_argument("--groups", default=None, help="last:K, channels or groups:G (default: inferred)")
+    _common(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_in[:1] == ["audit"]:
+            from rln_verified.verify.norm import GENERIC_CLAIMS, make_checks
+
+            args = _audit_parser().parse_args(args_in[1:])
+            subject = audit_subject(args.factory, parse_shape(args.shape), parse_kwargs(args.kwargs), args.groups)
+            checks = _select(make_checks(subject, GENERIC_CLAIMS), args.claims)
+            return _run(checks, args, f"Audit of {args.factory}")
+        args = _main_parser().parse_args(args_in)
+        return _run(_select(registered_checks(), args.claims), args, "Verification report")
+    except UsageError as exc:
+        print(f"rln-verify: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rln-verify: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main"]

@@ -1,0 +1,117 @@
+"""Reports of a verification run: the terminal table, JSON (stable schema) and Markdown.
+
+JSON schema, version 1 (keys are only ever added, never renamed)::
+
+    {"schema": 1, "profile": str, "seed": int | null, "torch": str, "devices": [str],
+     "results": [{"claim": str, "subject": str, "device": str, "dtype": str, "metric": str,
+                  "examples_tried": int, "worst_margin": float | null, "verdict": "holds" |
+                  "VIOLATED" | "ERROR" | "skipped", "counterexample": str | null, "reason": str | null}]}
+
+``worst_margin`` is null when it is not finite (JSON has no infinity).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rln_verified.verify._core import CheckResult
+
+SCHEMA_VERSION = 1
+
+
+def verdict(r: CheckResult) -> str:
+    if r.error is not None and r.error.startswith("NotApplicable"):
+        return "skipped"
+    if r.counterexample is not None or r.worst_margin > 1.0:
+        return "VIOLATED"
+    if r.error is not None:
+        return "ERROR"
+    return "holds"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    profile: str
+    seed: int | None
+    devices: tuple[str, ...]
+
+
+def _row(r: CheckResult) -> dict[str, Any]:
+    v = verdict(r)
+    m = r.worst_margin
+    return {
+        "claim": r.check.claim, "subject": r.check.subject, "device": r.device,
+        "dtype": str(r.dtype).removeprefix("torch."), "metric": r.check.metric,
+        "examples_tried": r.examples_tried, "worst_margin": m if math.isfinite(m) else None,
+        "verdict": v,
+        "counterexample": r.example_decorator() if r.counterexample is not None and v != "skipped" else None,
+        "reason": r.error.split(": ", 1)[-1] if r.error is not None else None,
+    }
+
+
+def to_json(results: list[CheckResult], info: RunInfo) -> dict[str, Any]:
+    return {"schema": SCHEMA_VERSION, "profile": info.profile, "seed": info.seed, "torch": torch.__version__,
+            "devices": list(info.devices), "results": [_row(r) for r in results]}
+
+
+def write_json(path: Path, results: list[CheckResult], info: RunInfo) -> None:
+    path.write_text(json.dumps(to_json(results, info), indent=2) + "\n")
+
+
+def _fmt_margin(m: float | None) -> str:
+    return "inf" if m is None else f"{m:.3g}"
+
+
+_HEAD = ("claim", "subject", "device", "dtype", "examples", "worst margin", "verdict")
+
+
+def table(results: list[CheckResult]) -> str:
+    rows = [(d["claim"], d["subject"], d["device"], d["dtype"], str(d["examples_tried"]),
+             _fmt_margin(d["worst_margin"]), d["verdict"]) for d in map(_row, results)]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(_HEAD)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(_HEAD, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def findings(results: list[CheckResult]) -> str:
+    out = []
+    for r in results:
+        d = _row(r)
+        if d["verdict"] in ("VIOLATED", "ERROR"):
+            out.append(f"{d['claim']}/{d['subject']} [{d['device']}, {d['dtype']}] {d['verdict']}: "
+                       f"worst margin {_fmt_margin(d['worst_margin'])} ({d['metric']})")
+            if d["reason"]:
+                out.append(f"    {d['reason']}")
+            if d["counterexample"]:
+                out.append(f"    {d['counterexample']}")
+    return "\n".join(out)
+
+
+def markdown(results: list[CheckResult], info: RunInfo, title: str = "Verification report") -> str:
+    lines = [f"# {title}", "", f"- profile: `{info.profile}`", f"- seed: `{info.seed}`",
+             f"- torch: `{torch.__version__}`", f"- devices: {', '.join(info.devices)}", "",
+             "| claim | subject | device | dtype | examples | worst margin | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for d in map(_row, results):
+        lines.append(f"| {d['claim']} | {d['subject']} | {d['device']} | {d['dtype']} | {d['examples_tried']} | "
+                     f"{_fmt_margin(d['worst_margin'])} | {d['verdict']} |")
+    bad = [d for d in map(_row, results) if d["verdict"] != "holds"]
+    if bad:
+        lines += ["", "## Findings and skips", ""]
+        for d in bad:
+            lines.append(f"- **{d['claim']} / {d['subject']}** ({d['device']}, {d['dtype']}): {d['verdict']}"
+                         + (f"; {d['reason']}" if d["reason"] else ""))
+            if d["counterexample"]:
+                lines += ["", "  ```python", f"  {d['counterexample']}", "  ```", ""]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["SCHEMA_VERSION", "RunInfo", "findings", "markdown", "table", "to_json", "verdict", "write_json"]
