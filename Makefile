@@ -49,10 +49,18 @@ proofs: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest
 
-test: lint typecheck proofs pytest bench-quick
+test: lint typecheck proofs docs pytest bench-quick
 
+# rln-verify with the default profile (dev; RLN_VERIFY_OPTS="--profile ci" for more examples).
+RLN_VERIFY_OPTS ?=
 verify: $(STAMP)
-	$(PY) -m pytest -q -p no:randomly tests --verify-summary
+	$(BIN)/rln-verify $(RLN_VERIFY_OPTS)
+
+# The site: docs/gen_site.py assembles docs/build/src, mkdocs builds docs/build/site (strict: a broken
+# link or a page missing from the nav fails).
+docs: $(STAMP)
+	$(PY) docs/gen_site.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -f docs/mkdocs.yml
 
 BENCH_DIR ?= .benchmarks
 BENCH_COMMON = -q -p no:randomly --benchmark-only --benchmark-disable-gc --benchmark-warmup=on
@@ -73,4 +81,4 @@ bench-quick: $(STAMP)
 	$(PY) -m rln_verified.bench $(BENCH_DIR)/quick.json --margin quick
 
 clean:
-	rm -rf $(VENV) .hypothesis .benchmarks site
+	rm -rf $(VENV) .hypothesis .benchmarks site docs/build

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rln_verified import _native
 from rln_verified._rnorm import _as_shape, _check_config, _check_input, _lambda_of, _raw_of, _Shape, rnorm_planes
 from rln_verified._validation import compute_dtype
 
@@ -72,6 +73,19 @@ class _RNormBase(nn.Module):
         if self._bayes:
             s += f", alpha={self.alpha}"
         return s
+
+    def _fused(
+        self, x: torch.Tensor, two_d: bool, p: int, l_: int, u_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The fused float32 kernel on x viewed as (p, l_) planes, or None where it does not apply (N11).
+        It takes the raw lambda parameter and the un-reshaped affine, so the graph has one node."""
+        if x.dtype != torch.float32:
+            return None
+        mode = 0 if self.weight is None else (1 if two_d else 2)
+        if not _native.usable(x, self.weight, self.bias, self.lambda_raw, mode, p, l_):
+            return None
+        return _native.apply(x, self.weight, self.bias, self.lambda_raw, self.lambda_min, self.lambda_max, self.eps,
+                             self.alpha if self._bayes else 0.0, self._bayes, two_d, mode, p, l_, u_shape)
 
     def _run(
         self, planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, two_d: bool
@@ -137,6 +151,9 @@ class _LastDims(_RNormBase):
         lead = x.shape[: x.ndim - k]
         last = self.normalized_shape[-1]
         rows = math.prod(self.normalized_shape[:-1])
+        fused = self._fused(x, False, rows, last, (*lead, *([1] * k)))
+        if fused is not None:
+            return fused
         planes = x.reshape(-1, rows, last)
         wshape = (rows, last)
         w = self.weight.reshape(wshape) if self.weight is not None else None
@@ -187,6 +204,9 @@ class _TwoD(_RNormBase):
             )
         if h < 2 or w_ < 2:
             raise ValueError(f"{name}: H and W must be >= 2 for the 3x3 reflect-padded window, got {tuple(x.shape)}")
+        fused = self._fused(x, True, h, w_, (x.shape[0], c, 1, 1))
+        if fused is not None:
+            return fused
         wv = self.weight.reshape(c, 1, 1) if self.weight is not None else None
         bv = self.bias.reshape(c, 1, 1) if self.bias is not None else None
         y, u = self._run(x, wv, bv, two_d=True)

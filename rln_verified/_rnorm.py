@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rln_verified import _native
 from rln_verified._special import psi_and_dpsi
 from rln_verified._validation import compute_dtype
 
@@ -316,7 +317,13 @@ def rnorm_planes(
     """Apply the kernel to ``x`` of shape (..., P, L); weight and bias broadcast against it.
 
     A weight of shape (..., 1, 1) is per group (per channel); any other shape is elementwise.
+    float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N2-F).
     """
+    mode = 0 if weight is None else (1 if tuple(weight.shape[-2:]) == (1, 1) else 2)
+    p, l_ = x.shape[-2], x.shape[-1]
+    if _native.usable(x, weight, bias, lam, mode, p, l_):
+        return _native.apply(x, weight, bias, lam, None, 0.0, eps, alpha, bayes, two_d, mode, p, l_,
+                             (*tuple(x.shape[:-2]), 1, 1))
     out = _RNormFn.apply(x, weight, bias, lam, eps, alpha, bayes, two_d)  # type: ignore[no-untyped-call]
     return out[0], out[1]
 

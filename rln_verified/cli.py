@@ -3,7 +3,7 @@
     rln-verify [--profile dev|ci|thorough] [--seed N] [--device D] [--dtype T] [--claims PATTERN]
                [--json PATH] [--markdown PATH]
     rln-verify audit MODULE:FACTORY --shape 8,64 [--kwargs name=value ...] [--groups last:K|channels|groups:G]
-               [same options]
+               [--gradient-constant K] [--no-centring] [same options]
 
 Exit status: 0 when every claim holds, 1 on a violation (the shrunk counterexample is printed as a
 ready-to-paste ``@example``), 2 on bad input (one line on stderr, no traceback).
@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
+import hypothesis
 import torch
-from hypothesis import HealthCheck, settings
 
 from rln_verified.verify._audit import UsageError, audit_subject, parse_kwargs, parse_shape
-from rln_verified.verify._core import Check, CheckResult, registered_checks, run_check
-from rln_verified.verify._profiles import PROFILES, profile_settings
+from rln_verified.verify._core import Check, CheckResult, _one_line, registered_checks, run_check
+from rln_verified.verify._profiles import PROFILES, run_settings
 from rln_verified.verify._report import RunInfo, findings, markdown, table, verdict, write_json
 
 _DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
 }
-DEFAULT_PROFILE = "dev"
+# The profile of the test suite when HYPOTHESIS_PROFILE names one (as under `make`), else dev.
+_ENV_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "")
+DEFAULT_PROFILE = _ENV_PROFILE if _ENV_PROFILE in PROFILES else "dev"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,8 +43,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
-                   help=f"Hypothesis profile, as in the test suite (default {DEFAULT_PROFILE})")
-    p.add_argument("--seed", type=int, default=None, help="seed of the search (default: the profile's)")
+                   help=f"Hypothesis profile, as in the test suite (default {DEFAULT_PROFILE}, from "
+                        "HYPOTHESIS_PROFILE when set)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the search (default: a fresh one, printed; none under a derandomized profile)")
     p.add_argument("--device", action="append", default=None,
                    help="device to run on (repeatable; default cpu, plus cuda when available)")
     p.add_argument("--dtype", action="append", default=None, choices=tuple(_DTYPES),
@@ -50,7 +55,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="glob on claim IDs (N3, PSI-*) or on claim/subject keys (N3/RLayerNorm)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the JSON report here")
     p.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="write the Markdown report here")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
 
 def _devices(names: Sequence[str] | None) -> tuple[torch.device, ...]:
@@ -62,14 +67,14 @@ def _devices(names: Sequence[str] | None) -> tuple[torch.device, ...]:
             dev = torch.device(name)
         except RuntimeError:
             raise UsageError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+        if dev.type not in ("cpu", "cuda"):
+            raise UsageError(f"device {name!r} is not supported: use cpu or cuda")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"device {name!r} is not available: torch {torch.__version__} sees no CUDA device")
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UsageError(f"device {name!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
-        if dev.type not in ("cpu", "cuda"):
-            raise UsageError(f"device {name!r} is not supported: use cpu or cuda")
         out.append(dev)
-    return tuple(out)
+    return tuple(dict.fromkeys(out))
 
 
 def _select(checks: Sequence[Check], pattern: str) -> list[Check]:
@@ -80,46 +85,77 @@ def _select(checks: Sequence[Check], pattern: str) -> list[Check]:
     return chosen
 
 
+class _Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, one line per step otherwise (logs, CI)."""
+
+    WIDTH = 24
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total, self.stream, self.enabled = total, stream, enabled
+        self.tty = enabled and stream.isatty()
+        self.t0 = time.monotonic()
+        self._last = 0
+
+    def _bar(self, done: int) -> str:
+        full = self.WIDTH * done // max(self.total, 1)
+        return "[" + "#" * full + "." * (self.WIDTH - full) + f"] {done:>{len(str(self.total))}}/{self.total}"
+
+    def _write(self, line: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self._last))
+            self._last = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def step(self, done: int, label: str) -> None:
+        if self.enabled:
+            self._write(f"{self._bar(done)} {time.monotonic() - self.t0:6.1f}s  {label}")
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._write(f"{self._bar(self.total)} {time.monotonic() - self.t0:6.1f}s  done")
+            if self.tty:
+                self.stream.write("\n")
+
+
+def _dt(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _run(checks: Sequence[Check], args: argparse.Namespace, title: str) -> int:
     devices = _devices(args.device)
     wanted = tuple(_DTYPES[d] for d in args.dtype) if args.dtype else None
     jobs = [(c, dev, dt) for c in checks for dev in devices for dt in c.dtypes if wanted is None or dt in wanted]
     if not jobs:
-        raise UsageError("no claim is stated for the requested dtype(s)")
-    # large_base_example: an audited layer's input (e.g. 8 x 64 values) is large by the user's choice.
-    base = profile_settings(args.profile, args.seed)
-    cfg = settings(base, suppress_health_check=[*base.suppress_health_check, HealthCheck.large_base_example,
-                                                HealthCheck.data_too_large])
-    if args.seed is not None:
-        import hypothesis.core
-
-        hypothesis.core.global_force_seed = args.seed  # the seed of every search in this run
+        raise UsageError("no selected claim is stated for the requested dtype(s)")
+    cfg, seed = run_settings(args.profile, args.seed)
     results: list[CheckResult] = []
+    progress = _Progress(len(jobs), sys.stderr, not args.quiet)
     t0 = time.monotonic()
-    for i, (c, dev, dt) in enumerate(jobs, 1):
-        if not args.quiet:
-            sys.stderr.write(f"[{i:>{len(str(len(jobs)))}}/{len(jobs)} {time.monotonic() - t0:6.1f}s] "
-                             f"{c.key} {dev} {str(dt).removeprefix('torch.')}\n")
-            sys.stderr.flush()
-        results.append(run_check(c, dev, dt, settings_=cfg))
-    info = RunInfo(profile=args.profile, seed=args.seed, devices=tuple(str(d) for d in devices))
+    for i, (c, dev, dt) in enumerate(jobs):
+        progress.step(i, f"{c.key} {dev} {_dt(dt)}")
+        results.append(run_check(c, dev, dt, settings_=cfg, seed_=seed))
+    progress.finish()
+    info = RunInfo(profile=args.profile, seed=seed, devices=tuple(str(d) for d in devices))
+    verdicts = [verdict(r) for r in results]
+    n_bad, n_err, n_skip = verdicts.count("VIOLATED"), verdicts.count("ERROR"), verdicts.count("skipped")
     print(table(results))
-    bad = findings(results)
-    n_bad = sum(verdict(r) in ("VIOLATED", "ERROR") for r in results)
-    n_skip = sum(verdict(r) == "skipped" for r in results)
-    print(f"\n{len(results) - n_bad - n_skip} hold, {n_bad} violated, {n_skip} skipped "
-          f"({time.monotonic() - t0:.1f}s, profile {args.profile}, seed {args.seed}, torch {torch.__version__})")
-    skipped = [f"{r.check.key} [{r.device}, {str(r.dtype).removeprefix('torch.')}]: "
-               f"{(r.error or '').split(': ', 1)[-1]}" for r in results if verdict(r) == "skipped"]
+    print(f"\n{verdicts.count('holds')} hold, {n_bad} violated, {n_err} errors, {n_skip} skipped "
+          f"({time.monotonic() - t0:.1f}s; profile {args.profile}, seed {seed}, torch {torch.__version__}, "
+          f"hypothesis {hypothesis.__version__})")
+    skipped = [f"{r.check.key} [{r.device}, {_dt(r.dtype)}]: {(r.error or '').removeprefix('NotApplicable: ')}"
+               for r, v in zip(results, verdicts, strict=True) if v == "skipped"]
     if skipped:
-        print("\nSkipped (claim does not apply):\n  " + "\n  ".join(skipped))
+        print("\nSkipped (the claim does not apply):\n  " + "\n  ".join(skipped))
+    bad = findings(results)
     if bad:
-        print("\nCounterexamples (shrunk by Hypothesis):\n" + bad)
+        print("\nCounterexamples (shrunk by Hypothesis; pinned examples are reported as given):\n" + bad)
     if args.json is not None:
         write_json(args.json, results, info)
     if args.markdown is not None:
         args.markdown.write_text(markdown(results, info, title))
-    return 1 if n_bad else 0
+    return 1 if n_bad or n_err else 0
 
 
 def _main_parser() -> argparse.ArgumentParser:
@@ -134,6 +170,10 @@ def _audit_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", required=True, help="input shape, batch first, e.g. 8,64")
     p.add_argument("--kwargs", nargs="*", default=[], metavar="NAME=VALUE", help="factory arguments")
     p.add_argument("--groups", default=None, help="last:K, channels or groups:G (default: inferred)")
+    p.add_argument("--gradient-constant", type=float, default=None, metavar="K",
+                   help="the layer's gradient constant K of N3 (known for torch's and our layers)")
+    p.add_argument("--no-centring", action="store_true",
+                   help="the layer does not subtract the mean (RMSNorm-like): N4 and N10 do not apply")
     _common(p)
     return p
 
@@ -145,13 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rln_verified.verify.norm import GENERIC_CLAIMS, make_checks
 
             args = _audit_parser().parse_args(args_in[1:])
-            subject = audit_subject(args.factory, parse_shape(args.shape), parse_kwargs(args.kwargs), args.groups)
+            subject = audit_subject(args.factory, parse_shape(args.shape), parse_kwargs(args.kwargs), args.groups,
+                                    gradient_constant=args.gradient_constant,
+                                    centred=False if args.no_centring else None)
             checks = _select(make_checks(subject, GENERIC_CLAIMS), args.claims)
             return _run(checks, args, f"Audit of {args.factory}")
         args = _main_parser().parse_args(args_in)
         return _run(_select(registered_checks(), args.claims), args, "Verification report")
     except UsageError as exc:
-        print(f"rln-verify: error: {exc}", file=sys.stderr)
+        print(f"rln-verify: error: {_one_line(str(exc), 500)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rln-verify: interrupted", file=sys.stderr)

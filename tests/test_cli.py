@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from hypothesis import strategies as st
+from torch import nn
 
 from rln_verified.cli import main
 from rln_verified.verify import _core
@@ -28,7 +32,10 @@ def test_holding_claim_exits_zero_with_table_and_reports(capsys: pytest.CaptureF
                         "float32", "--device", "cpu", "--json", str(js), "--markdown", str(md))
     assert rc == 0, out + err
     assert "N1" in out and "RLayerNorm" in out and "holds" in out
-    assert "N1/RLayerNorm cpu float32" in err  # progress on stderr
+    assert "[........................] 0/1" in err and "N1/RLayerNorm cpu float32" in err  # the progress bar
+    assert "[########################] 1/1" in err and err.rstrip().endswith("done")
+    assert out.splitlines()[0].split() == ["claim", "subject", "device", "dtype", "examples", "worst", "margin",
+                                           "verdict"]
     data = json.loads(js.read_text())
     assert data["schema"] == 1 and data["profile"] == "dev" and data["seed"] == 3
     assert data["torch"] == torch.__version__ and data["devices"] == ["cpu"]
@@ -72,12 +79,82 @@ def test_crashing_check_is_a_finding(capsys: pytest.CaptureFixture[str], monkeyp
     assert rc == 1 and "layer blew up" in out
 
 
-def test_audit_of_torch_layernorm_finds_overflow_and_lists_skips(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _run(capsys, "audit", "torch.nn:LayerNorm", "--shape", "2,8", "--kwargs", "normalized_shape=8",
-                      "--dtype", "float32", "--device", "cpu", "--claims", "N[13]", "--quiet")
-    assert rc == 1
-    assert "N1" in out and "VIOLATED" in out and "@example(" in out
-    assert "skipped" in out and "N3/torch.nn:LayerNorm" in out  # with its reason
+def test_audit_of_torch_layernorm_finds_overflow(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _run(capsys, "audit", "torch.nn:LayerNorm", "--shape", "2,8", "--kwargs", "normalized_shape=8",
+                        "--dtype", "float32", "--device", "cpu", "--claims", "N[13]", "--quiet")
+    assert rc == 1 and err == ""
+    assert "N1/torch.nn:LayerNorm [cpu, float32] VIOLATED" in out and "N3/torch.nn:LayerNorm" in out
+    assert "@example(('constant', 0, 0.0, [3e+38," in out  # torch's layer_norm fails at 3e38 in float32
+
+
+def test_audit_of_rmsnorm_skips_the_centring_claims_with_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    if not hasattr(nn, "RMSNorm"):
+        pytest.skip("this torch has no nn.RMSNorm")
+    rc, out, _ = _run(capsys, "audit", "torch.nn:RMSNorm", "--shape", "2,8", "--kwargs", "normalized_shape=8",
+                      "eps=1e-5", "--dtype", "float64", "--device", "cpu", "--claims", "N1[0]", "--quiet")
+    assert rc == 0, out
+    assert "N10/torch.nn:RMSNorm [cpu, float64]: N10 follows from centring" in out
+    assert "0 hold, 0 violated, 0 errors, 1 skipped" in out
+
+
+class _Unknown(nn.Module):
+    """A layer the audit knows nothing about: LayerNorm without eps facts or K."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x, x.shape[-1:])
+
+
+class _Picky(nn.Module):
+    """Raises on large inputs, the way a layer with an input check would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().max() > 1e10:
+            raise ValueError("input too large")
+        return nn.functional.layer_norm(x, x.shape[-1:])
+
+
+class _Crashing(nn.Module):
+    """Raises an exception type no check expects."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().max() > 1e10:
+            raise ZeroDivisionError("boom")
+        return nn.functional.layer_norm(x, x.shape[-1:])
+
+
+@pytest.fixture
+def user_layers(monkeypatch: pytest.MonkeyPatch) -> str:
+    mod = types.ModuleType("rlnv_user_layers")
+    mod.Unknown = _Unknown  # type: ignore[attr-defined]
+    mod.Picky = _Picky  # type: ignore[attr-defined]
+    mod.Crashing = _Crashing  # type: ignore[attr-defined]
+    mod.not_a_module = lambda: 42  # type: ignore[attr-defined]
+    mod.broken = lambda: 1 / 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    return mod.__name__
+
+
+def test_audit_of_unknown_layer_skips_what_needs_its_facts(capsys: pytest.CaptureFixture[str],
+                                                           user_layers: str) -> None:
+    rc, out, _ = _run(capsys, "audit", f"{user_layers}:Unknown", "--shape", "2,8", "--groups", "last:1",
+                      "--dtype", "float64", "--device", "cpu", "--claims", "N[239]", "--quiet")
+    assert rc == 0, out
+    assert "N3/rlnv_user_layers:Unknown [cpu, float64]: N3 is stated with the layer's eps and its gradient" in out
+    assert "N2/rlnv_user_layers:Unknown [cpu, float64]: N2 compares with the layer's formula" in out
+    # Stating K makes N3 apply (eps is still unknown, so it stays skipped until the layer has one).
+    rc, out, _ = _run(capsys, "audit", f"{user_layers}:Unknown", "--shape", "2,8", "--groups", "last:1",
+                      "--gradient-constant", "1", "--dtype", "float64", "--device", "cpu", "--claims", "N9",
+                      "--quiet")
+    assert rc == 0 and "holds" in out
+
+
+@pytest.mark.parametrize("layer", ["Picky", "Crashing"])
+def test_layer_that_raises_is_a_finding(capsys: pytest.CaptureFixture[str], user_layers: str, layer: str) -> None:
+    rc, out, err = _run(capsys, "audit", f"{user_layers}:{layer}", "--shape", "2,8", "--groups", "last:1",
+                        "--dtype", "float32", "--device", "cpu", "--claims", "N1", "--quiet")
+    assert rc == 1 and err == "" and "Traceback" not in out
+    assert "VIOLATED" in out and "@example(" in out
+    assert ("input too large" if layer == "Picky" else "ZeroDivisionError: boom") in out
 
 
 def test_audit_of_our_layer_holds(capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,14 +171,30 @@ def test_audit_of_our_layer_holds(capsys: pytest.CaptureFixture[str]) -> None:
         (["audit", "no_such_module_xyz:Layer", "--shape", "2,8"], "cannot import"),
         (["audit", "torch.nn:NoSuchLayer", "--shape", "2,8"], "no attribute"),
         (["audit", "builtins:dict", "--shape", "2,8"], "not a torch.nn.Module"),
+        (["audit", "rlnv_user_layers:not_a_module", "--shape", "2,8"], "returned int, not a torch.nn.Module"),
+        (["audit", "rlnv_user_layers:broken", "--shape", "2,8"], "raised ZeroDivisionError"),
+        (["audit", "torch.nn", "--shape", "2,8"], "expected MODULE:FACTORY"),
+        (["audit", "torch.nn:LayerNorm"], "--shape"),
+        (["audit", "torch.nn:LayerNorm", "--shape", "8", "--kwargs", "normalized_shape=8"], "bad --shape"),
+        (["audit", "torch.nn:LayerNorm", "--shape", "2,8", "--kwargs", "normalized_shape=8",
+          "--gradient-constant", "0.5"], "--gradient-constant"),
+        (["audit", "torch.nn:LayerNorm", "--shape", "2,8", "--kwargs", "oops"], "bad --kwargs"),
+        (["audit", "torch.nn:LayerNorm", "--shape", "2,8", "--kwargs", "normalized_shape=8", "--claims", "X9"],
+         "matches no claim"),
+        (["audit", "rlnv_user_layers:Unknown", "--shape", "2,8"], "cannot infer how"),
         (["audit", "torch.nn:LayerNorm", "--shape", "2,x", "--kwargs", "normalized_shape=8"], "bad --shape"),
         (["audit", "torch.nn:LayerNorm", "--shape", "2,-8", "--kwargs", "normalized_shape=8"], "bad --shape"),
         (["audit", "torch.nn:LayerNorm", "--shape", "2,7", "--kwargs", "normalized_shape=8"], "normalized_shape"),
         (["--device", "tpu-42"], "device"),
+        (["--device", "mps"], "not supported"),
         (["--profile", "bogus"], "invalid choice"),
+        (["--dtype", "float8"], "invalid choice"),
+        (["--seed", "x"], "invalid int value"),
+        (["--claims", "C1", "--dtype", "bfloat16"], "no selected claim"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+def test_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str,
+                                      user_layers: str) -> None:
     rc, out, err = _run(capsys, *argv)
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("rln-verify: error:") and needle in err
@@ -114,6 +207,37 @@ def test_unavailable_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
     assert rc == 2 and "not available" in err
 
 
+def test_console_entry_reports_bad_input_without_traceback() -> None:
+    """``python -m rln_verified`` end to end: the exit code and the one line reach the shell."""
+    proc = subprocess.run([sys.executable, "-m", "rln_verified", "--claims", "NOPE*"], capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "matches no claim" in proc.stderr
+
+
+def test_seed_reproduces_the_search(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rows = []
+    for i in range(2):
+        js = tmp_path / f"r{i}.json"
+        rc, _, _ = _run(capsys, "--profile", "dev", "--seed", "1234", "--claims", "PSI-2", "--device", "cpu",
+                        "--json", str(js), "--quiet")
+        assert rc == 0
+        rows.append(json.loads(js.read_text())["results"])
+    assert rows[0] == rows[1]
+
+
+def test_json_schema_keys_are_the_documented_ones(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    js = tmp_path / "r.json"
+    _run(capsys, "--claims", "PSI-2", "--device", "cpu", "--json", str(js), "--quiet")
+    data = json.loads(js.read_text())
+    assert set(data) == {"schema", "profile", "seed", "torch", "hypothesis", "devices", "results"}
+    assert set(data["results"][0]) == {"claim", "subject", "device", "dtype", "metric", "examples_tried",
+                                       "worst_margin", "verdict", "counterexample", "reason"}
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    for key in [*data, *data["results"][0]]:
+        assert f"`{key}`" in doc, f"docs/cli.md does not document the JSON key {key!r}"
+
+
 def test_margin_inf_is_null_in_json() -> None:
     from rln_verified.verify._core import CheckResult
     from rln_verified.verify._report import RunInfo, to_json
@@ -122,16 +246,3 @@ def test_margin_inf_is_null_in_json() -> None:
                     counterexample=11)
     row = to_json([r], RunInfo("dev", None, ("cpu",)))["results"][0]
     assert row["worst_margin"] is None and row["verdict"] == "VIOLATED" and row["counterexample"] == "@example(11)"
-
-
-def test_quickstart_runs() -> None:
-    """The code block of docs/quickstart.md runs as written."""
-    import re
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "quickstart.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "docs/quickstart.md has no python block"
-    namespace: dict[str, Any] = {}
-    exec(compile("\n".join(blocks), "docs/quickstart.md", "exec"), namespace)
-    assert namespace["logits"].shape == (4, 10)
-    assert len(namespace["uncertainty"]) == 2

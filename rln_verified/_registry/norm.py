@@ -27,4 +27,6 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("N9", "norm", "The output and gradient for sample i do not depend on any other sample, even NaN or Inf.",
           _L),
     Claim("N10", "norm", "The gradient of sum(y) with respect to x is 0 when gamma is constant.", _L),
+    Claim("N11", "norm", "float32 on CPU (the fused kernel): y, u and every gradient are the float64 values rounded "
+          "once to float32, up to a 2^-46 (M + 8)(1 + A/sigma)-sized float64 error.", _L),
 )

@@ -108,17 +108,58 @@ def parse_groups(text: str, shape: tuple[int, ...]) -> GroupView:
     raise UsageError(f"bad --groups {text!r} for shape {shape}: use last:K, channels or groups:G (G divides C)")
 
 
+def _known_facts(module: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
+    """What the checks may assume about a layer we know: its formula, whether it centres, its gradient
+    constant K (N3). An unknown layer gets nothing, and the claims that need a fact are skipped."""
+    from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+    from rln_verified.reference import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
+    from rln_verified.verify.norm import rln_info
+
+    rms = getattr(nn, "RMSNorm", None)
+    if rms is not None and isinstance(module, rms):
+        # ||J||_2 <= |gamma| / sqrt(mean(x^2) + eps) <= |gamma| / sqrt(v + eps): K = 1 with sigma of N3.
+        return {"formula": "rmsnorm", "centred": False, "K": 1.0, "alpha": 0.0}
+    if isinstance(module, nn.LayerNorm | nn.GroupNorm):
+        return {"formula": "layernorm", "centred": True, "K": 1.0, "alpha": 0.0}  # N3 with b = 0
+    two_d = isinstance(module, RLayerNorm2d | BayesianRLayerNorm2d | SeedRLayerNorm2d | SeedBayesianRLayerNorm2d)
+    last = isinstance(module, RLayerNorm | BayesianRLayerNorm | SeedBayesianRLayerNorm)
+    if not (two_d or last):
+        return {}
+    if two_d:
+        plane = (shape[2], shape[3]) if len(shape) == 4 else (0, 0)
+    else:
+        ns_attr: Sequence[int] = module.normalized_shape  # type: ignore[assignment]
+        ns = tuple(int(d) for d in ns_attr)
+        plane = (math.prod(ns[:-1]), ns[-1])
+    if plane[1] < 2 or (two_d and plane[0] < 2):
+        return {}  # the layer rejects such an input; the probe reports it
+    bayes = isinstance(module, BayesianRLayerNorm | BayesianRLayerNorm2d | SeedBayesianRLayerNorm
+                       | SeedBayesianRLayerNorm2d)
+    ours = isinstance(module, RLayerNorm | BayesianRLayerNorm | RLayerNorm2d | BayesianRLayerNorm2d)
+    if ours:
+        alpha = float(getattr(module, "alpha", 1.0)) if bayes else 1.0
+        info = rln_info(plane, two_d, bayes, alpha=alpha, lambda_max=float(getattr(module, "lambda_max", 1.0)))
+    else:
+        # The seed's formulas are ours with alpha = 1 and lambda clamped to [1e-3, 1].
+        info = rln_info(plane, two_d, bayes, alpha=1.0, lambda_max=1.0)
+        info["lambda_of"] = lambda mod: float(mod.lam().detach())
+    return info
+
+
 def infer_groups(module: nn.Module, shape: tuple[int, ...]) -> tuple[GroupView, str]:
     """The grouping of a known layer, with a description; UsageError when unknown."""
     if isinstance(module, nn.GroupNorm):
+        if len(shape) < 2 or shape[1] != module.num_channels:
+            raise UsageError(f"--shape {shape} does not have the layer's {module.num_channels} channels in dim 1")
         return _channel_groups(module.num_groups), f"groups:{module.num_groups}"
     ns = getattr(module, "normalized_shape", None)
     if isinstance(ns, int):
         ns = (ns,)
     if isinstance(ns, tuple | list | torch.Size) and len(ns) >= 1:
         k = len(ns)
-        if tuple(shape[len(shape) - k:]) != tuple(int(d) for d in ns):
-            raise UsageError(f"--shape {shape} does not end with the layer's normalized_shape {tuple(ns)}")
+        if len(shape) <= k or tuple(shape[len(shape) - k:]) != tuple(int(d) for d in ns):
+            raise UsageError(f"--shape {shape} does not end with the layer's normalized_shape {tuple(ns)} "
+                             "after a batch dim")
         return _last(k), f"last:{k}"
     if len(shape) == 4 and (type(module).__name__.endswith("2d") or hasattr(module, "num_channels")):
         return _planes, "channels"
@@ -126,9 +167,13 @@ def infer_groups(module: nn.Module, shape: tuple[int, ...]) -> tuple[GroupView, 
                      "or groups:G")
 
 
-def audit_subject(spec: str, shape: tuple[int, ...], kwargs: dict[str, Any],
-                  groups: str | None = None) -> LayerSubject:
-    """A LayerSubject for a user's layer; raises UsageError on bad input."""
+def audit_subject(spec: str, shape: tuple[int, ...], kwargs: dict[str, Any], groups: str | None = None, *,
+                  gradient_constant: float | None = None, centred: bool | None = None) -> LayerSubject:
+    """A LayerSubject for a user's layer; raises UsageError on bad input.
+
+    ``gradient_constant`` and ``centred`` state facts about a layer the audit does not know (they override
+    what is known for torch's and our layers).
+    """
     fn = load_factory(spec)
 
     def build() -> nn.Module:
@@ -141,22 +186,27 @@ def audit_subject(spec: str, shape: tuple[int, ...], kwargs: dict[str, Any],
         return mod
 
     probe = build()
-    if groups is not None:
-        view, _ = parse_groups(groups, shape), groups
-    else:
-        view, _ = infer_groups(probe, shape)
+    view = parse_groups(groups, shape) if groups is not None else infer_groups(probe, shape)[0]
     try:
         with torch.no_grad():
             probe.double()(torch.randn(shape, dtype=torch.float64))
     except Exception as exc:
         raise UsageError(f"{spec} does not accept an input of shape {shape}: {type(exc).__name__}: {exc}") from None
+    info = _known_facts(probe, shape)
+    if gradient_constant is not None:
+        if not (math.isfinite(gradient_constant) and gradient_constant >= 1.0):
+            raise UsageError(f"bad --gradient-constant {gradient_constant}: need a finite K >= 1")
+        info["K"] = gradient_constant
+    if centred is not None:
+        info["centred"] = centred
     eps = getattr(probe, "eps", None)
 
     def factory(device: torch.device, dtype: torch.dtype) -> nn.Module:
         return fn(**kwargs).to(device=device, dtype=dtype)  # type: ignore[no-any-return]
 
     return LayerSubject(name=spec, factory=factory, shape=shape, groups=view,
-                        eps=float(eps) if isinstance(eps, float | int) else None, info={})
+                        eps=float(eps) if isinstance(eps, float | int) and not isinstance(eps, bool) else None,
+                        info=info)
 
 
 __all__ = ["UsageError", "audit_subject", "infer_groups", "load_factory", "parse_groups", "parse_kwargs",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from hypothesis import HealthCheck, example, given, settings, target
+from hypothesis import HealthCheck, example, given, seed, settings, target
 from hypothesis import strategies as st
 from hypothesis.errors import Found
 
@@ -26,6 +26,10 @@ CaseExamples = Callable[[torch.dtype], Sequence[Any]]
 
 ALL_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 DEFAULT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32)
+
+
+class NotApplicable(Exception):
+    """Raised by a check when its claim does not apply to the subject; the message says why."""
 
 
 def _no_examples(dtype: torch.dtype) -> Sequence[Any]:
@@ -134,11 +138,15 @@ def run_check(
     *,
     settings_: settings | None = None,
     raise_on_failure: bool = False,
+    seed_: int | None = None,
 ) -> CheckResult:
     """Search for a case with ``margin > 1``; return the worst margin seen and any counterexample.
 
     With ``raise_on_failure`` (the pytest path) Hypothesis' own failure, shrunk and with its
-    ``Falsifying example`` report, propagates. Otherwise the shrunk counterexample is returned.
+    ``Falsifying example`` report, propagates. Otherwise the shrunk counterexample is returned, and
+    anything the checked code raises is a finding on that case, not a crash. A check that raises
+    :class:`NotApplicable` is reported as skipped, with its reason. ``seed_`` fixes the search's seed
+    (for settings that are not derandomized).
     """
     dev = torch.device(device)
     result = CheckResult(check=check, device=str(dev), dtype=dtype)
@@ -154,45 +162,92 @@ def run_check(
             result.worst_case = case
         return margin
 
+    def fail_message(margin: float, case: Any) -> str:
+        return f"{label} [{dev}, {dtype}]: margin {margin:.6g} > 1 ({check.metric}) at {case!r}"
+
     def body(case: Any) -> None:
         margin = evaluate(case)
         target(min(margin, 1e300), label=label)
-        assert margin <= 1.0, f"{label} [{dev}, {dtype}]: margin {margin:.6g} > 1 ({check.metric}) at {case!r}"
+        assert margin <= 1.0, fail_message(margin, case)
 
     strategy = check.strategy(dtype)
-    test: Callable[..., None] = given(strategy)(body)
-    for ex in reversed(list(check.examples(dtype))):
-        test = example(ex)(test)
-    if settings_ is not None:
-        test = settings_(test)
+    examples = list(check.examples(dtype))
     if raise_on_failure:
+        test: Callable[..., None] = given(strategy)(body)
+        for ex in reversed(examples):
+            test = example(ex)(test)
+        if settings_ is not None:
+            test = settings_(test)
         test()
         return result
 
     failing: list[Any] = []
+    skipped: list[str] = []
+    raised: list[str] = []
 
     def recording_body(case: Any) -> None:
+        if skipped:
+            return
         try:
-            body(case)
-        except AssertionError:
+            margin = evaluate(case)
+        except NotApplicable as exc:
+            skipped.append(str(exc))
+            return
+        except Exception as exc:  # the checked code raised: a finding on this case, of infinite margin
             failing.append(case)
-            raise
-        except Exception as exc:  # a check that crashes is a finding, not a tool crash
+            result.worst_margin, result.worst_case = math.inf, case
+            raised.append(_one_line(f"{type(exc).__name__}: {exc}"))
+            raise AssertionError(raised[-1]) from exc
+        target(min(margin, 1e300), label=label)
+        if margin > 1.0:
             failing.append(case)
-            result.error = f"{type(exc).__name__}: {exc}"
-            raise AssertionError(result.error) from exc
+            raised.append("")
+            raise AssertionError(fail_message(margin, case))
 
+    # Applicability does not depend on the case: ask the first pinned example before searching.
+    if examples:
+        try:
+            check.run(examples[0], dev, dtype)
+        except NotApplicable as exc:
+            return _skipped(result, str(exc))
+        except Exception:
+            pass  # a finding: the search below records it with the shrunk case
     rec: Callable[..., None] = given(strategy)(recording_body)
-    for ex in reversed(list(check.examples(dtype))):
+    for ex in reversed(examples):
         rec = example(ex)(rec)
     base = settings_ if settings_ is not None else settings()
     rec = settings(base, suppress_health_check=[*base.suppress_health_check, HealthCheck.too_slow])(rec)
+    if seed_ is not None:
+        rec = seed(seed_)(rec)
     try:
         rec()
-    except (AssertionError, Found):
-        result.counterexample = failing[-1] if failing else result.worst_case
-    except Exception as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # AssertionError, Found, a group of failing pinned examples, Flaky, ...
+        if failing:
+            # A search ends by replaying its shrunk case, so the last failure is the minimal one; when several
+            # pinned examples fail, Hypothesis raises them together and the first is reported.
+            i = 0 if isinstance(getattr(exc, "exceptions", None), tuple) else len(failing) - 1
+            result.counterexample = failing[i]
+            result.error = raised[i] or None
+        elif isinstance(exc, AssertionError | Found):
+            result.counterexample = result.worst_case
+        else:
+            result.error = _one_line(f"{type(exc).__name__}: {exc}")
+    if skipped:
+        return _skipped(result, skipped[0])
+    return result
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _skipped(result: CheckResult, reason: str) -> CheckResult:
+    result.examples_tried = 0
+    result.worst_margin = 0.0
+    result.worst_case = None
+    result.counterexample = None
+    result.error = f"NotApplicable: {reason}"
     return result
 
 
@@ -240,6 +295,7 @@ __all__ = [
     "DEFAULT_DTYPES",
     "Check",
     "CheckResult",
+    "NotApplicable",
     "assert_check",
     "checks_for",
     "eps",

@@ -7,6 +7,8 @@ thorough  10x the examples of ``ci``
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import HealthCheck, settings
 
 CI_EXAMPLES = 60
@@ -37,4 +39,20 @@ def profile_settings(name: str, seed: int | None = None) -> settings:
     return settings(base, database=None, derandomize=False)
 
 
-__all__ = ["CI_EXAMPLES", "PROFILES", "profile_settings", "register_profiles"]
+def run_settings(name: str, seed: int | None = None) -> tuple[settings, int | None]:
+    """The settings of a ``rln-verify`` run and its seed.
+
+    Without a seed, a profile that is not derandomized gets a fresh one, returned so that the report can
+    print it and the run can be repeated. The health checks on large inputs are off: an audited layer's
+    input is as large as the user's ``--shape`` makes it.
+    """
+    base = profile_settings(name, seed)
+    if seed is None and not base.derandomize:
+        seed = random.SystemRandom().randrange(2**32)
+        base = profile_settings(name, seed)
+    cfg = settings(base, suppress_health_check=[*base.suppress_health_check, HealthCheck.large_base_example,
+                                                HealthCheck.data_too_large])
+    return cfg, seed
+
+
+__all__ = ["CI_EXAMPLES", "PROFILES", "profile_settings", "register_profiles", "run_settings"]

@@ -2,12 +2,13 @@
 
 JSON schema, version 1 (keys are only ever added, never renamed)::
 
-    {"schema": 1, "profile": str, "seed": int | null, "torch": str, "devices": [str],
+    {"schema": 1, "profile": str, "seed": int | null, "torch": str, "hypothesis": str, "devices": [str],
      "results": [{"claim": str, "subject": str, "device": str, "dtype": str, "metric": str,
                   "examples_tried": int, "worst_margin": float | null, "verdict": "holds" |
                   "VIOLATED" | "ERROR" | "skipped", "counterexample": str | null, "reason": str | null}]}
 
-``worst_margin`` is null when it is not finite (JSON has no infinity).
+``worst_margin`` is null when it is infinite (JSON has no infinity) and when the claim was skipped. The
+schema is documented for users in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import torch
 
 from rln_verified.verify._core import CheckResult
@@ -48,16 +50,17 @@ def _row(r: CheckResult) -> dict[str, Any]:
     return {
         "claim": r.check.claim, "subject": r.check.subject, "device": r.device,
         "dtype": str(r.dtype).removeprefix("torch."), "metric": r.check.metric,
-        "examples_tried": r.examples_tried, "worst_margin": m if math.isfinite(m) else None,
+        "examples_tried": r.examples_tried, "worst_margin": m if math.isfinite(m) and v != "skipped" else None,
         "verdict": v,
         "counterexample": r.example_decorator() if r.counterexample is not None and v != "skipped" else None,
-        "reason": r.error.split(": ", 1)[-1] if r.error is not None else None,
+        "reason": r.error.removeprefix("NotApplicable: ") if r.error is not None else None,
     }
 
 
 def to_json(results: list[CheckResult], info: RunInfo) -> dict[str, Any]:
     return {"schema": SCHEMA_VERSION, "profile": info.profile, "seed": info.seed, "torch": torch.__version__,
-            "devices": list(info.devices), "results": [_row(r) for r in results]}
+            "hypothesis": hypothesis.__version__, "devices": list(info.devices),
+            "results": [_row(r) for r in results]}
 
 
 def write_json(path: Path, results: list[CheckResult], info: RunInfo) -> None:
@@ -71,9 +74,14 @@ def _fmt_margin(m: float | None) -> str:
 _HEAD = ("claim", "subject", "device", "dtype", "examples", "worst margin", "verdict")
 
 
+def _cells(d: dict[str, Any]) -> tuple[str, str, str, str, str, str, str]:
+    skip = d["verdict"] == "skipped"
+    return (d["claim"], d["subject"], d["device"], d["dtype"], "-" if skip else str(d["examples_tried"]),
+            "-" if skip else _fmt_margin(d["worst_margin"]), d["verdict"])
+
+
 def table(results: list[CheckResult]) -> str:
-    rows = [(d["claim"], d["subject"], d["device"], d["dtype"], str(d["examples_tried"]),
-             _fmt_margin(d["worst_margin"]), d["verdict"]) for d in map(_row, results)]
+    rows = [_cells(d) for d in map(_row, results)]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(_HEAD)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(_HEAD, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -96,13 +104,17 @@ def findings(results: list[CheckResult]) -> str:
 
 
 def markdown(results: list[CheckResult], info: RunInfo, title: str = "Verification report") -> str:
-    lines = [f"# {title}", "", f"- profile: `{info.profile}`", f"- seed: `{info.seed}`",
-             f"- torch: `{torch.__version__}`", f"- devices: {', '.join(info.devices)}", "",
+    seed = f"`{info.seed}`" if info.seed is not None else "none (the profile is derandomized)"
+    verdicts = [d["verdict"] for d in map(_row, results)]
+    lines = [f"# {title}", "", f"- profile: `{info.profile}`", f"- seed: {seed}",
+             f"- torch: `{torch.__version__}`, hypothesis: `{hypothesis.__version__}`",
+             f"- devices: {', '.join(f'`{d}`' for d in info.devices)}",
+             f"- verdicts: {verdicts.count('holds')} hold, {verdicts.count('VIOLATED')} violated, "
+             f"{verdicts.count('ERROR')} errors, {verdicts.count('skipped')} skipped", "",
              "| claim | subject | device | dtype | examples | worst margin | verdict |",
              "|---|---|---|---|---|---|---|"]
     for d in map(_row, results):
-        lines.append(f"| {d['claim']} | {d['subject']} | {d['device']} | {d['dtype']} | {d['examples_tried']} | "
-                     f"{_fmt_margin(d['worst_margin'])} | {d['verdict']} |")
+        lines.append("| " + " | ".join(_cells(d)) + " |")
     bad = [d for d in map(_row, results) if d["verdict"] != "holds"]
     if bad:
         lines += ["", "## Findings and skips", ""]

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rln_verified.verify._core import NotApplicable
+
 LayerFactory = Callable[[torch.device, torch.dtype], nn.Module]
 GroupView = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,10 +61,6 @@ class LayerSubject:
     def group_size(self) -> int:
         probe = torch.zeros(self.shape)
         return int(self.groups(probe).shape[-1])
-
-
-class NotApplicable(Exception):
-    """Raised by a check's set-up when a claim does not apply to a subject; the message says why."""
 
 
 __all__ = ["GroupView", "LayerFactory", "LayerSubject", "NotApplicable"]

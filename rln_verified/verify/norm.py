@@ -141,6 +141,17 @@ def _last_groups(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return groups
 
 
+def rln_info(plane: tuple[int, int], two_d: bool, bayes: bool, *, alpha: float, lambda_max: float) -> dict[str, Any]:
+    """The facts the checks need about an R-LayerNorm-formula layer on (P, L) planes (proofs/norm.md)."""
+    p, l_ = plane
+    lam_sharp = sharp_ratio_bound(p, l_, two_d)
+    return {
+        "formula": "rln", "centred": True, "alpha": alpha, "lambda_max": lambda_max, "bayes": bayes,
+        "two_d": two_d, "plane": (p, l_), "K": gradient_constant(alpha, lambda_max, bayes, lam_sharp),
+        "ratio_bound": closed_ratio_bound(p, l_, two_d), "sharp_ratio_bound": lam_sharp,
+    }
+
+
 def _ours(cls: type[nn.Module], two_d: bool, bayes: bool) -> LayerSubject:
     shape = (2, 2, 4, 5) if two_d else (3, 2, 6)
     norm_dims = (4, 5) if two_d else (2, 6)
@@ -150,14 +161,8 @@ def _ours(cls: type[nn.Module], two_d: bool, bayes: bool) -> LayerSubject:
             return cls(2, device=device, dtype=dtype)
         return cls((2, 6), device=device, dtype=dtype)
 
-    p, l_ = norm_dims
-    info: dict[str, Any] = {
-        "alpha": 1.0, "lambda_max": 1.0, "bayes": bayes, "two_d": two_d, "plane": (p, l_),
-        "K": gradient_constant(1.0, 1.0, bayes, sharp_ratio_bound(p, l_, two_d)),
-        "ratio_bound": closed_ratio_bound(p, l_, two_d),
-        "sharp_ratio_bound": sharp_ratio_bound(p, l_, two_d),
-        "ours": True,
-    }
+    info = rln_info(norm_dims, two_d, bayes, alpha=1.0, lambda_max=1.0)
+    info["ours"] = True
     groups = _plane_groups_2d if two_d else _last_groups(2)
     return LayerSubject(name=cls.__name__, factory=factory, shape=shape, groups=groups, eps=1e-5, info=info)
 
@@ -371,10 +376,12 @@ def _n1(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
         gw, gb = _affine(mod, x, subject)
         yg = subject.groups(y)
         m = yg.shape[-1]
-        # Rounding slack: y = x_c a w + b takes <= 8 roundings in the compute dtype after x_c, each
-        # relative u_c on a value <= sqrt(M-1)|gamma|; storage rounding adds u_d |y|.
+        # A centred group has |x_c,i| <= sqrt(M-1) sigma; a layer that does not centre (RMSNorm) only has
+        # |x_i| <= sqrt(M) rms. Rounding slack: y = x_c a w + b takes <= 8 roundings in the compute dtype
+        # after x_c, each relative u_c on a value <= sqrt(M-1)|gamma|; storage rounding adds u_d |y|.
         uc, ud = eps(_cd(dtype)) / 2, eps(dtype) / 2
-        bound = gw.abs() * math.sqrt(m - 1) * (1 + 16 * uc + ud) + gb.abs() * (2 * ud)
+        c = math.sqrt(m - 1) if subject.info.get("centred", True) else math.sqrt(m)
+        bound = gw.abs() * c * (1 + 16 * uc + ud) + gb.abs() * (2 * ud)
         return float(((yg - gb).abs() / bound).max())
 
     return run
@@ -394,26 +401,54 @@ def n2_tolerance(x64: torch.Tensor, ref_y: torch.Tensor, m: int, alpha: float, d
     return uc * ((lg + 4) * ratio + (3 * (1 + alpha) * lg + 24) * (1 + ref_y.abs())) + ud * ref_y.abs()
 
 
+def plain_reference(xg: torch.Tensor, eps_: float, centred: bool) -> torch.Tensor:
+    """LayerNorm (``centred``) or RMSNorm of the float64 groups (G, M), without affine, without overflow:
+    each group is scaled by a power of two first (exact), and eps with it (clamped at the smallest normal,
+    as in :func:`reference_planes`)."""
+    m = xg.abs().amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+    _, e = torch.frexp(m)
+    s = torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=0))  # scale large groups down only; eps dominates tiny
+    xs = xg * s
+    if centred:
+        mu = xs.mean(-1, keepdim=True)
+        xs = xs - (mu + (xs - mu).mean(-1, keepdim=True))
+    eps_s = torch.clamp(eps_ * s * s, min=float(torch.finfo(torch.float64).tiny))
+    return xs / torch.sqrt((xs * xs).mean(-1, keepdim=True) + eps_s)
+
+
+def _lambda_of(mod: nn.Module, info: dict[str, Any]) -> float:
+    get = info.get("lambda_of")
+    return float(get(mod)) if get is not None else float(_attr(mod, "lambda_").double())
+
+
 def _n2(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], float]:
     info = subject.info
 
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-        if not info.get("ours"):
-            raise NotApplicable("N2 compares with the R-LayerNorm formula; it applies to rln_verified's layers")
+        formula = info.get("formula")
+        if formula not in ("rln", "layernorm", "rmsnorm"):
+            raise NotApplicable("N2 compares with the layer's formula in float64, and this layer's formula is not "
+                                "known (known: LayerNorm, GroupNorm, RMSNorm, the R-LayerNorm layers)")
+        eps_ = _eps_of(subject)
         mod = _module(subject, device, dtype)
         x = build(subject, case, device, dtype)
         y = _output(subject, mod, x).double().cpu()
         if not torch.isfinite(y).all():
             return math.inf
-        p, l_ = info["plane"]
-        planes = x.double().cpu().reshape(-1, p, l_)
-        lam = float(_attr(mod, "lambda_").double())
-        eps_ = _eps_of(subject)
-        ref, _, _ = reference_planes(planes, eps_, info["alpha"], lam, info["bayes"], info["two_d"])
+        xg = subject.groups(x.double().cpu())
+        if formula == "rln":
+            p, l_ = info["plane"]
+            ref, _, _ = reference_planes(x.double().cpu().reshape(-1, p, l_), eps_, info["alpha"],
+                                         _lambda_of(mod, info), info["bayes"], info["two_d"])
+            ref_y = subject.groups(ref.reshape(x.shape))
+            alpha = info["alpha"]
+        else:
+            ref_y = plain_reference(xg, eps_, centred=formula == "layernorm")
+            alpha = 0.0
         gw, gb = _affine(mod, x, subject)
-        ref_y = subject.groups(ref.reshape(x.shape))
         yg = subject.groups(y)
-        tol = n2_tolerance(subject.groups(x.double().cpu()), ref_y, yg.shape[-1], info["alpha"], dtype, eps_)
+        tol = n2_tolerance(xg, ref_y, yg.shape[-1], alpha, dtype, eps_)
         if dtype == torch.float64:
             tol = 2 * tol  # the float64 reference carries the same kind of rounding as the kernel
         err = (yg - (gw * ref_y + gb)).abs() / (gw.abs() * tol + gb.abs() * eps(dtype))
@@ -424,13 +459,17 @@ def _n2(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
 
 # ---- N3: bounded gradient ------------------------------------------------------------------------------
 
+_NEEDS_K = ("{claim} is stated with the layer's eps and its gradient constant K (known for torch's LayerNorm, "
+            "GroupNorm and RMSNorm and for the R-LayerNorm layers; give it with --gradient-constant)")
+_NOT_CENTRED = "{claim} follows from centring, and this layer does not centre its groups (e.g. RMSNorm)"
+
 
 def _n3(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], float]:
     info = subject.info
 
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
         if "K" not in info or subject.eps is None:
-            raise NotApplicable("N3 needs the layer's eps and its gradient constant K")
+            raise NotApplicable(_NEEDS_K.format(claim="N3"))
         mod = _module(subject, device, dtype)
         x = build(subject, case, device, dtype)
         if not torch.isfinite(x).all():
@@ -450,8 +489,10 @@ def _n3(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
             block = jac[idx[g]][:, idx[g]]
             sigma = float(group_sigma(xg[g : g + 1], subject.eps)[0])
             norm = float(torch.linalg.matrix_norm(block, ord=2))
-            # The Jacobian is computed in the compute dtype: relative error <= 64 M u_c (proofs/norm.md).
-            slack = 1 + 64 * idx.shape[1] * eps(_cd(dtype)) / 2
+            # The Jacobian is computed in the compute dtype, relative error <= 64 M u_c, and each entry is stored
+            # in the dtype, which moves its 2-norm by <= sqrt(M) u_d relative (proofs/norm.md).
+            m = idx.shape[1]
+            slack = (1 + 64 * m * eps(_cd(dtype)) / 2) * (1 + math.sqrt(m) * eps(dtype) / 2)
             worst = max(worst, norm * sigma / (info["K"] * float(gw[g].abs().max()) * slack))
         return worst
 
@@ -466,8 +507,10 @@ def _invariance(subject: LayerSubject, kind: str) -> Callable[[Any, torch.device
 
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
         _pattern, e, offset, vals = case
+        if kind == "N4" and not info.get("centred", True):
+            raise NotApplicable(_NOT_CENTRED.format(claim="N4"))
         if subject.eps is None or "K" not in info:
-            raise NotApplicable(f"{kind} is stated with the layer's eps and gradient constant")
+            raise NotApplicable(_NEEDS_K.format(claim=kind))
         mod = _module(subject, device, dtype)
         # Keep magnitudes moderate so that v >> eps (the theorem's assumption for N5) and x + c is finite.
         x = build(subject, ("random", 0, 0.0, vals), device, dtype)
@@ -615,6 +658,8 @@ def _n9(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
 
 def _n10(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], float]:
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+        if not subject.info.get("centred", True):
+            raise NotApplicable(_NOT_CENTRED.format(claim="N10"))
         mod = _module(subject, device, dtype)
         with torch.no_grad():
             for name, p in mod.named_parameters():
@@ -654,7 +699,10 @@ _FACTORIES: dict[str, tuple[Callable[[LayerSubject], Callable[[Any, torch.device
     "N10": (_n10, "|grad sum(y)| / derived tolerance"),
 }
 
-GENERIC_CLAIMS: tuple[str, ...] = ("N1", "N3", "N4", "N5", "N9", "N10")
+#: The claims that apply to any normalization layer (``rln-verify audit``): output bound, accuracy at every
+#: magnitude, gradient bound, shift and scale invariance, batch isolation and the sum invariant, each in
+#: every dtype (dtype robustness).
+GENERIC_CLAIMS: tuple[str, ...] = ("N1", "N2", "N3", "N4", "N5", "N9", "N10")
 
 
 def make_checks(subject: LayerSubject, claims: Sequence[str] | None = None) -> tuple[Check, ...]:

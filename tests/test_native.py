@@ -1,0 +1,181 @@
+"""The fused float32 CPU kernel (rln_verified/_native.py) against the float64 formula: theorem N11.
+
+The bounds below are N11's (proofs/norm.md): the kernel rounds once to float32 at the end, so its error is
+``(u32 + 2^-40)|ref|`` plus a float64-sized term ``2^-46 (n + 8)^k (1 + A/sigma) S``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import example, given, target
+from hypothesis import strategies as st
+
+from rln_verified import _native
+from rln_verified._rnorm import bayesian_r_layer_norm, bayesian_r_layer_norm2d, r_layer_norm, r_layer_norm2d
+
+U32 = 2.0**-24 + 2.0**-40
+TINY = 2.0**-150  # rounding into float32's subnormal range is off by up to half its spacing 2^-149
+
+pytestmark = pytest.mark.skipif(
+    not _native.available(), reason=f"the fused kernel is not in use here: {_native.reason()}"
+)
+
+
+def test_kernel_is_in_use_where_a_compiler_exists() -> None:
+    # CI machines have a C compiler; the fused kernel must then be the one the float32 layers run.
+    assert _native.available(), _native.reason()
+    x = torch.randn(2, 3, 4, 5)
+    lam = torch.tensor(0.5)
+    assert _native.usable(x, None, None, lam, 0, 4, 5)
+    with _native.disabled():
+        assert not _native.usable(x, None, None, lam, 0, 4, 5)
+    assert not _native.usable(x.double(), None, None, lam, 0, 4, 5)
+
+
+def _run(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, lam: torch.Tensor, alpha: float,
+         bayes: bool, two_d: bool, gy: torch.Tensor, gu: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(y, u, dL/dx, dL/dw, dL/db, dL/dlambda) for L = sum(y gy) + sum(u gu), through the functional forms."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (x, w, b, lam)]
+    xs, ws, bs, ls = leaves
+    assert xs is not None and ls is not None
+    if two_d:
+        if bayes:
+            y, u = bayesian_r_layer_norm2d(xs, ws, bs, ls, alpha, 1e-5, return_uncertainty=True)
+        else:
+            y, u = r_layer_norm2d(xs, ws, bs, ls, 1e-5), torch.zeros(gu.shape, dtype=x.dtype)
+    else:
+        ns = tuple(x.shape[1:])
+        if bayes:
+            y, u = bayesian_r_layer_norm(xs, ns, ws, bs, ls, alpha, 1e-5, return_uncertainty=True)
+        else:
+            y, u = r_layer_norm(xs, ns, ws, bs, ls, 1e-5), torch.zeros(gu.shape, dtype=x.dtype)
+    loss = (y * gy.to(y.dtype)).sum() + ((u * gu.to(u.dtype)).sum() if bayes else 0.0)
+    inputs = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(loss, inputs)
+    it = iter(grads)
+    full = [next(it) if t is not None else None for t in leaves]
+    return (y.detach(), u.detach(), *[g if g is not None else torch.zeros(()) for g in full])
+
+
+@st.composite
+def cases(draw: Any) -> dict[str, Any]:
+    two_d = draw(st.booleans())
+    p = draw(st.integers(2, 6)) if two_d else draw(st.integers(1, 3))
+    l_ = draw(st.sampled_from([2, 3, 4, 5, 7, 16, 19]))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    shape = (n, c, p, l_) if two_d else (n, p, l_)
+    size = math.prod(shape)
+    scale = 2.0 ** draw(st.integers(-140, 120))
+    offset = draw(st.sampled_from([0.0, 1.0, 1e4, 1e20]))
+    vals = draw(st.lists(st.floats(-4, 4, width=32), min_size=size, max_size=size))
+    return {"two_d": two_d, "shape": shape, "scale": scale, "offset": offset, "vals": vals,
+            "bayes": draw(st.booleans()), "affine": draw(st.sampled_from(["none", "weight", "both"])),
+            "alpha": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
+            "lam": draw(st.floats(0.0010000000474974513, 1.0, width=32)),
+            "seed": draw(st.integers(0, 2**16))}
+
+
+def _pin(two_d: bool, shape: tuple[int, ...], vals: list[float], scale: float = 1.0, offset: float = 0.0,
+         **kw: Any) -> dict[str, Any]:
+    size = math.prod(shape)
+    base = {"two_d": two_d, "shape": shape, "scale": scale, "offset": offset, "vals": (vals * size)[:size],
+            "bayes": True, "affine": "both", "alpha": 1.0, "lam": 0.5, "seed": 0}
+    base.update(kw)
+    return base
+
+
+def _margins(case: dict[str, Any]) -> float:
+    """Largest ratio |kernel - float64 formula| / N11 bound over y, u and every gradient."""
+    two_d, shape = case["two_d"], case["shape"]
+    x32 = (torch.tensor(case["vals"], dtype=torch.float64).reshape(shape) * case["scale"] + case["offset"])
+    x32 = x32.clamp(-3e38, 3e38).float()
+    g = torch.Generator().manual_seed(case["seed"])
+    k = shape[1] if two_d else shape[1:]
+    kshape = (k,) if two_d else tuple(k)
+    w = (1 + 0.5 * torch.randn(kshape, generator=g)) if case["affine"] != "none" else None
+    b = 0.3 * torch.randn(kshape, generator=g) if case["affine"] == "both" else None
+    lam = torch.tensor(case["lam"], dtype=torch.float32)
+    gy = torch.randn(shape, generator=g)
+    ushape = (*shape[:2], 1, 1) if two_d else shape[:1] + (1,) * (len(shape) - 1)
+    gu = torch.randn(ushape, generator=g)
+    alpha, bayes = case["alpha"], case["bayes"]
+    got = _run(x32, w, b, lam, alpha, bayes, two_d, gy, gu)
+    d = [t.double() if t is not None else None for t in (x32, w, b, lam)]
+    ref = _run(d[0], d[1], d[2], d[3], alpha, bayes, two_d, gy.double(), gu.double())  # type: ignore[arg-type]
+
+    # group statistics of the float64 input, per element
+    xd = x32.double()
+    dims = (-2, -1) if two_d else tuple(range(1, len(shape)))
+    m = math.prod(shape[-2:]) if two_d else math.prod(shape[1:])
+    mean = xd.mean(dim=dims, keepdim=True)
+    sigma = torch.sqrt(((xd - mean) ** 2).mean(dim=dims, keepdim=True) + 1e-5)
+    a_max = xd.abs().amax(dim=dims, keepdim=True)
+    amp = 1 + a_max / sigma
+    wmax = float(w.abs().max()) if w is not None else 1.0
+    wel = (w.double().reshape((1, -1, 1, 1) if two_d else (1, *kshape)) if w is not None
+           else torch.ones((), dtype=torch.float64))
+    ratios = []
+
+    def bound(name: str, err: torch.Tensor, tol: torch.Tensor) -> None:
+        r = float((err / (tol + TINY)).max()) if err.numel() else 0.0
+        assert math.isfinite(r) or not torch.isfinite(err).all(), name
+        ratios.append(r if math.isfinite(r) else math.inf)
+
+    y, u, gx, gw, gb, gl = got
+    yr, ur, gxr, gwr, gbr, glr = ref
+    bound("y", (y.double() - yr).abs(), U32 * yr.abs() + wel.abs() * 2.0**-46 * (m + 8) * amp)
+    bound("u", (u.double() - ur).abs(), U32 * ur.abs() + 2.0**-46 * (m + 8))
+    s_x = (wmax * gy.double().abs().amax(dim=dims, keepdim=True) + alpha * case["lam"] * gu.double().abs()) / sigma
+    bound("dx", (gx.double() - gxr).abs(), U32 * gxr.abs() + 2.0**-46 * (m + 8) ** 2 * amp * s_x)
+    n_all = x32.numel()
+    amp_all = float(amp.max())
+    xhat = ((xd - mean) / sigma).abs()
+    gyd = gy.double().abs()
+    if w is not None:
+        red = (0, 2, 3) if two_d else (0,)
+        s_w = (gyd * xhat).sum(dim=red).reshape(kshape)
+        bound("dw", (gw.double() - gwr).abs(), U32 * gwr.abs() + 2.0**-46 * (n_all + 8) ** 2 * amp_all * s_w)
+    if b is not None:
+        red = (0, 2, 3) if two_d else (0,)
+        s_b = gyd.sum(dim=red).reshape(kshape)
+        bound("db", (gb.double() - gbr).abs(), U32 * gbr.abs() + 2.0**-46 * (n_all + 8) ** 2 * s_b)
+    s_l = float((gyd * wel.abs() * xhat).sum() + 2 * gu.double().abs().sum())
+    bound("dlambda", (gl.double() - glr).abs(), U32 * glr.abs() + 2.0**-46 * (n_all + 8) ** 2 * amp_all * s_l)
+    return max(ratios)
+
+
+@pytest.mark.claim("N11")
+@given(cases())
+@example(_pin(True, (2, 3, 4, 5), [1.0]))  # constant groups
+@example(_pin(True, (2, 2, 4, 4), [1.0, -1.0]))  # alternating signs
+@example(_pin(True, (1, 2, 5, 5), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 0.0]))  # spikes
+@example(_pin(True, (1, 2, 3, 4), [1.0, -1.0, 0.5, 0.25], scale=3e38 / 1.0))  # float32 max
+@example(_pin(True, (1, 2, 2, 3), [1.0, -0.5, 0.25], scale=2.0**-140))  # subnormals
+@example(_pin(False, (2, 3, 6), [0.5, -0.5, 0.0], offset=1e6))  # huge offset
+@example(_pin(False, (2, 1, 2), [1.0, 2.0]))  # the smallest window
+@example(_pin(False, (3, 2, 7), [1.0, -1.0, 2.0], bayes=False, affine="none"))
+def test_fused_kernel_matches_float64_formula(case: dict[str, Any]) -> None:
+    margin = _margins(case)
+    target(margin, label="N11 error / bound")
+    assert margin <= 1.0, margin
+
+
+@pytest.mark.claim("N11", "N9")
+def test_nan_and_inf_stay_in_their_group() -> None:
+    x = torch.randn(3, 2, 4, 4)
+    x[1, 0, 2, 2] = math.nan
+    x[2, 1, 0, 0] = math.inf
+    xr = x.clone().requires_grad_(True)
+    y = r_layer_norm2d(xr, torch.ones(2), torch.zeros(2), torch.tensor(0.5))
+    y.backward(torch.ones_like(y))
+    assert xr.grad is not None
+    bad = torch.zeros(3, 2, dtype=torch.bool)
+    bad[1, 0] = bad[2, 1] = True
+    finite_y = torch.isfinite(y).all(dim=(-2, -1))
+    finite_g = torch.isfinite(xr.grad).all(dim=(-2, -1))
+    assert bool(finite_y[~bad].all()) and bool(finite_g[~bad].all())
+    assert not bool(finite_y[bad].any())
