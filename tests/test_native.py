@@ -14,6 +14,7 @@ import torch
 from hypothesis import example, given, target
 from hypothesis import strategies as st
 
+import rln_verified as rv
 from rln_verified import _native
 from rln_verified._rnorm import bayesian_r_layer_norm, bayesian_r_layer_norm2d, r_layer_norm, r_layer_norm2d
 
@@ -179,3 +180,37 @@ def test_nan_and_inf_stay_in_their_group() -> None:
     finite_g = torch.isfinite(xr.grad).all(dim=(-2, -1))
     assert bool(finite_y[~bad].all()) and bool(finite_g[~bad].all())
     assert not bool(finite_y[bad].any())
+
+
+@pytest.mark.claim("N11")
+@pytest.mark.parametrize("two_d", [True, False])
+def test_threads_split_groups_without_changing_results(two_d: bool) -> None:
+    """Above 2^18 elements the kernel splits the groups over torch's intra-op threads. Every group is computed by
+    the same code either way, so y, u and dL/dx are bitwise equal; the affine and lambda gradients sum per-thread
+    partial sums in slice order, so they agree to the rounding of that one extra sum (N11's float64 term)."""
+    g = torch.Generator().manual_seed(5)
+    shape = (8, 16, 48, 48) if two_d else (64, 24, 256)
+    x = torch.randn(shape, generator=g) * 3 + 1
+    gy = torch.randn(shape, generator=g)
+    layer: torch.nn.Module = rv.BayesianRLayerNorm2d(16) if two_d else rv.BayesianRLayerNorm((24, 256))
+    with torch.no_grad():
+        for prm in layer.parameters():
+            if prm.ndim:
+                prm.copy_(1 + 0.3 * torch.randn(prm.shape, generator=g))
+    outs = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xr = x.clone().requires_grad_(True)
+            y, u = layer(xr, return_uncertainty=True)
+            (y * gy).sum().add((u * 2).sum()).backward()
+            outs.append((y.detach(), u.detach(), xr.grad, [p.grad.clone() for p in layer.parameters()]))
+            layer.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(old)
+    (y1, u1, g1, p1), (y2, u2, g2, p2) = outs
+    assert torch.equal(y1, y2) and torch.equal(u1, u2) and torch.equal(g1, g2)
+    for a, b in zip(p1, p2, strict=True):
+        # one float32 rounding of the final value plus the float64 reordering (2^-40 relative is far above it)
+        torch.testing.assert_close(a, b, rtol=2.0**-23, atol=0.0)
