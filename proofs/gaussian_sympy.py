@@ -5,6 +5,8 @@ Run as a plain script; exits non-zero when a step fails. Each function names the
 
 from __future__ import annotations
 
+import math
+import struct
 import sys
 
 import mpmath
@@ -298,6 +300,120 @@ def check_clamp() -> None:
         ok("phi(40) < 2^-1075 (rounds to 0)", mpmath.npdf(40) < mpmath.mpf(2) ** -1075)
 
 
+# ---- RELU-6 and EXP-1: the fused float32 CPU kernel (rln_verified/_native/gauss.c) ------------------------------
+
+LN2_HI = 6.93147180369123816490e-01
+LN2_LO = 1.90821492927058770002e-10
+#: |r| <= ln2/2 for the nearest k; the rounding of e/ln2 (e <= 800) moves the bound by < 2^-40.
+S_MAX = 0.3466
+#: The kernel's phi: exp(s), s = -r, within E_PHI u64 (relative), the reduction included (check_phi_kernel).
+E_PHI = 2.7
+
+
+def _phi_poly(sv: mpmath.mpf, d: list[mpmath.mpf]) -> mpmath.mpf:
+    """gauss.c::vphi's polynomial 1 + s (1 + s P(s)) in exactly its operations; op i's result is multiplied by
+    (1 + d[i]) (d = 0: exact arithmetic with the double coefficients the C compiler forms)."""
+    it = iter(d)
+
+    def r(v: mpmath.mpf) -> mpmath.mpf:
+        return v * (1 + next(it))
+
+    c = [mpmath.mpf(1.0 / math.factorial(j)) for j in range(14)]  # fl(1/j!), as `1.0 / 720` etc. in C
+    s2 = r(sv * sv)
+    s4 = r(s2 * s2)
+    s8 = r(s4 * s4)
+    p01, p23, p45 = r(c[2] + r(sv * c[3])), r(c[4] + r(sv * c[5])), r(c[6] + r(sv * c[7]))
+    p67, p89, p1011 = r(c[8] + r(sv * c[9])), r(c[10] + r(sv * c[11])), r(c[12] + r(sv * c[13]))
+    q0, q1, q2 = r(p01 + r(s2 * p23)), r(p45 + r(s2 * p67)), r(p89 + r(s2 * p1011))
+    big = r(r(q0 + r(s4 * q1)) + r(s8 * q2))
+    return r(1 + r(sv * r(1 + r(sv * big))))
+
+
+N_PHI_OPS = 29
+
+
+def check_phi_kernel() -> None:
+    """RELU-6 (X): the kernel's exp(s) for |s| <= S_MAX has relative error <= E_PHI u64: the Taylor truncation with
+    the rounded coefficients, a first-order rounding bound of every one of its 29 operations (sum over ops of
+    |dp/d delta_i| u64, by forward differences at 80 digits), and the Cody-Waite reduction (|s| u64 for the last
+    subtraction, k LN2_LO's rounding, and k |ln2 - LN2_HI - LN2_LO| for k <= 1155). Measured: 2.27 u64 for the
+    polynomial, 0.35 u64 for the reduction."""
+    print("check_phi_kernel")
+    with mpmath.workdps(80):
+        u = mpmath.mpf(2) ** -53
+        h = mpmath.mpf(10) ** -40
+        zero_d = [mpmath.mpf(0)] * N_PHI_OPS
+        worst = mpmath.mpf(0)
+        for i in range(-400, 401):
+            sv = mpmath.mpf(S_MAX) * i / 400
+            p0 = _phi_poly(sv, zero_d)
+            trunc = abs(mpmath.exp(sv) - p0)
+            rnd = mpmath.mpf(0)
+            for j in range(N_PHI_OPS):
+                dj = list(zero_d)
+                dj[j] = h
+                rnd += abs((_phi_poly(sv, dj) - p0) / h) * u
+            worst = max(worst, (trunc + rnd) / mpmath.exp(sv) / u)
+        ln2 = mpmath.log(2)
+        # LN2_HI in [1/2, 1) is a multiple of 2^-32: 21 trailing zero bits, 32 significant ones, so k LN2_HI has at
+        # most 43 bits for k <= 1155 < 2^11 (exact), and e - k LN2_HI is exact (a multiple of ulp(e), below e).
+        scaled = mpmath.mpf(LN2_HI) * 2**32
+        ok("LN2_HI is a multiple of 2^-32 (k LN2_HI exact for k < 2^21)", scaled == mpmath.floor(scaled))
+        split = abs(ln2 - mpmath.mpf(LN2_HI) - mpmath.mpf(LN2_LO))
+        reduction = mpmath.mpf(S_MAX) + 1155 * mpmath.mpf(LN2_LO) + 1155 * split / u
+        total = worst * 1.001 + reduction  # 1.001: second-order terms (29 ops, |delta| <= u)
+        print(f"    polynomial {float(worst):.3f} u, reduction {float(reduction):.3f} u, total {float(total):.3f} u")
+        ok(f"kernel exp(s) within {E_PHI} u64 for |s| <= {S_MAX}", total <= E_PHI)
+        ok("S_MAX covers ln2/2 plus the rounding of e/ln2 for e <= 800", ln2 / 2 + 800 * 2 * u < S_MAX)
+
+
+def check_relu6_budgets() -> None:
+    """RELU-6: with the kernel's exp error E_PHI u64 in place of the 2 u64 assumed for torch's exp, RELU-5's partials
+    stay within (420 + 7 a^2) u64 and RELU-4's float64 bound within 1e-12 (each formula evaluates phi once)."""
+    print("check_relu6_budgets")
+    extra = E_PHI - 2
+    ok_grad = all(2.2 * ((1.5 * a * a + 8 + extra) + (1.5 * a * a + 180)) + 4 <= 420 + 7 * a * a
+                  for a in [i / 10 for i in range(0, 401)])
+    ok("RELU-5: 2.2((1.5 a^2 + 8 + dE) + (1.5 a^2 + 180)) + 4 <= 420 + 7 a^2 on [0, 40]", ok_grad)
+    u = 2.0**-53
+    worst4 = max((1.5 * 65**2 + 25 + extra) * u + 2e-15, (2 * 40**2 + 30 + 2 * extra) * u, (3300 + 2 * extra) * u)
+    ok(f"RELU-4: worst float64 bound {worst4:.2e} <= 1e-12", worst4 <= 1e-12)
+
+
+def _f32(v: float) -> float:
+    """v rounded to float32 (a C float literal)."""
+    return float(struct.unpack("f", struct.pack("f", v))[0])
+
+
+def check_exp_f32(exhaustive: bool = False) -> None:
+    """EXP-1: C1 = 0.693359375 has 9 significant bits (k C1 exact in float32 for |k| < 2^15), C1 + C2 is ln 2 within
+    float32's resolution, and the kernel's float32 exp is within 0.99 ulp of e^x on [lo, hi] of the std: by
+    enumeration of every 61st float32 there (every one with --exhaustive: 2.2e9 values, about 45 s; measured worst
+    0.9801 ulp at x = -5.8573437). Skipped where the kernel cannot be built (it is then not in use)."""
+    print("check_exp_f32")
+    c1 = mpmath.mpf(_f32(0.693359375))
+    c2 = mpmath.mpf(_f32(-2.12194440e-4))  # the float32 literals of gauss.c
+    ok("C1 = 355/512 (9 significant bits)", c1 * 512 == 355)
+    ok("|C1 + C2 - ln 2| <= 2^-24 |C2| (C2 is ln 2 - C1 rounded to float32)",
+       abs(c1 + c2 - mpmath.log(2)) <= mpmath.mpf(2) ** -24 * abs(c2))
+    try:
+        import torch
+
+        from rln_verified import _native_gauss
+    except ImportError:
+        print("    [skip] torch or the package is not importable here")
+        return
+    if _native_gauss.library() is None:
+        print(f"    [skip] the kernel is not built here ({_native_gauss.reason()}), so EXP-1 does not apply")
+        return
+    fi = torch.finfo(torch.float32)
+    lo = float(torch.tensor(math.log(float(fi.tiny) ** 0.25), dtype=torch.float32))
+    hi = float(torch.tensor(math.log(float(fi.max) ** 0.125), dtype=torch.float32))
+    worst, where = _native_gauss.exp_max_ulp(lo, hi, 1 if exhaustive else 61)
+    print(f"    [{lo}, {hi}] {'every float' if exhaustive else 'every 61st float'}: worst {worst:.4f} ulp at {where!r}")
+    ok("kernel exp within 0.99 ulp on the std's range", worst <= 0.99)
+
+
 def main() -> int:
     for f in (
         check_hh_closed_forms,
@@ -312,8 +428,11 @@ def main() -> int:
         check_cancellation,
         check_condition_numbers,
         check_clamp,
+        check_phi_kernel,
+        check_relu6_budgets,
     ):
         f()
+    check_exp_f32(exhaustive="--exhaustive" in sys.argv)
     if FAILURES:
         print(f"FAILED: {len(FAILURES)} step(s): {FAILURES}")
         return 1

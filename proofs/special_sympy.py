@@ -119,12 +119,82 @@ def check_l_identity() -> None:
           or sp.N((l_of_y + sp.log(1 + sp.exp(-xr))).subs(xr, sp.Rational(3, 7)), 40) == 0)
 
 
+# (eps, tau) of the two compute dtypes, exact.
+_COMPUTE_DTYPES = ((sp.Rational(1, 2**23), sp.Rational(1, 2**126)), (sp.Rational(1, 2**52), sp.Rational(1, 2**1022)))
+
+
+def check_softplus_underflow_constant() -> None:
+    # SP-1, L1: eps tau (1 + tau)(2 + eps) <= 2.01 eps tau, i.e. (1 + tau)(2 + eps) <= 2.01, in float32 and float64.
+    ok = all((1 + tau) * (2 + e) <= sp.Rational(201, 100) for e, tau in _COMPUTE_DTYPES)
+    check("SP-1 underflow term: (1 + tau)(2 + eps) <= 2.01 (float32, float64)", ok)
+
+
+
+def check_inverse_constants() -> None:
+    # SP-2, L2: K_A = -log(1 - e_A)(1 + eps)/eps with e_A = eps/((1 - 2^-6)(1 - tau)), and
+    # K_B = (1 + 2 tau)(1 + eps)/(1 - eps - 2 eps tau) + tau, both <= 1.02 in float32 and float64.
+    for e, tau in _COMPUTE_DTYPES:
+        e_a = e / ((1 - sp.Rational(1, 2**6)) * (1 - tau))
+        k_a = -sp.log(1 - e_a) * (1 + e) / e
+        k_b = (1 + 2 * tau) * (1 + e) / (1 - e - 2 * e * tau) + tau
+        check(f"K_A = {sp.N(k_a, 8)} <= 1.02 (eps = 2^{sp.log(e, 2)})", sp.N(k_a, 40) <= sp.Rational(102, 100))
+        check(f"K_B = {sp.N(k_b, 8)} <= 1.02 (eps = 2^{sp.log(e, 2)})", k_b <= sp.Rational(102, 100))
+
+
+def check_h_decreasing() -> None:
+    # SP-2, L4: h = sigmoid/softplus = d ln softplus/dz; h' = sigma (sp - e^z)/((1 + e^z) sp^2), and
+    # sp(z) = log(1 + e^z) < e^z because g(v) = v - log(1 + v) has g(0) = 0 and g'(v) = v/(1 + v) > 0.
+    z = sp.symbols("z", real=True)
+    v = sp.symbols("v", positive=True)
+    spz = sp.log(1 + sp.exp(z))
+    sig = 1 / (1 + sp.exp(-z))
+    h = sig / spz
+    check("h == d ln softplus / dz", sp.simplify(sp.diff(sp.log(spz), z) - h) == 0)
+    check("h' == sigma (sp - e^z)/((1 + e^z) sp^2)",
+          sp.simplify(sp.diff(h, z) - sig * (spz - sp.exp(z)) / ((1 + sp.exp(z)) * spz**2)) == 0)
+    g = v - sp.log(1 + v)
+    check("v - log(1 + v): value 0 at 0, derivative v/(1 + v) > 0",
+          g.subs(v, 0) == 0 and sp.simplify(sp.diff(g, v) - v / (1 + v)) == 0)
+    check("h -> 1 at -infinity and h -> 0 at +infinity",
+          sp.limit(h, z, -sp.oo) == 1 and sp.limit(h, z, sp.oo) == 0)
+
+
+def check_expm1_dominates() -> None:
+    # SP-2, L4: for a >= 0, (e^a - 1) - (1 - e^-a) = (e^(a/2) - e^(-a/2))^2 >= 0, so |e^s - 1| <= expm1(a) for |s| <= a.
+    a = sp.symbols("a", nonnegative=True)
+    diff = (sp.exp(a) - 1) - (1 - sp.exp(-a))
+    check("(e^a - 1) - (1 - e^-a) == (e^(a/2) - e^(-a/2))^2",
+          sp.simplify(diff - (sp.exp(a / 2) - sp.exp(-a / 2)) ** 2) == 0)
+
+
+def check_product_expansion() -> None:
+    # SP-2, assembly: (1 + r1)(1 + r2)(1 + r3) - 1 has only monomials with coefficient +1, so its absolute
+    # value is <= (1 + |r1|)(1 + |r2|)(1 + |r3|) - 1 by the triangle inequality.
+    r1, r2, r3 = sp.symbols("r1 r2 r3")
+    poly = sp.Poly(sp.expand((1 + r1) * (1 + r2) * (1 + r3) - 1), r1, r2, r3)
+    check("(1+r1)(1+r2)(1+r3) - 1: 7 monomials, all with coefficient +1",
+          len(poly.coeffs()) == 7 and all(c == 1 for c in poly.coeffs()))
+
+
+def check_inverse_slope_decreasing() -> None:
+    # SP-3: the slope 1/(1 - e^-v) of inv_softplus is decreasing: its derivative is -e^-v/(1 - e^-v)^2 < 0.
+    slope = 1 / (1 - sp.exp(-y))
+    check("d/dv [1/(1 - e^-v)] == -e^-v/(1 - e^-v)^2",
+          sp.simplify(sp.diff(slope, y) + sp.exp(-y) / (1 - sp.exp(-y)) ** 2) == 0)
+    xr = sp.symbols("xr", real=True)
+    spx = sp.log(1 + sp.exp(xr))
+    check("1 - exp(-softplus(x)) == sigmoid(x)",
+          sp.simplify(1 - sp.exp(-spx) - 1 / (1 + sp.exp(-xr))) == 0)
+
+
 if __name__ == "__main__":
     print("proofs/special.md")
     for fn in (check_atanh_identity, check_fraction_identity, check_series_coefficients, check_derivative,
                check_derivative_max, check_upper_bound, check_condition_decreasing, check_condition_values,
                check_softplus_threshold, check_softplus_ge_sigmoid, check_inverse_identity, check_sigmoid_over_y,
-               check_inverse_derivative, check_l_identity):
+               check_inverse_derivative, check_l_identity, check_softplus_underflow_constant,
+               check_inverse_constants, check_h_decreasing, check_expm1_dominates, check_product_expansion,
+               check_inverse_slope_decreasing):
         fn()
     if FAILED:
         print(f"FAILED: {FAILED}")

@@ -2,6 +2,11 @@
 
 Theorems C1-C6 in ``proofs/bayesian_linear.md``. Every defect of the public implementation that the
 issue lists is fixed here and pinned by ``tests/test_objectrl_regressions.py``.
+
+Speed (issue 5): each layer's sample or moments is one autograd node with a hand-written backward
+(``_BBBSample``, ``_LRSample``, ``_CLTPreact``), which forms the same values as the ``F.linear`` forms and
+each product the gradients need once; float32 on CPU, the std's exp (EXP-1) and the CLT activation (RELU-6)
+run the fused kernel of ``_native_gauss``. Under ``torch.func`` or ``torch.compile`` the plain autograd forms run.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rln_verified import _native_gauss
 from rln_verified._gaussian import (
     crelu_moments,
     kl_normal,
@@ -46,6 +52,10 @@ def std_bounds(dtype: torch.dtype) -> tuple[float, float]:
     return float(fi.tiny) ** 0.25, float(fi.max) ** 0.125
 
 
+#: Below this many elements the plain autograd forms cost less than a custom Function's call overhead.
+_FUSE_MIN = 4096
+
+
 def _safe_sqrt(var: torch.Tensor) -> torch.Tensor:
     """sqrt with a finite gradient at 0 (C6).
 
@@ -55,7 +65,294 @@ def _safe_sqrt(var: torch.Tensor) -> torch.Tensor:
     that is identically 0 (at a zero input, d sqrt(sum x_j^2 s_j^2)/d rho = 0); at ``tiny`` it is
     ``1/(2 sqrt(tiny))``, finite.
     """
+    if var.numel() >= _FUSE_MIN and _plain(var):
+        out: torch.Tensor = _SafeSqrt.apply(var)  # type: ignore[no-untyped-call]
+        return out
     return torch.sqrt(var.clamp_min(torch.finfo(var.dtype).tiny))
+
+
+def _plain(*tensors: torch.Tensor | None) -> bool:
+    """No torch.compile tracing and no torch.func wrapper: the hand-written backward below may be used."""
+    if torch.compiler.is_compiling():
+        return False
+    return not any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _inside(t: torch.Tensor, lo: float, hi: float) -> bool:
+    """True when ``t`` is on the CPU and every element lies in ``[lo, hi]`` (no NaN), so a clamp to that range is the
+    identity: one read-only pass (on CPU the answer costs no device synchronisation)."""
+    if t.device.type != "cpu" or t.numel() == 0:
+        return False
+    if hi == math.inf:
+        return lo <= float(torch.amin(t))  # False for a NaN
+    t_lo, t_hi = torch.aminmax(t)
+    return lo <= float(t_lo) and float(t_hi) <= hi
+
+
+def _squared_std(rho: torch.Tensor, lo: float, hi: float, square: bool = True,
+                 w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``exp(clamp(rho, lo, hi))`` (squared when ``square``), bit for bit ``_std_of(rho)`` (``.square()``); the mask
+    of the saturated or NaN elements, whose gradient is 0 as clamp's (C6), None when there is none; and ``w * w``
+    when ``w`` is given (None otherwise).
+
+    float32 on CPU: one pass of the fused kernel, whose exp (EXP-1) is then the std's exp everywhere (std(), var(),
+    KL() and the layers' forward). Elsewhere torch's; on CPU a min/max pass first, so that the clamp, an identity
+    where nothing is saturated, and its mask are skipped.
+    """
+    if _native_gauss.usable(rho) and (w is None or (_native_gauss.usable(w) and w.shape == rho.shape)):
+        out, sat, w2 = _native_gauss.exp_clamp(rho.contiguous(), lo, hi, square,
+                                               w.contiguous() if w is not None else None)
+        return out, (rho.clamp(lo, hi) != rho if sat else None), w2
+    w2 = w * w if w is not None else None
+    if _inside(rho, lo, hi):
+        sd, mask = torch.exp(rho), None
+    else:
+        c = rho.clamp(lo, hi)
+        mask = c != rho
+        sd = c.exp_()
+    return (sd.mul_(sd) if square else sd), mask, w2
+
+
+class _ExpStd(torch.autograd.Function):
+    """``sigma = exp(clamp(rho, lo, hi))`` or (``square``) ``sigma**2``, the values of the autograd form, with its
+    gradient ``sigma`` (``2 sigma**2``) where ``lo <= rho <= hi`` and 0 elsewhere (C6): one pass forward and one
+    backward where nothing is saturated, against clamp's two and four."""
+
+    @staticmethod
+    def forward(ctx: Any, rho: torch.Tensor, lo: float, hi: float, square: bool) -> torch.Tensor:
+        out, mask, _ = _squared_std(rho, lo, hi, square)
+        ctx.save_for_backward(out, mask)
+        ctx.square = square
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        out, mask = ctx.saved_tensors
+        g_rho = g * out
+        if ctx.square:
+            g_rho = g_rho * 2.0
+        if mask is not None:
+            g_rho = g_rho.masked_fill(mask, 0.0)
+        return g_rho, None, None, None
+
+
+class _SafeSqrt(torch.autograd.Function):
+    """:func:`_safe_sqrt` with the same values and gradients, skipping the clamp where no element is below tiny."""
+
+    @staticmethod
+    def forward(ctx: Any, var: torch.Tensor) -> torch.Tensor:
+        tiny = torch.finfo(var.dtype).tiny
+        low = None
+        if _inside(var, tiny, math.inf):
+            s = torch.sqrt(var)
+        else:
+            low = torch.ge(var, tiny).logical_not_()  # clamp_min's mask: NaN counts as below
+            s = torch.sqrt(var.clamp_min(tiny))
+        ctx.save_for_backward(s, low)
+        return s
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        s, low = ctx.saved_tensors
+        g_v: torch.Tensor = g / (2 * s)  # SqrtBackward's expression
+        return g_v if low is None else g_v.masked_fill(low, 0.0)
+
+
+class _BBBSample(torch.autograd.Function):
+    r"""BBBLinear's sample for a 2-D input in one autograd node (C5, C6):
+
+    .. math:: y = x (\mu_W + \sigma_W \varepsilon_W)^\top + \mu_b + \sigma_b \varepsilon_b,\qquad
+              \sigma = \exp(\mathrm{clamp}(\rho, lo, hi)),
+
+    the values of ``F.linear(x, addcmul(mu, std(), eps), ...)``. Backward: ``dx = g W``, ``dmu_W = g^T x``,
+    ``drho_W = dmu_W eps_W sigma_W`` (0 where rho is saturated), and likewise for the bias with ``g`` summed.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, wm: torch.Tensor, rho_w: torch.Tensor, eps_w: torch.Tensor,
+                bm: torch.Tensor | None, rho_b: torch.Tensor | None, eps_b: torch.Tensor | None, lo: float,
+                hi: float) -> torch.Tensor:
+        sd_w, out_w, _ = _squared_std(rho_w, lo, hi, square=False)
+        w = torch.addcmul(wm, sd_w, eps_w)
+        b = sd_b = out_b = None
+        if bm is not None and rho_b is not None and eps_b is not None:
+            sd_b, out_b, _ = _squared_std(rho_b, lo, hi, square=False)
+            b = torch.addcmul(bm, sd_b, eps_b)
+        ctx.save_for_backward(x, w, sd_w, eps_w, out_w, sd_b, eps_b, out_b)
+        return torch.addmm(b, x, w.t()) if b is not None else torch.mm(x, w.t())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w, sd_w, eps_w, out_w, sd_b, eps_b, out_b = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_x = torch.mm(g, w) if need[0] else None
+        g_wm = g_rw = g_bm = g_rb = None
+        if need[1] or need[2]:
+            g_w = torch.mm(g.t(), x)
+            if need[2]:
+                g_rw = torch.mul(g_w, eps_w).mul_(sd_w)
+                if out_w is not None:
+                    g_rw.masked_fill_(out_w, 0.0)
+            g_wm = g_w if need[1] else None
+        if sd_b is not None and (need[4] or need[5]):
+            g_b = g.sum(0)
+            if need[5]:
+                g_rb = torch.mul(g_b, eps_b).mul_(sd_b)
+                if out_b is not None:
+                    g_rb.masked_fill_(out_b, 0.0)
+            g_bm = g_b if need[4] else None
+        return g_x, g_wm, g_rw, None, g_bm, g_rb, None, None, None
+
+
+class _LRSample(torch.autograd.Function):
+    r"""LRLinear's sample for a 2-D input in one autograd node (C2, C6):
+
+    .. math:: y = x\mu_W^\top + \mu_b + \sqrt{\max(v, \mathrm{tiny})}\,\varepsilon,\qquad
+              v = x^2 (\sigma_W^2)^\top + \sigma_b^2,\quad \sigma = \exp(\mathrm{clamp}(\rho, lo, hi)),
+
+    the values of the autograd form (``F.linear``, :func:`_safe_sqrt`, ``addcmul``). Backward, with
+    ``q = 2 dL/dv = g eps / s`` (0 where ``v < tiny``): ``dx = g mu_W + x (q sigma_W^2)``,
+    ``dmu_W = g^T x``, ``drho_W = sigma_W^2 (q^T x^2)`` (0 where saturated), and the bias sums.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
+                rho_b: torch.Tensor | None, eps: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        wv, out_w, _ = _squared_std(rho_w, lo, hi)
+        bv, out_b, _ = _squared_std(rho_b, lo, hi) if rho_b is not None else (None, None, None)
+        m = torch.addmm(bm, x, wm.t()) if bm is not None else torch.mm(x, wm.t())
+        x2 = x * x
+        v = torch.addmm(bv, x2, wv.t()) if bv is not None else torch.mm(x2, wv.t())
+        tiny = torch.finfo(v.dtype).tiny
+        low = None
+        if _inside(v, tiny, math.inf):
+            s = torch.sqrt(v)
+        else:
+            low = torch.ge(v, tiny).logical_not_()  # clamp_min's mask: NaN counts as below
+            s = torch.sqrt(v.clamp_min(tiny))
+        ctx.save_for_backward(x, wm, wv, bv, x2, s, eps, low, out_w, out_b)
+        return torch.addcmul(m, s, eps)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, wm, wv, bv, x2, s, eps, low, out_w, out_b = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        q = torch.mul(g, eps).div_(s)  # 2 dL/dv
+        if low is not None:
+            q.masked_fill_(low, 0.0)
+        g_x = g_wm = g_bm = g_rw = g_rb = None
+        if need[0]:
+            g_x = torch.mm(g, wm).addcmul_(x, torch.mm(q, wv))
+        if need[1]:
+            g_wm = torch.mm(g.t(), x)
+        if need[2] and bv is not None:
+            g_bm = g.sum(0)
+        if need[3]:
+            g_rw = torch.mm(q.t(), x2).mul_(wv)
+            if out_w is not None:
+                g_rw.masked_fill_(out_w, 0.0)
+        if need[4] and bv is not None:
+            g_rb = q.sum(0).mul_(bv)
+            if out_b is not None:
+                g_rb.masked_fill_(out_b, 0.0)
+        return g_x, g_wm, g_bm, g_rw, g_rb, None, None, None
+
+
+class _CLTPreact(torch.autograd.Function):
+    r"""The CLT pre-activation moments (C3) of a 2-D input with a hand-written backward, and optionally the
+    activation's moments through the fused float32 kernel (RELU-6), all in one autograd node:
+
+    .. math:: m = \mu_h\mu_W^\top + \mu_b,\qquad v = (v_h + \mu_h^2)(\sigma_W^2)^\top + v_h(\mu_W^2)^\top + \sigma_b^2,
+
+    the same sums as the ``F.linear`` form, accumulated by two ``addmm`` (no full-size sum of two products). The
+    backward forms each of the six products the gradients need once:
+    ``dmu_h = g_m mu_W + 2 mu_h (g_v sigma_W^2)``, ``dv_h = g_v sigma_W^2 + g_v mu_W^2``,
+    ``dmu_W = g_m^T mu_h + 2 mu_W (g_v^T v_h)``, ``dsigma_W^2 = g_v^T (v_h + mu_h^2)``, and the bias sums.
+    ``var_h`` None: a deterministic input (``v_h = 0``).
+
+    ``sw``, ``sb`` are the variances ``sigma^2``, or, with ``rho_bounds = (lo, hi)``, the ``rho`` of
+    ``sigma = exp(clamp(rho, lo, hi))`` (:func:`_squared_std`); their gradient is then
+    ``dsigma^2 2 sigma^2``, 0 where rho is saturated. ``act`` "relu" or "crelu" (float32 CPU only): the outputs
+    are the activation's moments from ``(m, v)``, bit for bit those of ``relu_moments(m, _safe_sqrt(v))``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor, bm: torch.Tensor | None,
+                sw: torch.Tensor, sb: torch.Tensor | None, rho_bounds: tuple[float, float] | None,
+                act: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out_w = out_b = wm2 = None
+        if rho_bounds is None:
+            wv, bv = sw, sb
+            if var_h is not None:
+                wm2 = wm * wm
+        else:  # sigma^2 and, in the same pass, mu_W^2
+            wv, out_w, wm2 = _squared_std(sw, *rho_bounds, w=wm if var_h is not None else None)
+            bv, out_b, _ = _squared_std(sb, *rho_bounds) if sb is not None else (None, None, None)
+        m = torch.addmm(bm, mu_h, wm.t()) if bm is not None else torch.mm(mu_h, wm.t())
+        s1 = mu_h * mu_h if var_h is None else torch.addcmul(var_h, mu_h, mu_h)
+        v = torch.addmm(bv, s1, wv.t()) if bv is not None else torch.mm(s1, wv.t())
+        if var_h is not None:
+            assert wm2 is not None
+            v.addmm_(var_h, wm2.t())
+        ctx.cfg = (bm is not None, sb is not None, rho_bounds is not None, act)
+        if act is None:
+            ctx.save_for_backward(mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b)
+            return m, v
+        # _safe_sqrt(v) = sqrt(clamp_min(v, tiny)): the kernel takes torch's sqrt(v) and applies the clamp.
+        sd = torch.sqrt(v)
+        mean, var, aux = _native_gauss.forward_raw(m, sd, v)
+        aux_n = None
+        if act == "crelu":
+            mean_n, var_n, aux_n = _native_gauss.forward_raw(-m, sd, v)
+            mean, var = torch.cat([mean, mean_n], dim=-1), torch.cat([var, var_n], dim=-1)
+        ctx.save_for_backward(mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b, m, v, sd, aux, aux_n)
+        return mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_m: torch.Tensor, g_v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        has_bm, has_sb, from_rho, act = ctx.cfg
+        mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b, *act_saved = ctx.saved_tensors
+        if act is not None:  # through the activation first (RELU-6); g_m, g_v become dL/dm, dL/dv
+            m, v, sd, aux, aux_n = act_saved
+            if act == "relu":
+                g_m, g_v = _native_gauss.backward_raw(g_m, g_v, m, sd, v, aux)
+            else:
+                o = m.shape[-1]
+                gm_p, gv_p = _native_gauss.backward_raw(g_m[:, :o], g_v[:, :o], m, sd, v, aux)
+                gm_n, gv_n = _native_gauss.backward_raw(g_m[:, o:], g_v[:, o:], -m, sd, v, aux_n)
+                g_m, g_v = gm_p.sub_(gm_n), gv_p.add_(gv_n)
+        need = ctx.needs_input_grad
+        g_mu = g_var = g_wm = g_bm = g_sw = g_sb = None
+        if need[0] or need[1]:
+            g1 = torch.mm(g_v, wv)
+            if need[0]:
+                g_mu = torch.mm(g_m, wm).addcmul_(mu_h, g1, value=2.0)
+            if need[1] and var_h is not None:
+                g_var = g1.addmm_(g_v, wm2)  # g1 is not needed after this
+        if need[2]:
+            if var_h is not None:
+                g_wm = torch.mm(g_v.t(), var_h).mul_(wm).addmm_(g_m.t(), mu_h, beta=2.0)
+            else:
+                g_wm = torch.mm(g_m.t(), mu_h)
+        if need[3] and has_bm:
+            g_bm = g_m.sum(0)
+        if need[4]:
+            if from_rho:  # d sigma^2/d rho = 2 sigma^2: the 2 rides on the product
+                g_sw = torch.addmm(wv, g_v.t(), s1, beta=0.0, alpha=2.0).mul_(wv)
+                if out_w is not None:
+                    g_sw.masked_fill_(out_w, 0.0)
+            else:
+                g_sw = torch.mm(g_v.t(), s1)
+        if need[5] and has_sb:
+            g_sb = g_v.sum(0)
+            if from_rho:
+                g_sb = g_sb.mul_(bv).mul_(2.0)
+                if out_b is not None:
+                    g_sb.masked_fill_(out_b, 0.0)
+        return g_mu, g_var, g_wm, g_bm, g_sw, g_sb, None, None
 
 
 def _is_int(v: object) -> bool:
@@ -247,28 +544,38 @@ class BayesianLinear(ABC, nn.Module):
 
     # ---- posterior ------------------------------------------------------------------------------------
 
-    def _std_of(self, rho: torch.Tensor) -> torch.Tensor:
+    def _std_of(self, rho: torch.Tensor, square: bool = False) -> torch.Tensor:
         lo, hi = std_bounds(rho.dtype)
         if self.use_softplus:
             r = rho.clamp(float(inv_softplus(torch.tensor(lo, dtype=torch.float64))), hi)
-            return softplus(r)
-        return torch.exp(rho.clamp(math.log(lo), math.log(hi)))
+            sd = softplus(r)
+            return sd.square() if square else sd
+        # The same values, a shorter backward (_ExpStd); always where the fused kernel serves, whose exp is then
+        # the std's exp for every use of this rho.
+        if _plain(rho) and (rho.numel() >= _FUSE_MIN or _native_gauss.usable(rho)):
+            out: torch.Tensor = _ExpStd.apply(rho, math.log(lo), math.log(hi), square)  # type: ignore[no-untyped-call]
+            return out
+        sd = torch.exp(rho.clamp(math.log(lo), math.log(hi)))
+        return sd.square() if square else sd
 
     def mean(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(weight_mu, bias_mu)``."""
         return self.weight_mu, self.bias_mu
 
     def std(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(sigma_w, sigma_b)``, each ``exp(rho)`` or ``softplus(rho)`` inside :func:`std_bounds` (C6)."""
+        """``(sigma_w, sigma_b)``, each ``exp(rho)`` or ``softplus(rho)`` inside :func:`std_bounds` (C6); float32 on
+        CPU the exp is the fused kernel's, within 0.99 ulp (EXP-1)."""
         if self.weight_rho is None:
             raise ValueError(f"{type(self).__name__} has no learned standard deviation (weight_rho is None)")
         sb = self._std_of(self.bias_rho) if self.bias_rho is not None else None
         return self._std_of(self.weight_rho), sb
 
     def var(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(sigma_w**2, sigma_b**2)``."""
-        sw, sb = self.std()
-        return sw.square(), (sb.square() if sb is not None else None)
+        """``(sigma_w**2, sigma_b**2)``, the squares of :meth:`std` bit for bit."""
+        if self.weight_rho is None:
+            raise ValueError(f"{type(self).__name__} has no learned standard deviation (weight_rho is None)")
+        sb = self._std_of(self.bias_rho, square=True) if self.bias_rho is not None else None
+        return self._std_of(self.weight_rho, square=True), sb
 
     def KL(self) -> tuple[torch.Tensor, int]:
         """``(sum of KL(posterior || prior) over weights and biases, number of weight and bias elements)`` (C1)."""
@@ -290,16 +597,21 @@ class BayesianLinear(ABC, nn.Module):
 
     def _noise(self, attr: str, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped like ``like``; kept between calls under manual_reset (C5)."""
+        return self._noise_shaped(attr, tuple(like.shape), like.dtype, like.device)
+
+    def _noise_shaped(self, attr: str, shape: tuple[int, ...], dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
         stored: torch.Tensor | None = getattr(self, attr)
         if self._manual_reset and stored is not None:
-            if stored.shape != like.shape:
+            if tuple(stored.shape) != shape:
                 raise ValueError(
                     f"{type(self).__name__}: manual_reset keeps noise of shape {tuple(stored.shape)}, but this call "
-                    f"needs {tuple(like.shape)}; call reset_randomness() before changing the batch shape"
+                    f"needs {shape}; call reset_randomness() before changing the batch shape"
                 )
             return stored
-        eps = torch.randn_like(like)
-        setattr(self, attr, eps if self._manual_reset else None)
+        eps = torch.randn(shape, dtype=dtype, device=device)
+        if self._manual_reset:  # otherwise the slot stays None (reset_parameters, set_manual_reset(False))
+            setattr(self, attr, eps)
         return eps
 
     @abstractmethod
@@ -315,13 +627,26 @@ class BBBLinear(BayesianLinear):
 
     .. math:: W = \mu + \sigma\odot\varepsilon,\ \varepsilon\sim N(0, I),\qquad y = x W^\top + b.
 
-    MAP mode: ``F.linear(x, weight_mu, bias_mu)`` (C4).
+    The sample is one node (:class:`_BBBSample`, the values of ``F.linear(x, addcmul(mu, std(), eps), ...)``; C5,
+    C6, EXP-1). MAP mode: ``F.linear(x, weight_mu, bias_mu)`` (C4).
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         wm, bm = self.mean()
         if self._map:
             return F.linear(input, wm, bm)
+        rho_w, rho_b = self.weight_rho, self.bias_rho
+        assert rho_w is not None
+        if (not self.use_softplus and input.dim() >= 1 and input.shape[-1] == self.in_features
+                and _plain(input, wm, bm, rho_w, rho_b)):
+            # One node for the whole sample (_BBBSample), the same values as the form below.
+            lo, hi = std_bounds(rho_w.dtype)
+            eps_w = self._noise("_random_weight", wm)
+            eps_b = self._noise("_random_bias", bm) if bm is not None else None
+            x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)
+            y: torch.Tensor = _BBBSample.apply(x2, wm, rho_w, eps_w, bm, rho_b, eps_b,  # type: ignore[no-untyped-call]
+                                               math.log(lo), math.log(hi))
+            return y if input.dim() == 2 else y.reshape(*input.shape[:-1], self.out_features)
         ws, bs = self.std()
         w = torch.addcmul(wm, ws, self._noise("_random_weight", wm))
         b = torch.addcmul(bm, bs, self._noise("_random_bias", bm)) if bm is not None and bs is not None else None
@@ -334,15 +659,29 @@ class LRLinear(BayesianLinear):
     .. math:: y = x\mu^\top + \mu_b + \sqrt{x^2 (\sigma^2)^\top + \sigma_b^2}\odot\varepsilon,\ \varepsilon\sim N(0, I).
 
     Same output mean and variance as :class:`BBBLinear` for each output element (C2); independent
-    noise per batch row. The square root has a finite gradient at zero variance (C6).
+    noise per batch row. The square root has a finite gradient at zero variance (C6). The sample is one node
+    (:class:`_LRSample`, the values of the ``F.linear`` form; EXP-1).
     MAP mode: ``F.linear(x, weight_mu, bias_mu)`` (C4).
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         wm, bm = self.mean()
-        out_mu = F.linear(input, wm, bm)
         if self._map:
-            return out_mu
+            return F.linear(input, wm, bm)
+        rho_w, rho_b = self.weight_rho, self.bias_rho
+        assert rho_w is not None
+        if (not self.use_softplus and input.dim() >= 1 and input.shape[-1] == self.in_features
+                and _plain(input, wm, bm, rho_w, rho_b)):
+            # One node for the whole sample (_LRSample), the same values as the form below.
+            out_shape = (*input.shape[:-1], self.out_features)
+            eps = self._noise_shaped("_random_weight", out_shape, wm.dtype, wm.device)
+            lo, hi = std_bounds(rho_w.dtype)
+            two_d = input.dim() == 2
+            y: torch.Tensor = _LRSample.apply(  # type: ignore[no-untyped-call]
+                input if two_d else input.reshape(-1, self.in_features), wm, bm, rho_w, rho_b,
+                eps if two_d else eps.reshape(-1, self.out_features), math.log(lo), math.log(hi))
+            return y if two_d else y.reshape(out_shape)
+        out_mu = F.linear(input, wm, bm)
         wv, bv = self.var()
         out_std = _safe_sqrt(F.linear(input.square(), wv, bv))
         return torch.addcmul(out_mu, out_std, self._noise("_random_weight", out_mu))
@@ -366,7 +705,9 @@ class CLTLinear(BayesianLinear):
 
     (``var_h = None``: a deterministic input, ``v = mu_h^2 sigma_W^2 + sigma_b^2``), exact moments of the
     pre-activation (C3). Unless ``is_output``, the layer returns the mean and variance of
-    ``relu`` (or CReLU) of ``N(m, v)`` from :func:`rln_verified.functional.relu_moments`.
+    ``relu`` (or CReLU) of ``N(m, v)`` from :func:`rln_verified.functional.relu_moments` with
+    ``sigma = sqrt(clamp_min(v, tiny))``. The moments (and, float32 on CPU, the activation: RELU-6) are one node,
+    :class:`_CLTPreact`, with the values of the ``F.linear`` form.
 
     MAP mode (ObjectRL's contract): ``var_h`` must be None; returns ``(act(F.linear(mu_h, weight_mu,
     bias_mu)), None)``, without the activation when ``is_output``.
@@ -432,17 +773,43 @@ class CLTLinear(BayesianLinear):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_call(var_h)
         wm, bm = self.mean()
-        m = F.linear(mu_h, wm, bm)
         if self._map:
-            return self._activate_map(m), None
+            return self._activate_map(F.linear(mu_h, wm, bm)), None
         if var_h is None and not self.is_input:
             raise ValueError(f"{type(self).__name__}: var_h is required for a non-input layer outside MAP mode "
                              "(set is_input=True for a deterministic input)")
-        wv, bv = self.var()
-        if var_h is None:
-            v = F.linear(mu_h.square(), wv, bv)
+        rho_w, rho_b = self.weight_rho, self.bias_rho
+        fused = (mu_h.dim() >= 1 and mu_h.shape[-1] == self.in_features and rho_w is not None
+                 and (var_h is None or var_h.shape == mu_h.shape) and _plain(mu_h, var_h, wm, bm, rho_w, rho_b))
+        if fused and rho_w is not None:
+            # One autograd node for the pre-activation, with the std's exp(clamp(rho))**2 inside it (the same
+            # values as var()), or var() itself under softplus.
+            bounds: tuple[float, float] | None = None
+            sw: torch.Tensor = rho_w
+            sb: torch.Tensor | None = rho_b
+            if self.use_softplus:
+                sw, sb = self.var()
+            else:
+                lo, hi = std_bounds(rho_w.dtype)
+                bounds = (math.log(lo), math.log(hi))
+            two_d = mu_h.dim() == 2
+            mu2 = mu_h if two_d else mu_h.reshape(-1, self.in_features)
+            var2 = var_h if two_d or var_h is None else var_h.reshape(-1, self.in_features)
+            # The activation joins the node where the fused float32 kernel applies (RELU-6).
+            act = None if self.is_output or not _native_gauss.usable(mu2, wm) else self.act
+            m, v = _CLTPreact.apply(mu2, var2, wm, bm, sw, sb, bounds, act)  # type: ignore[no-untyped-call]
+            if not two_d:
+                lead = tuple(mu_h.shape[:-1])
+                m, v = m.reshape(*lead, m.shape[-1]), v.reshape(*lead, v.shape[-1])
+            if act is not None:
+                return m, v
         else:
-            v = F.linear(var_h + mu_h.square(), wv, bv) + F.linear(var_h, wm.square())
+            wv, bv = self.var()
+            m = F.linear(mu_h, wm, bm)
+            if var_h is None:
+                v = F.linear(mu_h.square(), wv, bv)
+            else:
+                v = F.linear(var_h + mu_h.square(), wv, bv) + F.linear(var_h, wm.square())
         return self._activate(m, v)
 
     def extra_repr(self) -> str:

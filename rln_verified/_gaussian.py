@@ -1,6 +1,7 @@
 """Gaussian kernels: pdf/cdf/logcdf, moments of relu of a Gaussian, Gaussian KL.
 
-Theorems GAUSS-*, RELU-*, CRELU-* and KL-* in ``proofs/gaussian.md``. Tails use the Mills ratio
+Theorems GAUSS-*, RELU-*, CRELU-* and KL-* in ``proofs/gaussian.md``; float32 on CPU, ``relu_moments`` runs the
+fused kernel of ``_native_gauss`` (RELU-6). Tails use the Mills ratio
 ``R(y) = sqrt(pi/2) erfcx(y/sqrt 2)``, never ``torch.special.ndtr``, which on CPU forms ``1 - tiny`` and has
 no relative accuracy below ``z ~ -5``.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rln_verified import _native_gauss
 from rln_verified._special import psi
 from rln_verified._validation import check_float_tensor, check_same_dtype, compute_dtype
 
@@ -21,7 +23,8 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
 _SQRT_HALF = math.sqrt(0.5)
 _INV_LN2 = 1.0 / math.log(2.0)
-# fdlibm's split of ln 2: _LN2_HI has 32 trailing zero bits, so n * _LN2_HI is exact for n < 2^20.
+# fdlibm's split of ln 2: _LN2_HI is a multiple of 2^-32 (21 trailing zero bits), so n * _LN2_HI is exact for
+# n < 2^21 (gaussian_sympy.py::check_phi_kernel).
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _X_EXP_MAX = 100.0
@@ -286,7 +289,9 @@ def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, t
     float64 and cast back: relative error <= 1e-12 (float64) and <= 1e-5 (float32) for ``|a| <= 1e3``
     where the true value is normal (RELU-4). ``mean >= 0`` and ``var >= 0`` for every input (RELU-2).
     ``sigma = 0`` gives ``(relu(mu), 0)`` with finite gradients (RELU-3). The backward is closed form
-    (RELU-5). ``sigma < 0`` or a NaN input gives NaN at that element only.
+    (RELU-5). ``sigma < 0`` or a NaN input gives NaN at that element only. float32 on CPU runs the fused kernel
+    of ``_native/gauss.c`` (same forms, within 1 float32 ulp of the eager path, RELU-6), and the eager kernel
+    where it is not built.
 
     Args:
         mu, sigma: floating-point tensors of one dtype that broadcast together.
@@ -296,6 +301,8 @@ def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, t
         ValueError: shapes that do not broadcast.
     """
     mu_b, sigma_b = _check_pair("relu_moments", mu, sigma)
+    if _native_gauss.usable(mu_b, sigma_b):  # float32 on CPU: the fused kernel, same forms (RELU-6)
+        return _native_gauss.relu_moments_f32(mu_b, sigma_b)
     mean, var = _ReluMoments.apply(mu_b.to(torch.float64), sigma_b.to(torch.float64))  # type: ignore[no-untyped-call]
     return mean.to(mu.dtype), var.to(mu.dtype)
 
@@ -333,8 +340,9 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
         g(r) = r^2-1-2\ln r .
 
     ``g`` is evaluated without cancellation: with ``t = r^2 - 1`` formed as
-    ``((sq - sp)/sp)((sq + sp)/sp)``, ``g = t^2/(1+t) - psi(t)`` for ``t >= 0`` and ``g = psi(1/r^2 - 1)``
-    for ``r < 1``. The result is >= 0, and exactly 0 when the two distributions are equal.
+    ``((sq - sp)/sp)((sq + sp)/sp)``, ``g = t (t/(1+t)) - psi(t)`` for ``t >= 0``, ``g = psi(1/r^2 - 1)``
+    for ``1/2 <= r < 1`` and ``g = (r^2 - 1) - 2 ln r`` for ``r < 1/2``, so no intermediate overflows where KL
+    is finite. The result is >= 0, and exactly 0 when the two distributions are equal.
     ``sigma_q < 0`` or ``sigma_p <= 0`` gives NaN at that element. float16/bfloat16 are computed in
     float32.
 
@@ -355,9 +363,18 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
     sq_u, sp_u = torch.where(up, sq, one), torch.where(up, sp, one)
     sq_l, sp_l = torch.where(up, one, sq), torch.where(up, one, sp)
     t = ((sq_u - sp_u) / sp_u) * ((sq_u + sp_u) / sp_u)
-    g_up = t * t / (1.0 + t) - psi(t)
-    s = ((sp_l - sq_l) / sq_l) * ((sp_l + sq_l) / sq_l)
-    g_lo = psi(s)
+    # t^2/(1+t) as t (t/(1+t)): no t^2 to overflow (KL-1).
+    g_up = t * (t / (1.0 + t)) - psi(t)
+    # r < 1/2: g = (r^2 - 1) - 2 ln r directly (no cancellation: -2 ln r >= 1.38 > |r^2 - 1|/0.72); ln r from the
+    # quotient, or from log(sq) - log(sp) where the quotient underflows. 1/2 <= r < 1: g = psi(1/r^2 - 1), s <= 3.
+    small = sq_l < 0.5 * sp_l
+    rr = sq_l / sp_l
+    tiny = float(torch.finfo(cd).tiny)
+    ln_r = torch.where(rr >= tiny, torch.log(torch.where(rr >= tiny, rr, one)), torch.log(sq_l) - torch.log(sp_l))
+    g_small = (rr * rr - 1.0) - 2.0 * ln_r
+    sq_m, sp_m = torch.where(small, one, sq_l), torch.where(small, one, sp_l)
+    s = ((sp_m - sq_m) / sq_m) * ((sp_m + sq_m) / sq_m)
+    g_lo = torch.where(small, g_small, psi(s))
     # KL-1: g_up >= t^2/(2(1+t)) (1 - O(u)) > 0 in floating point; the clamp only guards the
     # underflow corner where t^2 is subnormal and both terms round to neighbouring subnormals.
     g = torch.where(up, g_up.clamp(min=0.0), g_lo)

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from rln_verified._validation import check_float_tensor, compute_dtype
 
-# PSI-5: below T0 the all-positive series in w = t/(2+t) is used with J terms; above it the direct
-# form log1p(t) - t/(1+t), whose cancellation factor is small there. (t0, J) per compute dtype.
+# Below t0 the all-positive series in w = t/(2+t) is used with J terms, whose truncation is < eps/4
+# there (PSI-1); above it the direct form log1p(t) - t/(1+t), whose cancellation factor c(t) <= c(t0) is
+# small (PSI-3: c(0.1) < 43, c(1) < 6.2). (t0, J) per compute dtype.
 _PSI_SPLIT: dict[torch.dtype, tuple[float, int]] = {
     torch.float64: (0.1, 7),
     torch.float32: (1.0, 8),
@@ -28,7 +29,7 @@ def _series_coeffs(j: int) -> list[float]:
 
 
 def _psi_forward(t: torch.Tensor) -> torch.Tensor:
-    """psi in t's dtype (float32 or float64); no autograd. PSI-1, PSI-5."""
+    """psi in t's dtype (float32 or float64); no autograd. PSI-1 (series), PSI-3 (accuracy, switch point)."""
     t0, j = _PSI_SPLIT[t.dtype]
     small = t <= t0
     ts = torch.where(small, t, torch.zeros_like(t))
@@ -50,7 +51,8 @@ def _psi_forward(t: torch.Tensor) -> torch.Tensor:
 
 
 def _dpsi(t: torch.Tensor) -> torch.Tensor:
-    """psi'(t) = t/(1+t)^2, written as s/(1+t), s = t/(1+t), so (1+t)^2 never overflows. PSI-3, PSI-6."""
+    """psi'(t) = t/(1+t)^2, written as s/(1+t), s = t/(1+t), so (1+t)^2 never overflows (PSI-4: finite
+    everywhere, t = 0 and t = inf included, in [0, 1/4], relative error <= 4 eps)."""
     tp = torch.where(t == math.inf, torch.zeros_like(t), t)
     d = (tp / (1.0 + tp)) / (1.0 + tp)
     # The exact value is <= 1/4 (PSI-4); rounding near t = 1 can land one ulp above, and clamping to the
@@ -92,11 +94,11 @@ def psi(t: torch.Tensor) -> torch.Tensor:
         \psi(t) = \frac{2w^2}{1+w} + 2w^3 \sum_{j\ge 0} \frac{w^{2j}}{2j+3},\qquad w = \frac{t}{2+t}
 
     is used for small ``t`` (every term positive, no cancellation) and the direct form above a
-    per-dtype switch point (PSI-1, PSI-5). Relative error <= 1e-13 in float64 on [1e-300, 1e300] and
-    <= 2e-6 in float32 on [1e-30, 1e30] wherever psi(t) is a normal float (PSI-5); psi(0) = 0, psi >= 0,
-    increasing (PSI-2); the gradient is ``t/(1+t)^2``, finite everywhere including ``t = 0`` and
-    ``t = inf`` (PSI-3, PSI-6). ``t < 0`` gives NaN at that element. float16 and bfloat16 are computed in
-    float32 and cast back.
+    per-dtype switch point (PSI-1, PSI-3). Relative error <= 1e-13 in float64 on [1e-300, 1e300] and
+    <= 2e-6 in float32 on [1e-30, 1e30] wherever psi(t) is a normal float, 0 or subnormal (never negative)
+    below (PSI-3); psi(0) = 0, psi >= 0, increasing, <= t^2/2 and <= log1p(t) (PSI-2); the gradient is
+    ``t/(1+t)^2``, in [0, 1/4] and finite everywhere including ``t = 0`` and ``t = inf`` (PSI-4).
+    ``t < 0`` gives NaN at that element. float16 and bfloat16 are computed in float32 and cast back.
 
     Args:
         t: floating-point tensor, any device.
@@ -114,8 +116,8 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     r""":math:`\log(1 + e^x)`, finite for every finite ``x`` and equal to ``x`` once ``x`` is large (SP-1).
 
     Above a per-dtype threshold ``T`` with ``exp(-T) < u*T`` the answer is ``x`` itself, correctly rounded;
-    below it ``log1p(exp(x))`` cannot overflow. The gradient is ``sigmoid(x)``. float16 and bfloat16 are
-    computed in float32.
+    below it ``log1p(exp(x))`` cannot overflow. Relative error <= ``2 eps + u`` where the result is a normal
+    float (SP-1). The gradient is ``sigmoid(x)``. float16 and bfloat16 are computed in float32.
 
     Raises:
         TypeError: ``x`` is not a floating-point tensor.
@@ -137,10 +139,16 @@ def _log1mexp(y: torch.Tensor) -> torch.Tensor:
 def inv_softplus(y: torch.Tensor) -> torch.Tensor:
     r"""The inverse of :func:`softplus`: :math:`x = y + \log(1 - e^{-y})` for :math:`y > 0`.
 
-    No overflow for large ``y`` and no loss for tiny ``y`` (SP-2, SP-3): ``softplus(inv_softplus(y))``
-    returns ``y`` to within ``(c0 + c1 |ln y|) * u`` for every positive normal ``y`` of the dtype.
+    No overflow for large ``y`` and no loss for tiny ``y`` (SP-2, SP-3). In float64/float32, for every
+    positive normal ``y`` the result is within ``Delta = (1 + u) eps (|ln(1 - e^-y)| + 1.02) + u |x|`` of the
+    exact ``x``, and ``softplus(inv_softplus(y))`` returns ``y`` within ``~ eps (1.5 |ln y| + 3.5)``
+    relative (about ``3 eps`` for large ``y``): the conditioning of the problem, since the rounding of
+    ``x ~ ln y`` is amplified by ``exp``. float16 and bfloat16 store ``x`` with ``u_d |x|`` absolute error,
+    so there the round trip is only within about ``expm1(u_d |ln y|)`` (bfloat16: 0.31 at ``y = 2.3e-30``,
+    0.42 at the smallest normal). SP-2 states the exact bounds.
+
     ``y = 0`` gives ``-inf``, ``y < 0`` gives NaN, ``y = inf`` gives ``inf``. float16 and bfloat16 are
-    computed in float32.
+    computed in float32 and rounded once.
 
     Raises:
         TypeError: ``y`` is not a floating-point tensor.

@@ -270,3 +270,19 @@ def test_seed_reference_keeps_its_documented_defects() -> None:
     y = SeedBayesianRLayerNorm(16)(torch.randn(3, 4, 16))
     assert isinstance(y, torch.Tensor)
     torch.testing.assert_close(y.mean(-1), torch.zeros(3, 4), atol=1e-6, rtol=0)
+
+
+def test_targets_are_reported_not_gated() -> None:
+    from rln_verified.bench._gate import target_report
+
+    b2 = _bench("k s2", "k", "Base", [], 10.0)
+    c2 = _bench("k s2", "k", "Cont", ["Base"], 12.0)
+    thr = parse_thresholds({"time": {"k:Cont/Base": 1.6}, "target": {"k:Cont/Base": 1.3}})
+    rows = evaluate(parse_run(_run(BASE, CONT, b2, c2)), thr)
+    # both shapes pass the threshold (1.5 and 1.2 <= 1.6); the worst ratio, 1.5, misses the 1.3 target
+    assert all(r.verdict == "pass" for r in rows if r.metric == "time")
+    (line,) = target_report(rows, thr)
+    assert "worst 1.5" in line and "target 1.3" in line and "NOT MET" in line
+    thr_met = parse_thresholds({"time": {"k:Cont/Base": 1.6}, "target": {"k:Cont/Base": 1.5}})
+    (line,) = target_report(evaluate(parse_run(_run(BASE, CONT, b2, c2)), thr_met), thr_met)
+    assert line.endswith(": met")

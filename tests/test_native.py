@@ -129,7 +129,7 @@ def _margins(case: dict[str, Any]) -> float:
     y, u, gx, gw, gb, gl = got
     yr, ur, gxr, gwr, gbr, glr = ref
     bound("y", (y.double() - yr).abs(), U32 * yr.abs() + wel.abs() * 2.0**-46 * (m + 8) * amp)
-    bound("u", (u.double() - ur).abs(), U32 * ur.abs() + 2.0**-46 * (m + 8))
+    bound("u", (u.double() - ur).abs(), U32 * ur.abs() + 2.0**-46 * (m + 8) * amp.reshape(ur.shape))
     s_x = (wmax * gy.double().abs().amax(dim=dims, keepdim=True) + alpha * case["lam"] * gu.double().abs()) / sigma
     bound("dx", (gx.double() - gxr).abs(), U32 * gxr.abs() + 2.0**-46 * (m + 8) ** 2 * amp * s_x)
     n_all = x32.numel()

@@ -12,7 +12,15 @@ from rln_verified import functional as Fn
 from rln_verified._special import _PSI_SPLIT
 from rln_verified.verify import assert_check
 from rln_verified.verify._core import ALL_DTYPES
-from rln_verified.verify.special import psi_ref, rel_err
+from rln_verified.verify.special import (
+    inv_softplus_error_bound,
+    inv_softplus_sweep,
+    psi_ref,
+    psi_sweep,
+    rel_err,
+    round_trip_y_bound,
+    softplus_sweep,
+)
 
 ALL = pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 
@@ -35,6 +43,14 @@ def test_series_truncation_bound(dtype: torch.dtype) -> None:
             assert 0 <= remainder <= bound, (t, remainder, bound)
         # The truncation must cost less than half a unit roundoff, or J is too small for the dtype.
         assert float(bound) < torch.finfo(dtype).eps / 4, (t, float(bound))
+
+
+@pytest.mark.claim("PSI-1")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_series_remainder_property(dtype: torch.dtype, device: str) -> None:
+    """Hypothesis over t in (1e-12, 1 + sqrt 5] and J in 1..12: 0 <= R_J/psi <= the PSI-1 bound, target() on
+    the ratio; and the configured (t0, J) keeps the truncation below eps/4."""
+    assert_check("PSI-1", "psi", device, dtype)
 
 
 @pytest.mark.claim("PSI-1")
@@ -75,6 +91,15 @@ def test_textbook_psi_fails_where_ours_holds() -> None:
         assert rel_err(tb, ref) > 1e-4
 
 
+@pytest.mark.claim("PSI-3")
+@ALL
+def test_psi_mpmath_sweep(dtype: torch.dtype, device: str) -> None:
+    """scipy-style sweep: every order of magnitude of the dtype (4 points a decade, subnormals to max) and both
+    sides of t0, 1/u_c and the underflow edge, against mpmath; the message names the worst errors."""
+    sweep = psi_sweep(device, dtype)
+    assert sweep.ok, sweep.report()
+
+
 @pytest.mark.claim("PSI-4")
 @ALL
 def test_psi_gradient(dtype: torch.dtype, device: str) -> None:
@@ -113,6 +138,15 @@ def test_softplus(dtype: torch.dtype, device: str) -> None:
 
 
 @pytest.mark.claim("SP-1")
+@ALL
+def test_softplus_mpmath_sweep(dtype: torch.dtype, device: str) -> None:
+    """+-x over every order of magnitude of the dtype and both sides of T, ln(max) and the underflow edges:
+    finite everywhere, exactly x above T, within 3 eps (+ u_d) of mpmath where the result is normal."""
+    sweep = softplus_sweep(device, dtype)
+    assert sweep.ok, sweep.report()
+
+
+@pytest.mark.claim("SP-1")
 def test_softplus_gradient_is_sigmoid() -> None:
     x = torch.tensor([-800.0, -30.0, -1.0, 0.0, 1.0, 30.0, 800.0], dtype=torch.float64, requires_grad=True)
     Fn.softplus(x).sum().backward()
@@ -128,15 +162,39 @@ def test_round_trip_y(dtype: torch.dtype, device: str) -> None:
 
 
 @pytest.mark.claim("SP-2")
+@ALL
+def test_inv_softplus_mpmath_sweep(dtype: torch.dtype, device: str) -> None:
+    """Every order of magnitude of the positive normals, both sides of ln 2, the ends and the pinned
+    counterexamples: inv_softplus within Delta of mpmath (SP-2 a) and the round trip within B(y) (SP-2 b)."""
+    inverse, round_trip = inv_softplus_sweep(device, dtype)
+    assert inverse.ok, inverse.report()
+    assert round_trip.ok, round_trip.report()
+
+
+@pytest.mark.claim("SP-2")
+def test_bfloat16_counterexample_needs_the_exact_bound() -> None:
+    """At y = 2.2877e-30 bfloat16 stores x = -68.25 as -68.0, so softplus(x) moves by e^0.25 - 1 = 0.28:
+    above the linearised bound Delta H + 2 eps_c + u_c + u_d that SP-2 used to state, within B(y)."""
+    y_t = torch.tensor([2.2877133688586172e-30], dtype=torch.bfloat16)
+    y = float(y_t.double())
+    x = Fn.inv_softplus(y_t)
+    assert float(x.double()) == -68.0  # the storage rounding of x = -68.2461...
+    rel = abs(float(Fn.softplus(x).double()) - y) / y
+    delta = inv_softplus_error_bound(y, torch.bfloat16)
+    eps32, u_bf16 = torch.finfo(torch.float32).eps, torch.finfo(torch.bfloat16).eps / 2
+    linearised = delta * 1.0 + 2 * eps32 + eps32 / 2 + u_bf16  # H <= 1; what a first-order bound allows
+    assert rel > linearised, (rel, linearised)
+    assert rel <= round_trip_y_bound(y, torch.bfloat16)
+
+
+@pytest.mark.claim("SP-2")
 def test_naive_round_trip_fails_where_ours_holds() -> None:
     """Regression: log(exp(y)-1) turns 1e-8 into 0 and 100 into inf in float32 round trips."""
     y = torch.tensor([1e-8, 100.0], dtype=torch.float32)
     back = Fn.softplus(Fn.inv_softplus(y))
     assert torch.isfinite(back).all()
     rel = ((back.double() - y.double()).abs() / y.double()).tolist()
-    # SP-2 bound at these y (float32): eps (4 + 2|ln(1-e^-y)| min(1,1/y)).
-    from rln_verified.verify.special import round_trip_y_bound
-
+    # SP-2 (b) at these y (float32): B(y) ~ eps (1.5 |ln y| + 3.5) and ~ 3 eps.
     for r, yv in zip(rel, y.double().tolist()):
         assert r <= round_trip_y_bound(yv, torch.float32)
     naive_y = torch.log(torch.exp(y) - 1)

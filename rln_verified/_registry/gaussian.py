@@ -25,7 +25,16 @@ CLAIMS: tuple[Claim, ...] = (
           "2(sigma Phi - mean phi)), with relative error <= (420 + 7 a^2) u64 (+ u of the dtype).", _RELU),
     Claim("CRELU-1", "gaussian", "neg_relu_moments(mu, s) = relu_moments(-mu, s) exactly, crelu_moments "
           "concatenates both on the last dim, and E relu(X) - E relu(-X) = mu within the RELU-4 bound.", _CRELU),
+    Claim("RELU-6", "gaussian", "float32 on CPU: the fused kernel rounds once float64 values of RELU-1's forms (its "
+          "exp within 2.7 u64, torch's erfcx table), so RELU-2..5 and CRELU-1 hold for it, it is within 1 ulp of the "
+          "eager kernel, and the CLT activation is relu_moments(m, sqrt(clamp_min(v, tiny))) bit for bit.",
+          (*_RELU, "rln_verified.functional.crelu_moments", "rln_verified.CLTLinear")),
+    Claim("EXP-1", "gaussian", "float32 on CPU: the posterior std is E(clamp(rho, lo, hi)) with the kernel's float32 "
+          "exp E within 0.99 ulp of e^x on [lo, hi] (exhaustive); var is std^2 bit for bit; the rho gradient is "
+          "clamp's.", ("rln_verified.BayesianLinear", "rln_verified.BBBLinear", "rln_verified.LRLinear",
+                       "rln_verified.CLTLinear")),
     Claim("KL-1", "gaussian", "kl_normal equals 0.5((dmu/sp)^2 + g(sq/sp)), g(r) = r^2 - 1 - 2 ln r, evaluated "
           "as t^2/(1+t) - psi(t) or psi(1/r^2 - 1): >= 0, exactly 0 for equal arguments, relative error "
-          "<= 24 u + 3 eps_psi.", _KL),
+          "<= 24 u + 3 eps_psi, for r = 0 or 2 M^(-1/2) <= r <= M^(1/4)/2 and |dmu/sp| <= M^(1/2)/2 (M the "
+          "compute dtype's max).", _KL),
 )

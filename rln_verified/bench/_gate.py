@@ -69,6 +69,9 @@ class Thresholds:
     time: Mapping[str, float] = field(default_factory=dict)
     memory: Mapping[str, float] = field(default_factory=dict)
     quick_margin: float = 1.0
+    # The issue's "must" targets, reported (never gated): a threshold may hold a ratio above its target so that it
+    # cannot regress while the target is open.
+    target: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ def parse_thresholds(data: Mapping[str, Any]) -> Thresholds:
         time=_positive_table(data.get("time"), "time"),
         memory=_positive_table(data.get("memory"), "memory"),
         quick_margin=float(margin),
+        target=_positive_table(data.get("target"), "target"),
     )
 
 
@@ -268,6 +272,20 @@ def format_table(rows: Iterable[Row], margin: float = 1.0) -> str:
     return "\n".join(lines)
 
 
+def target_report(rows: Iterable[Row], thresholds: Thresholds) -> list[str]:
+    """One line per target key: the worst time ratio of the run against the issue's target (information only)."""
+    worst: dict[str, float] = {}
+    for r in rows:
+        if r.metric == "time" and r.key in thresholds.target:
+            worst[r.key] = max(worst.get(r.key, 0.0), r.ratio)
+    out = []
+    for key, tgt in thresholds.target.items():
+        if key in worst:
+            state = "met" if worst[key] <= tgt else "NOT MET"
+            out.append(f"  {key}: worst {worst[key]:.3g} vs target {tgt:g}: {state}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m rln_verified.bench",
@@ -306,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.rows_json).write_text(json.dumps([r.as_dict() for r in rows], indent=2))
     failed = [r for r in rows if r.verdict == "FAIL"]
     gated = sum(r.verdict != "info" for r in rows)
+    targets = target_report(rows, thresholds)
+    if targets:
+        print("\nrln-bench-gate: issue targets (reported, not gated; the thresholds above are the gate):")
+        print("\n".join(targets))
     if failed:
         print(f"\nrln-bench-gate: {len(failed)} of {gated} gated ratios exceed their threshold (margin {margin:g})")
         for r in failed:

@@ -169,6 +169,68 @@ for _name, _fn, _ref in (
     )
 
 
+# ---- RELU-1: the moment identities and the kernel's forms, over the whole range of a ------------------
+
+# Every identity of RELU-1 is evaluated on both sides in mpmath, with Hh_n(x) from the parabolic cylinder
+# function, Hh_n(x) = exp(-x^2/4) D_{-n-1}(x)/sqrt(2 pi), which uses neither the closed forms nor the
+# recurrence it is compared with. The worst cancellation among the forms is ~x^4 (the closed form of 2 Hh_2
+# and the textbook variance in the tail, 4 log10(1+|a|) digits), so with 60 + 4 log10(1+|a|) working digits
+# each side is exact to ~1e-55 relative; a discrepancy above 1e-40 is a false identity (a wrong form is O(1)).
+_RELU1_TOL = 1e-40
+
+
+def relu_identity_discrepancy(a: float, sigma: float) -> float:
+    """Largest relative discrepancy among RELU-1's identities at (a, sigma), or inf if some Hh_n or r_n <= 0."""
+    dps = 60 + int(4 * math.log10(1.0 + abs(a))) + 1
+    with mpmath.workdps(dps):
+        xx = -mpmath.mpf(a)
+        aa, ss = -xx, mpmath.mpf(sigma)
+        mu = aa * ss
+        phi = mpmath.npdf(xx)
+        q = mpmath.ncdf(-xx)  # Q(x) = Phi(a)
+        q_a = mpmath.ncdf(xx)  # Phi(-a)
+        scale = mpmath.exp(-xx * xx / 4) / mpmath.sqrt(2 * mpmath.pi)
+        hh = {-1: phi}
+        for n in range(5):
+            hh[n] = scale * mpmath.pcfd(-n - 1, xx)
+        if any(v <= 0 for v in hh.values()):
+            return math.inf
+        r = {n: hh[n] / hh[n - 1] for n in range(5)}
+        mills = q / phi
+        mean, e2 = ss * hh[1], 2 * ss * ss * hh[2]
+        var = e2 - mean * mean
+        pairs = [
+            (hh[0], q), (hh[1], phi - xx * q), (2 * hh[2], (1 + xx * xx) * q - xx * phi),  # (1)
+            *((n * hh[n], hh[n - 2] - xx * hh[n - 1]) for n in range(1, 5)),
+            (mean, mu * q + ss * phi), (e2, ss * ss * ((aa * aa + 1) * q + aa * phi)),  # (2)
+            (var, ss * ss * (q + aa * aa * q * q_a - aa * phi * (q - q_a) - phi * phi)),  # (3)
+            (mean / ss, phi * (1 - xx * mills)), (e2 / (ss * ss), phi * ((1 + xx * xx) * mills - xx)),
+            (var / (ss * ss), hh[1] * (2 * r[2] - hh[1])), (hh[1], phi * r[0] * r[1]),
+            # (4) as n r_n = 1/r_{n-1} - x: the form 1/(x + n r_n) would cancel ~x^2/(2 ln 10) digits for
+            # x << 0, where x + n r_n is tiny; this one cancels <= 2 log10|x| digits, only for x > 0.
+            *((n * r[n], 1 / r[n - 1] - xx) for n in range(1, 5)),
+        ]
+        return float(max(abs(lhs - rhs) / abs(lhs) for lhs, rhs in pairs))
+
+
+def _relu_identities(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    a, s = (float(v) for v in case)
+    return relu_identity_discrepancy(a, s) / _RELU1_TOL
+
+
+register(
+    Check(
+        claim="RELU-1",
+        subject="relu_moments",
+        strategy=lambda dtype: st.tuples(_ratios(), log_uniform(1e-3, 1e3)),
+        run=_relu_identities,
+        metric="max relative discrepancy of the RELU-1 identities (mpmath, Hh_n from pcfd) / 1e-40",
+        dtypes=(torch.float64,),  # exact arithmetic: the claim does not depend on a dtype
+        examples=lambda dtype: [(-X_SPLIT, 1.0), (0.0, 1.0), (-1e3, 2.0), (1e3, 0.5), (-40.0, 1.0), (1e-6, 1.0)],
+    )
+)
+
+
 # ---- RELU-4: accuracy -----------------------------------------------------------------------------
 
 _RELU_TOL: dict[torch.dtype, float] = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -469,3 +531,97 @@ __all__ = [
     "relu_moments_ref",
     "relu_tol",
 ]
+
+
+# ---- KL-1: deterministic sweep over every order of magnitude ----------------------------------------------
+
+
+def kl_ratio_range(dtype: torch.dtype) -> tuple[float, float]:
+    """KL-1's range of r = sigma_q/sigma_p: (0, M^(1/2)/2], M the compute dtype's largest float, so that
+    t = r^2 - 1 and d^2 + g stay finite (float64 up to 6.7e153, float32 up to 9.2e18). Below 1/2 the kernel uses
+    g = r^2 - 1 - 2 ln r with ln r from logs of the sigmas where r underflows, so there is no lower limit
+    (r = 0 gives KL = inf, the true value)."""
+    m = float(torch.finfo(compute_dtype(dtype)).max)
+    return 0.0, math.sqrt(m) / 2.0
+
+
+def kl_mean_range(dtype: torch.dtype) -> float:
+    """KL-1's bound on |d| = |mu_q - mu_p|/sigma_p: M^(1/2)/2, so that d^2 + g(r) is finite."""
+    return math.sqrt(float(torch.finfo(compute_dtype(dtype)).max)) / 2.0
+
+
+# torch.distributions' Normal-Normal KL is 0.5 (v + d^2 - 1 - log v) with v = fl(fl(sq/sp)^2), all in the
+# input dtype d (u = u_d). v carries (1+u)^3 - 1 <= 3.01u and d^2 (1+u)^5 - 1 <= 5.01u relative; log v is off
+# by <= 3.02u from v's error plus its own ulp, 2.01u |log v|; the three additions add u each of a partial sum
+# <= S = v + d^2 + 1 + |log v| (3.03u S with the compounding). Each of the first four terms is <= 5.01u times its
+# own part of S, so the total is <= (5.01 + 3.03) u S, halved: 4.02 u S <= 4.05 u S. This holds where v and d^2
+# are normal floats (a subnormal v would make log v's relative error unbounded) and the result is finite.
+_TORCH_KL_UNITS = 4.05
+
+
+def _kl_points(dtype: torch.dtype) -> list[tuple[float, float, float, float]]:
+    """(mu_q, sigma_q, mu_p, sigma_p) in ``dtype``: r over every order of magnitude of KL-1's range, both sides of
+    r = 1 down to one ulp; d = (mu_q - mu_p)/sigma_p over every order of magnitude; sigma_p over the dtype."""
+    from rln_verified.verify.special import decades, neighbours, on_grid
+
+    fi = torch.finfo(dtype)
+    r_lo, r_hi = kl_ratio_range(dtype)
+    r_lo, r_hi = max(r_lo, 2 * float(fi.tiny)), min(r_hi, float(fi.max) / 2)
+    u = eps(dtype) / 2
+    near_one = [1.0 + s * 10.0**-k for k in range(1, 17) for s in (-1.0, 1.0) if 10.0**-k >= u]
+    ratios = on_grid([*decades(r_lo, r_hi, 2), *near_one, *neighbours(1.0, dtype)], dtype)
+    d_max = min(kl_mean_range(dtype), math.sqrt(float(fi.max)) / 4)
+    ds = on_grid([*decades(max(1e-20, float(fi.tiny)), d_max, 1)], dtype)
+    scales = on_grid(decades(math.sqrt(float(fi.tiny)), math.sqrt(float(fi.max)), 0.2), dtype)
+    cases: list[tuple[float, float, float, float]] = []
+    for r in ratios:  # sigma_p = 1; mu_q - mu_p = 0 and 1
+        cases += [(0.0, r, 0.0, 1.0), (1.0, r, 0.0, 1.0)]
+    for d in ds:
+        for r in (0.5, 1.0, 3.0):
+            cases += [(d, r, 0.0, 1.0), (-d, r, 0.25, 1.0)]
+    for sp_ in scales:  # scale invariance exercised at the ends of the dtype: intermediates must not overflow
+        for r, d in ((1.0, 0.0), (1.0, 1e-3), (2.0, 1.5), (0.3, -2.0)):
+            cases.append((d * sp_, r * sp_, 0.0, sp_))
+    out = []
+    for case in cases:
+        vals = tuple(float(torch.tensor(v, dtype=torch.float64).to(dtype).double()) for v in case)
+        if all(math.isfinite(v) for v in vals) and vals[1] >= float(fi.tiny) and vals[3] >= float(fi.tiny):
+            out.append((vals[0], vals[1], vals[2], vals[3]))
+    return sorted(set(out))
+
+
+def kl_sweep(device: str | torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """kl_normal against the mpmath reference (kl_ref, 100 working digits) within KL-1's kl_tol, exactly 0 at
+    equality, >= 0 everywhere; and against torch.distributions.kl_divergence within kl_tol KL + 4.05 u_d S
+    wherever torch's own bound applies. Returns (mpmath sweep, torch sweep), each with its worst errors."""
+    from torch.distributions import Normal, kl_divergence
+
+    from rln_verified.verify.special import Sweep
+
+    pts = _kl_points(dtype)
+    cols = [torch.tensor([p[i] for p in pts], dtype=dtype, device=device) for i in range(4)]
+    ours = kl_normal(cols[0], cols[1], cols[2], cols[3]).double().cpu().tolist()
+    theirs = kl_divergence(Normal(cols[0], cols[1]), Normal(cols[2], cols[3])).double().cpu().tolist()
+    fi = torch.finfo(dtype)
+    tiny, top, u, tol = float(fi.tiny), float(fi.max), eps(dtype) / 2, kl_tol(dtype)
+    name = f"{str(dtype).removeprefix('torch.')} [{device}]"
+    ref_sw = Sweep(f"kl_normal vs mpmath {name}, args (mu_q, sigma_q, mu_p, sigma_p), rel tol {tol:.3g}")
+    torch_sw = Sweep(f"kl_normal vs torch.distributions {name}, allowed kl_tol KL + 4.05 u S")
+    for p, got, tv in zip(pts, ours, theirs):
+        want = kl_ref(*p)
+        if math.isnan(got) or got < 0:
+            ref_sw.fail(p, f"kl = {got!r}: negative or NaN")
+            continue
+        if want > top:
+            ref_sw.check(p, got == math.inf or got >= top, f"kl = {got!r}, true value {float(want):.5g} overflows")
+            continue
+        if want < tiny:
+            ref_sw.check(p, got <= tiny, f"kl = {got!r} above the normal range, true value {float(want):.5g}")
+            continue
+        ref_sw.add(p, got, want, tol * float(want))  # want == 0 (equal arguments) allows only 0
+        v = (p[1] / p[3]) ** 2
+        d2 = ((p[0] - p[2]) / p[3]) ** 2
+        if math.isfinite(tv) and tiny <= v <= top and (d2 == 0 or tiny <= d2 <= top) and tv >= tiny:
+            s_sum = v + d2 + 1.0 + abs(math.log(v))
+            torch_sw.add(p, got, mpmath.mpf(tv), tol * float(want) + _TORCH_KL_UNITS * u * s_sum)
+    return ref_sw, torch_sw

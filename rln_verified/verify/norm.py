@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
-from rln_verified.verify._core import ALL_DTYPES, Check, eps, register
+from rln_verified._rnorm import stat_dtype
+from rln_verified.verify._core import ALL_DTYPES, Check, eps, finite_floats, log_uniform, register
 from rln_verified.verify._subjects import LayerSubject, NotApplicable
 
 # ---- the formula in float64 (the reference of N2, and the definitions of N0) ---------------------
 
 
-def reference_planes(x: torch.Tensor, eps_: float, alpha: float, lam: float, bayes: bool,
+def reference_planes(x: torch.Tensor, eps_: float, alpha: float, lam: float | torch.Tensor, bayes: bool,
                      two_d: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """y (no affine), u and r of the N0 formulas on float64 planes (..., P, L), by the textbook route
     (reflect pad, box means, E[z^2] - E[z]^2 on centred values). Groups are first scaled by a power of two
@@ -102,14 +103,9 @@ def reuse_weights(n: int) -> list[float]:
 
 
 def _group_stats() -> Callable[[torch.Tensor, float, bool], dict[str, torch.Tensor]]:
-    """The kernel's per-group statistics (N0 checks the r it computes), wherever the kernel module lives."""
-    for name in ("rln_verified._rnorm",):
-        try:
-            fn = importlib.import_module(name).group_stats
-        except (ModuleNotFoundError, AttributeError):
-            continue
-        return cast(Callable[[torch.Tensor, float, bool], dict[str, torch.Tensor]], fn)
-    raise ImportError("rln_verified has no kernel module with group_stats (_rnorm or _rln)")
+    """The eager kernel's per-group statistics (N0 checks the r it computes)."""
+    fn = importlib.import_module("rln_verified._rnorm").group_stats
+    return cast(Callable[[torch.Tensor, float, bool], dict[str, torch.Tensor]], fn)
 
 
 def closed_ratio_bound(p: int, l_: int, two_d: bool) -> float:
@@ -161,8 +157,14 @@ def _ours(cls: type[nn.Module], two_d: bool, bayes: bool) -> LayerSubject:
             return cls(2, device=device, dtype=dtype)
         return cls((2, 6), device=device, dtype=dtype)
 
+    def with_lambda_bounds(device: torch.device, dtype: torch.dtype, lo: float, hi: float) -> nn.Module:
+        """The same layer with lambda bounds [lo, hi] (N8); lambda starts at the midpoint."""
+        arg: int | tuple[int, int] = 2 if two_d else (2, 6)
+        return cls(arg, device=device, dtype=dtype, lambda_min=lo, lambda_max=hi, lambda_init=0.5 * (lo + hi))
+
     info = rln_info(norm_dims, two_d, bayes, alpha=1.0, lambda_max=1.0)
     info["ours"] = True
+    info["with_lambda_bounds"] = with_lambda_bounds
     groups = _plane_groups_2d if two_d else _last_groups(2)
     return LayerSubject(name=cls.__name__, factory=factory, shape=shape, groups=groups, eps=1e-5, info=info)
 
@@ -235,6 +237,9 @@ def _examples(subject: LayerSubject) -> Callable[[torch.dtype], Sequence[Any]]:
         out: list[Any] = [
             ("spike", 0, 0.0, zeros), ("constant", 0, 0.0, [0.5] * n), ("alternating", 0, 0.0, zeros),
             ("offset", 0, 1.0, [0.5 * (-1) ** i for i in range(n)]),
+            # Shifts of 2^12 and 2^24 times the spread (N4: x + c rounds by ulp(c)/2; 2^24 is float32's last bit).
+            ("offset", 12, 0.75, [(-1) ** i * (i + 1) / n for i in range(n)]),
+            ("offset", 24, -1.0, [0.5 * (-1) ** i for i in range(n)]),
             ("random", emax, 0.0, [(-1) ** i * (i + 1) / n for i in range(n)]),  # near the dtype's max
             ("random", emin, 0.0, [(-1) ** i * (i + 1) / n for i in range(n)]),  # subnormal
             ("spike", 66, 0.0, zeros) if dtype != torch.float16 else ("spike", 15, 0.0, zeros),  # 1e20 / 65504
@@ -267,7 +272,10 @@ def _examples(subject: LayerSubject) -> Callable[[torch.dtype], Sequence[Any]]:
 
 def _module(subject: LayerSubject, device: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    mod = subject.factory(device, dtype)
+    return _set_affine(subject.factory(device, dtype), seed)
+
+
+def _set_affine(mod: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for name, p in mod.named_parameters():
             if name in ("weight", "bias"):  # a non-trivial affine: gamma in [0.5, 2], beta in [-1, 1]
@@ -464,7 +472,31 @@ _NEEDS_K = ("{claim} is stated with the layer's eps and its gradient constant K 
 _NOT_CENTRED = "{claim} follows from centring, and this layer does not centre its groups (e.g. RMSNorm)"
 
 
+def n3_slack(m: int, dtype: torch.dtype) -> float:
+    """Relative error bound of the computed Jacobian's 2-norm (N3): it is computed in the compute dtype, relative
+    error <= 64 M u_c, and each entry is stored in the dtype, which moves its 2-norm by <= sqrt(M) u_d."""
+    return (1 + 64 * m * eps(_cd(dtype)) / 2) * (1 + math.sqrt(m) * eps(dtype) / 2)
+
+
+def n3_constant_group_ratio(subject: LayerSubject, device: torch.device, dtype: torch.dtype) -> float:
+    """The exact ||dy/dx||_2 sqrt(v + eps) / max|gamma| of a constant group, the best over the groups of the
+    checked module: there v = 0, r = 0, f = 1 and dy/dx = diag(gamma) P / sqrt(eps) (N3), so the ratio is
+    ||diag(gamma) P||_2 / max|gamma|, exactly 1 for a per-channel gamma. The pinned constant example attains it,
+    so the tightness N3 reports is at least this / (K slack^2)."""
+    mod = _module(subject, device, dtype)
+    x = torch.zeros(subject.shape, dtype=dtype, device=device)
+    gw, _ = _affine(mod, x, subject)
+    m = gw.shape[-1]
+    proj = torch.eye(m, dtype=torch.float64) - 1.0 / m
+    return max(float(torch.linalg.matrix_norm(torch.diag(row) @ proj, ord=2)) / float(row.abs().max())
+               for row in gw.cpu())
+
+
 def _n3(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], float]:
+    """The margin of N3 is its tightness: ||dy/dx||_2 sqrt(v + eps) / (K max|gamma|), per group, with the
+    computed Jacobian's 2-norm divided by its rounding slack. So it never exceeds the exact ratio / K (it is a
+    certified lower bound on the tightness of K), and it is <= 1 whenever the theorem holds; the worst margin
+    of a run is the best ratio found divided by K."""
     info = subject.info
 
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
@@ -489,10 +521,7 @@ def _n3(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
             block = jac[idx[g]][:, idx[g]]
             sigma = float(group_sigma(xg[g : g + 1], subject.eps)[0])
             norm = float(torch.linalg.matrix_norm(block, ord=2))
-            # The Jacobian is computed in the compute dtype, relative error <= 64 M u_c, and each entry is stored
-            # in the dtype, which moves its 2-norm by <= sqrt(M) u_d relative (proofs/norm.md).
-            m = idx.shape[1]
-            slack = (1 + 64 * m * eps(_cd(dtype)) / 2) * (1 + math.sqrt(m) * eps(dtype) / 2)
+            slack = n3_slack(idx.shape[1], dtype)
             worst = max(worst, norm * sigma / (info["K"] * float(gw[g].abs().max()) * slack))
         return worst
 
@@ -501,58 +530,120 @@ def _n3(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
 
 # ---- N4 / N5: shift and scale invariance --------------------------------------------------------------
 
+#: PSI-3: relative error of psi in the dtype it is evaluated in (the kernel's per-group scalar dtype).
+_EPS_PSI: dict[torch.dtype, float] = {torch.float64: 1e-13, torch.float32: 2e-6}
+
+
+def _u_rounding(xg: torch.Tensor, eps_: float, m: int, alpha: float, lam: float, lam_sharp: float,
+                lam_closed: float, dtype: torch.dtype) -> torch.Tensor:
+    """Per-group bound on |u_computed - u(x)| for one evaluation (N4, proofs/norm.md).
+
+    |du/dr| = 2 alpha lambda psi'(t) exp(-2 alpha psi) <= alpha lambda / 2 (psi' <= 1/4, PSI-4), and r carries
+    (i) the centring error of x_c, <= (log2 M + 3) u_c A per element (N2), times ||grad r|| <= Lambda/(sqrt(M)
+    sigma): Lambda (log2 M + 3) u_c A/sigma; (ii) the rounding of its sums, <= (2 log2 M + 8) u_c c_max/|W| (N0),
+    and of the division, 2 u_c r <= 2 u_c c_max/|W|. After r, the kernel works in its per-group scalar dtype
+    (``_rnorm.stat_dtype``: float64 for float32 planes): t = lambda r and 2 alpha psi round once each (a relative
+    error d of t moves u by <= 2 alpha t psi'(t) d <= 2 alpha d), psi has relative error eps_psi (PSI-3), which
+    moves u by <= eps_psi u (z/(e^z - 1) <= 1), and expm1 adds 2 u_s; u is then cast to the compute dtype and
+    to the storage dtype (u_c + u_d)."""
+    cd = _cd(dtype)
+    sd = stat_dtype(cd)
+    uc, ud, us = eps(cd) / 2, eps(dtype) / 2, eps(sd) / 2
+    lg = math.log2(max(m, 2))
+    _, ratio = group_sigma(xg, eps_)
+    err_r = lam_sharp * (lg + 3) * uc * ratio + lam_closed * (2 * lg + 10) * uc
+    return (alpha * lam / 2) * err_r + (4 * alpha + 4) * us + _EPS_PSI[sd] + uc + ud
+
+
+def invariance_margins(subject: LayerSubject, kind: str, case: Any, device: torch.device,
+                       dtype: torch.dtype) -> dict[str, float]:
+    """The margins of N4 (``kind="N4"``) or N5 on one case: ``{"y": ...}``, and for N4 on the Bayesian layers
+    also ``{"u": ...}``. Each is |difference| / derived tolerance (proofs/norm.md, N4 and N5)."""
+    info = subject.info
+    _pattern, e, offset, vals = case
+    if kind == "N4" and not info.get("centred", True):
+        raise NotApplicable(_NOT_CENTRED.format(claim="N4"))
+    if subject.eps is None or "K" not in info:
+        raise NotApplicable(_NEEDS_K.format(claim=kind))
+    mod = _module(subject, device, dtype)
+    # Keep magnitudes moderate so that v >> eps (the theorem's assumption for N5) and x + c is finite.
+    x = build(subject, ("random", 0, 0.0, vals), device, dtype)
+    x64 = x.double().cpu()
+    a = 2.0 ** max(min(e, 8), -8) * (1 + 0.5 * abs(float(offset)))
+    if kind == "N4":
+        # |c| up to 2^24 |x| (fp16: 2^12, so that x + c stays finite); the tolerance grows with ulp(|c|).
+        fmax_e = int(math.log2(float(torch.finfo(dtype).max)))
+        c = float(offset) * 2.0 ** min(e, 24, fmax_e - 3)
+        x2 = x + c
+    else:
+        x2 = x * a
+    y1 = _output(subject, mod, x).double().cpu()
+    y2 = _output(subject, mod, x2).double().cpu()
+    if not (torch.isfinite(y1).all() and torch.isfinite(y2).all()):
+        return {"y": math.inf}
+    gw, gb = _affine(mod, x, subject)
+    xg = subject.groups(x64)
+    m = xg.shape[-1]
+    v = xg.var(-1, unbiased=False, keepdim=True)
+    uc = eps(_cd(dtype)) / 2
+    x2g = subject.groups(x2.double().cpu())
+    # Rounding x + c (or a x) moves each element by <= u_d |result|: a perturbation delta with ||delta|| <=
+    # sqrt(M) u_d max|x + c|. Along the segment it spans, sqrt(v) >= sqrt(v(x)) - ||delta||/sqrt(M)
+    # (sqrt(v) = ||P z||/sqrt(M) is 1/sqrt(M)-Lipschitz), so sigma stays >= sigma_lo, and the output moves by
+    # <= K |gamma| ||delta|| / sigma_lo (N3, mean value theorem). Each evaluation carries its own N2 error,
+    # with its own A = max|x| (for x + c that is max|x + c|).
+    ud = eps(dtype) / 2
+    step = ud * x2g.abs().amax(-1, keepdim=True)  # ||delta|| / sqrt(M)
+    pert = step * math.sqrt(m)
+    if kind == "N5":
+        pert = pert / a  # the rounding of a x, in the units of x
+        step = step / a
+        # y(a x; eps) = y(x; eps / a^2), and |dz/deps| <= sqrt(M-1)(1/2 + b Lambda)/(v + eps') between the two
+        # eps (N5); b Lambda = sqrt(K^2 - 1) with K of N3 (0 for a plain LayerNorm, K = 1).
+        b_lam = math.sqrt(max(info["K"] ** 2 - 1.0, 0.0))
+        eps_lo = subject.eps * min(1.0, 1.0 / (a * a))
+        eps_shift = math.sqrt(m - 1) * (0.5 + b_lam) * subject.eps * abs(1 - 1 / (a * a)) / (v + eps_lo)
+    else:
+        eps_shift = torch.zeros_like(v)
+    sigma_lo = torch.sqrt((v.sqrt() - step).clamp_min(0.0) ** 2 + subject.eps)
+    ref = subject.groups(y1)
+    alpha = info.get("alpha", 1.0)
+    yh = (ref - gb) / gw
+    n2_x = n2_tolerance(xg, yh, m, alpha, dtype, subject.eps)
+    n2_x2 = n2_tolerance(x2g, yh, m, alpha, dtype, subject.eps)
+    tol = info["K"] * pert / sigma_lo + n2_x + n2_x2 + eps_shift + 8 * uc
+    out = {"y": float(((subject.groups(y2) - ref).abs() / (gw.abs() * tol)).max())}
+    if kind == "N4" and isinstance(mod, BayesianRLayerNorm | BayesianRLayerNorm2d):
+        # u(x + c) = u(x): u depends on x only through r, and |u(z) - u(x)| <= (alpha lambda/2) |r(z) - r(x)|
+        # with ||grad r|| <= Lambda/(sqrt(M) sigma) (N4): the shift's rounding moves u by <= (alpha lambda/2)
+        # Lambda u_d max|x + c| / sigma_lo; each evaluation adds its own rounding (:func:`_u_rounding`).
+        lam = _lambda_of(mod, info)
+        with torch.no_grad():
+            u1 = mod(x, return_uncertainty=True)[1].double().cpu().reshape(-1, 1)
+            u2 = mod(x2, return_uncertainty=True)[1].double().cpu().reshape(-1, 1)
+        lam_s, lam_c = float(info["sharp_ratio_bound"]), float(info["ratio_bound"])
+        tol_u = ((alpha * lam / 2) * lam_s * step / sigma_lo
+                 + _u_rounding(xg, subject.eps, m, alpha, lam, lam_s, lam_c, dtype)
+                 + _u_rounding(x2g, subject.eps, m, alpha, lam, lam_s, lam_c, dtype))
+        if not (torch.isfinite(u1).all() and torch.isfinite(u2).all()):
+            out["u"] = math.inf
+        else:
+            out["u"] = float(((u2 - u1).abs() / tol_u).max())
+    return out
+
+
+#: The worst margin of each part (``"y"``, ``"u"``) of N4 and N5 over every case evaluated in this process, keyed by
+#: (claim, subject, device, dtype): the check's margin is their maximum, and reports show them apart.
+WORST_PARTS: dict[tuple[str, str, str, str], dict[str, float]] = {}
+
 
 def _invariance(subject: LayerSubject, kind: str) -> Callable[[Any, torch.device, torch.dtype], float]:
-    info = subject.info
-
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-        _pattern, e, offset, vals = case
-        if kind == "N4" and not info.get("centred", True):
-            raise NotApplicable(_NOT_CENTRED.format(claim="N4"))
-        if subject.eps is None or "K" not in info:
-            raise NotApplicable(_NEEDS_K.format(claim=kind))
-        mod = _module(subject, device, dtype)
-        # Keep magnitudes moderate so that v >> eps (the theorem's assumption for N5) and x + c is finite.
-        x = build(subject, ("random", 0, 0.0, vals), device, dtype)
-        x64 = x.double().cpu()
-        a = 2.0 ** max(min(e, 8), -8) * (1 + 0.5 * abs(float(offset)))
-        if kind == "N4":
-            # |c| up to 2^24 |x| (fp16: 2^13, so that x + c stays finite); the tolerance grows with ulp(|c|).
-            fmax_e = int(math.log2(float(torch.finfo(dtype).max)))
-            c = float(offset) * 2.0 ** min(e, 24, fmax_e - 3)
-            x2 = x + c
-        else:
-            x2 = x * a
-        y1 = _output(subject, mod, x).double().cpu()
-        y2 = _output(subject, mod, x2).double().cpu()
-        if not (torch.isfinite(y1).all() and torch.isfinite(y2).all()):
-            return math.inf
-        gw, gb = _affine(mod, x, subject)
-        xg = subject.groups(x64)
-        m = xg.shape[-1]
-        v = xg.var(-1, unbiased=False, keepdim=True)
-        sigma = torch.sqrt(v + subject.eps)
-        uc = eps(_cd(dtype)) / 2
-        x2g = subject.groups(x2.double().cpu())
-        # Rounding x + c (or a x) moves each element by <= u_d |result|; the output moves by <= K ||dx|| / sigma
-        # (N3) times |gamma|; both evaluations carry their own N2 error.
-        ud = eps(dtype) / 2
-        pert = ud * x2g.abs().amax(-1, keepdim=True) * math.sqrt(m)
-        if kind == "N5":
-            pert = pert / a  # the rounding of a x, in the units of x
-            # y(a x; eps) = y(x; eps / a^2), and |dz/deps| <= sqrt(M-1)(1/2 + b Lambda)/(v + eps') between the two
-            # eps (N5); b Lambda = sqrt(K^2 - 1) with K of N3 (0 for a plain LayerNorm, K = 1).
-            b_lam = math.sqrt(max(info["K"] ** 2 - 1.0, 0.0))
-            eps_lo = subject.eps * min(1.0, 1.0 / (a * a))
-            eps_shift = math.sqrt(m - 1) * (0.5 + b_lam) * subject.eps * abs(1 - 1 / (a * a)) / (v + eps_lo)
-        else:
-            eps_shift = torch.zeros_like(v)
-        ref = subject.groups(y1)
-        tol = (info["K"] * pert / sigma + 2 * n2_tolerance(xg, (ref - gb) / gw, m, info.get("alpha", 1.0), dtype,
-                                                           subject.eps)
-               + eps_shift + 8 * uc)
-        err = (subject.groups(y2) - ref).abs() / (gw.abs() * tol)
-        return float(err.max())
+        parts = invariance_margins(subject, kind, case, device, dtype)
+        worst = WORST_PARTS.setdefault((kind, subject.name, str(device), str(dtype)), {})
+        for k, v in parts.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+        return max(parts.values())
 
     return run
 
@@ -598,7 +689,8 @@ def _n7(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
             raise NotApplicable("N7 is about the Bayesian layers' u")
         mod = _module(subject, device, dtype)
         x = build(subject, ("random", 0, 0.0, case[3]), device, dtype)
-        y, u = mod(x, return_uncertainty=True)
+        with torch.no_grad():
+            y, u = mod(x, return_uncertainty=True)
         u = u.double().cpu().flatten()
         if not ((u >= 0).all() and (u < 1).all()):
             return math.inf
@@ -621,6 +713,138 @@ def _n7(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
         us = u[order]
         drops = (us[:-1] - us[1:]).clamp_min(0.0)
         return max(margin, float(drops.max() / (8 * uc + eps(dtype))) if drops.numel() else 0.0)
+
+    return run
+
+
+# ---- N8: lambda bounded and alive ------------------------------------------------------------------------
+
+
+def lambda_range(lo: float, hi: float, dtype: torch.dtype) -> tuple[float, float]:
+    """Where the computed lambda = lo + (hi - lo)(1 + sin raw)/2 lies for every finite raw (N8): [lo, hi] in
+    exact arithmetic; in the parameter's dtype [lo (1 - u_d)^2, hi (1 + u_d)^5] (proofs/norm.md, N8)."""
+    ud = eps(dtype) / 2
+    return lo * (1 - ud) ** 2, hi * (1 + ud) ** 5
+
+
+def _n8_cases(subject: LayerSubject) -> Callable[[torch.dtype], st.SearchStrategy[Any]]:
+    """A case: the raw parameter, the bounds, an input (pattern, exponent, values) and SGD steps (lr, seed)."""
+    n = math.prod(subject.shape)
+
+    def strategy(dtype: torch.dtype) -> st.SearchStrategy[Any]:
+        near_zero_of_cos = st.builds(lambda k, d: (k + 0.5) * math.pi + d, st.integers(-10_000, 10_000),
+                                     st.floats(-1e-3, 1e-3))
+        raw = st.one_of(finite_floats(dtype), near_zero_of_cos, st.floats(-10.0, 10.0))
+        values = st.lists(st.floats(min_value=-1.0, max_value=1.0, allow_nan=False, width=32), min_size=n,
+                          max_size=n)
+        return st.fixed_dictionaries({
+            "raw": raw, "lo": st.one_of(st.just(0.0), log_uniform(1e-4, 0.5)), "width": log_uniform(1e-3, 4.0),
+            "pattern": st.sampled_from(("random", "spike", "alternating", "ramp")), "e": st.integers(-12, 8),
+            "vals": values,
+            "steps": st.lists(st.tuples(log_uniform(1e-2, 1e6), st.integers(0, 2**16)), max_size=3),
+        })
+
+    return strategy
+
+
+def _n8_examples(subject: LayerSubject) -> Callable[[torch.dtype], Sequence[Any]]:
+    n = math.prod(subject.shape)
+
+    def examples(dtype: torch.dtype) -> Sequence[Any]:
+        base = {"raw": 0.0, "lo": 1e-3, "width": 0.999, "pattern": "random", "e": 0,
+                "vals": [(-1) ** i * (i + 1) / n for i in range(n)], "steps": []}
+        big = {torch.float64: 1e300, torch.float32: 1e30, torch.float16: 65504.0, torch.bfloat16: 3e38}[dtype]
+        return [
+            {**base, "raw": math.pi / 2},  # lambda at lambda_max, cos(raw) at its smallest near 0
+            {**base, "raw": -math.pi / 2, "lo": 0.0, "width": 1.0},  # lambda at lambda_min = 0
+            {**base, "raw": math.pi / 2, "lo": 0.01, "width": 0.89},  # bfloat16: fl(0.9) + 1 ulp (measured)
+            {**base, "raw": big},  # a huge raw: sin and cos after argument reduction
+            {**base, "steps": [(1e6, 1), (1e6, 2), (1e6, 3)]},  # the issue's lr = 1e6
+            {**base, "lo": 0.5, "width": 1e-3, "pattern": "ramp", "steps": [(1e2, 4)]},  # narrow range, small r
+        ]
+
+    return examples
+
+
+def _n8_margin(subject: LayerSubject, mod: nn.Module, x: torch.Tensor, lo: float, hi: float,
+               dtype: torch.dtype) -> float:
+    """Where lambda lies: |2(lambda - lo)/(hi - lo) - 1|/2 in [0, 1/2] inside [lo, hi]; 1/2 plus half the excess
+    over the rounding allowance of :func:`lambda_range` beyond it (so <= 1 inside the derived range); inf if the
+    gradient wrt raw is 0 or of the wrong sign where the exact one is a normal float of the dtype by a factor 16.
+    It grows continuously towards the bounds, where cos(raw) -> 0, so target() drives the search there."""
+    info = subject.info
+    lo_b, hi_b = lambda_range(lo, hi, dtype)
+    lam = float(_attr(mod, "lambda_").double())
+    if not math.isfinite(lam):
+        return math.inf
+    if lam > hi:
+        pos = 0.5 + 0.5 * (lam - hi) / (hi_b - hi)
+    elif lam < lo:
+        pos = 0.5 + 0.5 * (lo - lam) / (lo - lo_b) if lo > lo_b else math.inf
+    else:
+        pos = 0.5 * abs(2 * (lam - lo) / (hi - lo) - 1)
+    raw = _raw_param(mod)
+    # L = |y - beta|^2 / 2 (beta = 0 here): dL/dlambda = -sum gamma^2 xh^2 r f'(t)/f^3, a sum of terms of one
+    # sign, nonzero when some group has r > 0 and x_c != 0 (N8), so no cancellation can hide a dead gradient.
+    y = subject(mod, x)
+    (grad,) = torch.autograd.grad(0.5 * y.double().square().sum(), raw)
+    g = float(grad.double())
+    p, l_ = info["plane"]
+    lam_t = torch.tensor(lam, dtype=torch.float64, requires_grad=True)
+    x64 = x.detach().double().cpu()
+    ref, _, _ = reference_planes(x64.reshape(-1, p, l_), _eps_of(subject), info["alpha"], lam_t, info["bayes"],
+                                 info["two_d"])
+    gw, _ = _affine(mod, x, subject)
+    loss_ref = 0.5 * (gw * subject.groups(ref.reshape(x.shape))).square().sum()
+    (dl_dlam,) = torch.autograd.grad(loss_ref, lam_t)
+    g_ref = float(dl_dlam) * (hi - lo) / 2 * math.cos(float(raw.detach().double()))
+    # The computed gradient is a product of the same few factors, each rounded with relative error far below
+    # 1/2 in every dtype (a sum of one-signed terms, faithful cos), so it cannot be 0 or change sign unless it
+    # underflows; 16 max(1, c) tiny keeps every factor (|dL/dlambda| >= |g|/c, |cos| <= 1) normal (N8).
+    c = (hi - lo) / 2
+    if abs(g_ref) >= 16 * max(1.0, c) * float(torch.finfo(dtype).tiny) and not (g != 0.0 and (g > 0) == (g_ref > 0)):
+        return math.inf
+    return pos
+
+
+def _raw_param(mod: nn.Module) -> nn.Parameter:
+    raw = getattr(mod, "lambda_raw", None)
+    if not isinstance(raw, nn.Parameter):
+        raise NotApplicable("the layer has no lambda_raw parameter (N8)")
+    return raw
+
+
+def _n8(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], float]:
+    info = subject.info
+
+    def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+        make = info.get("with_lambda_bounds")
+        if make is None:
+            raise NotApplicable("N8 is about the R-LayerNorm layers' bounded lambda parameterization")
+        lo = float(case["lo"])
+        hi = lo + float(case["width"])
+        mod = _set_affine(make(device, dtype, lo, hi))
+        raw = _raw_param(mod)
+        bias = getattr(mod, "bias", None)
+        with torch.no_grad():
+            if isinstance(bias, torch.Tensor):
+                bias.zero_()
+            raw.fill_(float(case["raw"]))
+        if not bool(torch.isfinite(raw)):
+            return 0.0  # the raw value is not a finite float of the dtype: outside N8's assumption
+        x = build(subject, (case["pattern"], case["e"], 0.0, case["vals"]), device, dtype)
+        worst = _n8_margin(subject, mod, x, lo, hi, dtype)
+        for lr, seed in case["steps"]:
+            # An arbitrary training signal (random-sign weights on y), then one SGD step raw -= lr * grad.
+            g = torch.Generator().manual_seed(int(seed))
+            w = torch.randn(x.shape, generator=g, dtype=torch.float64).to(device)
+            (grad,) = torch.autograd.grad((subject(mod, x).double() * w).sum(), raw)
+            with torch.no_grad():
+                raw.sub_(float(lr) * grad)
+            if not bool(torch.isfinite(raw)):
+                break  # the step overflowed raw (float16): outside N8's assumption, nothing more to check
+            worst = max(worst, _n8_margin(subject, mod, x, lo, hi, dtype))
+        return worst
 
     return run
 
@@ -690,11 +914,14 @@ _FACTORIES: dict[str, tuple[Callable[[LayerSubject], Callable[[Any, torch.device
     "N0": (_n0, "r / Lambda (the sharp bound; the closed form c_max/|W| is larger)"),
     "N1": (_n1, "|y - beta| / (|gamma| sqrt(M-1))"),
     "N2": (_n2, "|y - y_ref| / derived tolerance"),
-    "N3": (_n3, "||dy/dx||_2 sqrt(v+eps) / (K max|gamma|)"),
-    "N4": (lambda s: _invariance(s, "N4"), "|y(x+c) - y(x)| / derived tolerance"),
+    "N3": (_n3, "tightness: ||dy/dx||_2 sqrt(v+eps) / (K max|gamma|), Jacobian rounding divided out; the worst "
+                "margin is the best ratio found / K"),
+    "N4": (lambda s: _invariance(s, "N4"), "max(|y(x+c) - y(x)|, |u(x+c) - u(x)|) / derived tolerance"),
     "N5": (lambda s: _invariance(s, "N5"), "|y(a x) - y(x)| / derived tolerance"),
     "N6": (_n6, "|y(alpha=0) - layer_norm| / derived tolerance"),
     "N7": (_n7, "sigma_eff >= sigma, u in [0,1) nondecreasing in r"),
+    "N8": (_n8, "lambda's place: <= 0.5 in [lo, hi], <= 1 within its rounding allowance; inf if d/draw is 0 or of "
+                "the wrong sign"),
     "N9": (_n9, "0 if other samples are bit-identical, inf otherwise"),
     "N10": (_n10, "|grad sum(y)| / derived tolerance"),
 }
@@ -705,13 +932,20 @@ _FACTORIES: dict[str, tuple[Callable[[LayerSubject], Callable[[Any, torch.device
 GENERIC_CLAIMS: tuple[str, ...] = ("N1", "N2", "N3", "N4", "N5", "N9", "N10")
 
 
+_CASES: dict[str, tuple[Callable[[LayerSubject], Callable[[torch.dtype], st.SearchStrategy[Any]]],
+                        Callable[[LayerSubject], Callable[[torch.dtype], Sequence[Any]]]]] = {
+    "N8": (_n8_cases, _n8_examples),
+}
+
+
 def make_checks(subject: LayerSubject, claims: Sequence[str] | None = None) -> tuple[Check, ...]:
     """The checks of the given claims (default: all) for one subject."""
     out = []
     for cid in claims or tuple(_FACTORIES):
         factory, metric = _FACTORIES[cid]
-        out.append(Check(claim=cid, subject=subject.name, strategy=case_strategy(subject), run=factory(subject),
-                         metric=metric, dtypes=ALL_DTYPES, examples=_examples(subject)))
+        cases, examples = _CASES.get(cid, (case_strategy, _examples))
+        out.append(Check(claim=cid, subject=subject.name, strategy=cases(subject), run=factory(subject),
+                         metric=metric, dtypes=ALL_DTYPES, examples=examples(subject)))
     return tuple(out)
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import mpmath
 import torch
 from hypothesis import strategies as st
 
-from rln_verified._special import inv_softplus, psi, softplus
-from rln_verified.verify._core import ALL_DTYPES, Check, eps, log_uniform, register
+from rln_verified._special import _PSI_SPLIT, _SOFTPLUS_THRESHOLD, inv_softplus, psi, softplus
+from rln_verified._validation import compute_dtype
+from rln_verified.verify._core import ALL_DTYPES, DEFAULT_DTYPES, Check, eps, log_uniform, register
 
 # ---- references ---------------------------------------------------------------------------------
 
@@ -52,6 +54,64 @@ def _tiny(dtype: torch.dtype) -> float:
 
 def _max(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).max)
+
+
+# ---- PSI-1: the all-positive series and its truncation bound --------------------------------------
+
+# PSI-1's remainder bound is proved for w = t/(2+t) <= (sqrt 5 - 1)/2, where w (1 + w) <= 1: t <= 1 + sqrt 5.
+_PSI1_T_MAX = 1.0 + math.sqrt(5.0)
+
+
+def psi_series_remainder(t: float, j: int) -> tuple[mpmath.mpf, mpmath.mpf]:
+    """(R_J/psi(t), bound) for the J-term series of PSI-1, bound = w^(2J)/((2J+3)(1-w^2)), w = t/(2+t).
+
+    The remainder is psi(t) minus the partial sum, so it is known to the working precision times psi's
+    condition: psi cancels ~2|log10 t| digits for small t (as in psi_ref), and R_J/psi ~ w^(2J) needs
+    2J|log10 w| more. 40 digits are kept beyond both, so the ratio is exact to ~1e-40.
+    """
+    w_approx = t / (2.0 + t)
+    dps = 40 + int(2 * j * -math.log10(w_approx)) + int(2 * max(0.0, -math.log10(t))) + 10
+    with mpmath.workdps(dps):
+        tt = mpmath.mpf(t)
+        w = tt / (2 + tt)
+        z = w * w
+        partial = 2 * z / (1 + w) + 2 * w * z * mpmath.fsum(z**k / (2 * k + 3) for k in range(j))
+        exact = mpmath.log1p(tt) - tt / (1 + tt)
+        return +((exact - partial) / exact), +(z**j / ((2 * j + 3) * (1 - z)))
+
+
+def _psi_series(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    """PSI-1 on one (t, J): 0 <= R_J/psi <= bound; where t <= t0 of the dtype, also the configured J's bound
+    < eps/4 (the truncation the implementation relies on, PSI-3)."""
+    t, j = float(case[0]), int(case[1])
+    ratio, bound = psi_series_remainder(t, j)
+    if ratio < 0:
+        return math.inf  # every omitted term is positive
+    margin = float(ratio / bound)
+    t0, j_impl = _PSI_SPLIT[compute_dtype(dtype)]
+    if t <= t0:
+        _, bound_impl = psi_series_remainder(t, j_impl)
+        margin = max(margin, float(bound_impl) / (eps(compute_dtype(dtype)) / 4))
+    return margin
+
+
+def _psi_series_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
+    t0, _ = _PSI_SPLIT[compute_dtype(dtype)]
+    ts = st.one_of(log_uniform(1e-12, _PSI1_T_MAX), st.sampled_from([t0, math.nextafter(t0, 0.0), _PSI1_T_MAX]))
+    return st.tuples(ts, st.integers(min_value=1, max_value=12))
+
+
+register(
+    Check(
+        claim="PSI-1",
+        subject="psi",
+        strategy=_psi_series_cases,
+        run=_psi_series,
+        metric="max(R_J/psi / (w^(2J)/((2J+3)(1-w^2))), configured bound at t <= t0 / (eps/4)); inf if R_J < 0",
+        dtypes=DEFAULT_DTYPES,
+        examples=lambda dtype: [(_PSI1_T_MAX, 12), (1.0, 8), (0.1, 7), (1e-8, 1)],
+    )
+)
 
 
 # ---- PSI-3: accuracy ----------------------------------------------------------------------------
@@ -229,32 +289,79 @@ register(
 
 # ---- SP-2: softplus(inv_softplus(y)) == y ---------------------------------------------------------
 
+# The constants of proofs/special.md, SP-2 (lemmas L1-L4). K_INV: the absolute error of the computed
+# l(y) = log(1 - e^-y) beyond eps_c |l| (L2, special_sympy.py::check_inverse_constants). K_SP_UNDER: the
+# absolute error of the computed softplus, in units of eps_c tau_c, where softplus(x) < tau_c (L1).
+K_INV = 1.02
+K_SP_UNDER = 2.01
+
+
+def _units(dtype: torch.dtype) -> tuple[float, float, float, float, float]:
+    """(u_c, eps_c, tau_c, u_d, tau_d): unit roundoff, eps and smallest normal of the compute dtype, and the
+    storage rounding's u_d, tau_d (both 0 when the dtype is its own compute dtype: no storage rounding)."""
+    cd = compute_dtype(dtype)
+    ec, tc = eps(cd), _tiny(cd)
+    if cd == dtype:
+        return ec / 2, ec, tc, 0.0, 0.0
+    return ec / 2, ec, tc, eps(dtype) / 2, _tiny(dtype)
+
+
+def _sp_lsigmoid_ratio(z: float) -> float:
+    """h(z) = sigmoid(z)/softplus(z) = d ln softplus / dz, decreasing from 1 to 0 (SP-2, L4)."""
+    with mpmath.workdps(30):
+        zz = mpmath.mpf(z)
+        return float(1 / ((1 + mpmath.exp(-zz)) * mpmath.log1p(mpmath.exp(zz))))
+
+
+def _inv_exact(y: float) -> tuple[float, float]:
+    """(l, x) = (log(1 - e^-y), y + l) for y > 0, from mpmath (x is rounded once to float64)."""
+    with mpmath.workdps(40):
+        yy = mpmath.mpf(y)
+        ll = mpmath.log(-mpmath.expm1(-yy))
+        return float(ll), float(yy + ll)
+
+
+def inv_softplus_error_bound(y: float, dtype: torch.dtype) -> float:
+    """SP-2 (L2, L3): |inv_softplus(y) - x| <= Delta for a positive normal y of ``dtype``, x = y + l exact.
+
+    Delta_c = (1 + u_c) eps_c (|l| + 1.02) + u_c |x| for the evaluation in the compute dtype, and
+    Delta = Delta_c + u_d (|x| + Delta_c + tau_d) once x is stored in float16/bfloat16.
+    """
+    uc, ec, _, ud, td = _units(dtype)
+    l_val, x = _inv_exact(y)
+    delta_c = (1 + uc) * ec * (abs(l_val) + K_INV) + uc * abs(x)
+    # Products distributed, so that no float64 partial sum near the float64 maximum rounds to inf.
+    return delta_c + ud * abs(x) + ud * delta_c + ud * td
+
 
 def round_trip_y_bound(y: float, dtype: torch.dtype) -> float:
-    """SP-2 bound on |softplus(inv_softplus(y)) - y| / y, in the compute dtype's eps.
+    """SP-2 bound on |softplus(inv_softplus(y)) - y| / y (proofs/special.md, SP-2).
 
-    eps * (4 + 2 |l| min(1, 1/y)), l = log(1 - e^-y) (proofs/special.md, SP-2).
+    B(y) = (1 + E)(1 + 2 eps_c + u_c)(1 + u_d) - 1 + (2.01 eps_c tau_c (1 + u_d) + u_d tau_d) / y with
+    E = expm1(Delta H), Delta the error of the stored x (inv_softplus_error_bound) and
+    H = h(x - Delta), h = sigmoid/softplus, the largest slope of ln softplus on [x - Delta, x + Delta].
+    No first-order step: in bfloat16 Delta reaches 0.34 (x ~ -87 rounded to 8 bits), where E = 0.41 and
+    the linearised Delta H would fall 17% short.
     """
-    ce = eps(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
-    l_abs = math.exp(-y) if y > 40 else abs(math.log(-math.expm1(-y)))
-    bound = ce * (4 + 2 * l_abs * min(1.0, 1.0 / y))
-    if dtype in (torch.float16, torch.bfloat16):
-        # Storing x = inv_softplus(y) in the low-precision dtype moves it by up to u_d |x|, which softplus
-        # turns into a relative change of sigmoid(x)/y * u_d |x| <= min(1, 1/y) u_d (y + |l|); the final
-        # result is rounded once more (u_d).
-        ud = eps(dtype) / 2
-        bound += ud * (1 + (y + l_abs) * min(1.0, 1.0 / y))
-    return bound
+    uc, ec, tc, ud, td = _units(dtype)
+    _, x = _inv_exact(y)
+    delta = inv_softplus_error_bound(y, dtype)
+    e_fwd = math.expm1(delta * _sp_lsigmoid_ratio(x - delta))
+    return (1 + e_fwd) * (1 + 2 * ec + uc) * (1 + ud) - 1 + (K_SP_UNDER * ec * tc * (1 + ud) + ud * td) / y
 
 
 def _round_trip_y(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     y = _rounded(float(case), dtype)
     if not (y >= _tiny(dtype)):
         return 0.0
-    got = float(softplus(inv_softplus(_scalar(y, device, dtype))).double())
-    if not math.isfinite(got):
+    x_t = inv_softplus(_scalar(y, device, dtype))
+    got = float(softplus(x_t).double())
+    x_got = float(x_t.double())
+    if not (math.isfinite(got) and math.isfinite(x_got)):
         return math.inf
-    return abs(got - y) / y / round_trip_y_bound(y, dtype)
+    # Both halves of SP-2: the stored x within Delta (L3), and the round trip within B(y).
+    x_err = abs(x_got - _inv_exact(y)[1]) / inv_softplus_error_bound(y, dtype)
+    return max(x_err, abs(got - y) / y / round_trip_y_bound(y, dtype))
 
 
 register(
@@ -263,9 +370,12 @@ register(
         subject="inv_softplus",
         strategy=lambda dtype: log_uniform(_tiny(dtype), _max(dtype)),
         run=_round_trip_y,
-        metric="|softplus(inv_softplus(y)) - y| / y / (eps (4 + 2|ln(1-e^-y)| min(1,1/y)))",
+        metric="max(|inv_softplus(y) - x| / Delta, |softplus(inv_softplus(y)) - y| / y / B(y)), SP-2",
         dtypes=ALL_DTYPES,
-        examples=lambda dtype: [1e-8, 100.0, _tiny(dtype), _max(dtype), math.log(2.0), 1.0],
+        # 1e-8 and 100: the naive formula's failures (issue 2). 2.2877e-30 and 7.6952e-29: bfloat16
+        # counterexamples to the earlier first-order bound (x ~ -68.25 stored as -68.0, e^0.25 - 1 = 0.28).
+        examples=lambda dtype: [1e-8, 100.0, _tiny(dtype), _max(dtype), math.log(2.0), 1.0,
+                                2.2877133688586172e-30, 7.695168749633525e-29],
     )
 )
 
@@ -274,19 +384,22 @@ register(
 
 
 def round_trip_x_bound(x: float, dtype: torch.dtype) -> float:
-    """SP-3 bound on |inv_softplus(softplus(x)) - x| (absolute).
+    """SP-3 bound on |inv_softplus(softplus(x)) - x| (absolute), proofs/special.md, SP-3.
 
-    eps * (3 sp(x)/sigmoid(x) + 2 sp(-x) + 2) (proofs/special.md, SP-3), sp = softplus.
+    With y = softplus(x): the stored y~ is within E_y = e1 + u_d (y + e1 + tau_d), e1 = (2 eps_c + u_c) y
+    + 2.01 eps_c tau_c (L1, L3); the exact inverse moves by A1 = E_y / (1 - exp(-(y - E_y))) (its slope
+    1/(1 - e^-v) is decreasing); its evaluation adds A2 = Delta_c at y~ (L2) with |l(y~)| <= sp(-x) + A1
+    + E_y and |x~| <= |x| + A1; storing the result adds A3 = u_d (|x| + A1 + A2 + tau_d).
     """
-    ce = eps(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
-    sp_x = float(softplus_ref(x))
+    uc, ec, tc, ud, td = _units(dtype)
+    y = float(softplus_ref(x))
     sp_mx = float(softplus_ref(-x))
-    sig = 1.0 / (1.0 + math.exp(-x)) if x > -700 else math.exp(x)
-    bound = ce * (3 * sp_x / sig + 2 * sp_mx + 2)
-    if dtype in (torch.float16, torch.bfloat16):
-        # Both the intermediate softplus(x) and the result are rounded to the storage dtype.
-        bound += eps(dtype) / 2 * (sp_x / sig + abs(x))
-    return bound
+    e1 = (2 * ec + uc) * y + K_SP_UNDER * ec * tc
+    e_y = e1 + ud * (y + e1 + td)
+    a1 = e_y / -math.expm1(-(y - e_y))
+    a2 = (1 + uc) * ec * (sp_mx + a1 + e_y + K_INV) + uc * abs(x) + uc * a1
+    a3 = ud * abs(x) + ud * (a1 + a2 + td)
+    return a1 + a2 + a3
 
 
 def _round_trip_x(case: Any, device: torch.device, dtype: torch.dtype) -> float:
@@ -306,8 +419,179 @@ register(
         subject="inv_softplus",
         strategy=_finite_x,
         run=_round_trip_x,
-        metric="|inv_softplus(softplus(x)) - x| / derived bound",
+        metric="|inv_softplus(softplus(x)) - x| / (A1 + A2 + A3), SP-3",
         dtypes=ALL_DTYPES,
         examples=lambda dtype: [0.0, -18.42, 100.0, -80.0, 17.0, 1e-8, -1e-8],
     )
 )
+
+
+# ---- deterministic reference sweeps (scipy's _mptestutils style) --------------------------------
+
+
+@dataclass
+class Sweep:
+    """Worst errors of a deterministic sweep against a reference, reported as scipy's ``_mptestutils`` does:
+    the worst absolute and relative differences with the arguments that produced them, and the points where
+    the claim's allowance is exceeded (or a qualitative property fails)."""
+
+    name: str
+    points: int = 0
+    worst_abs: tuple[float, Any] = (0.0, None)
+    worst_rel: tuple[float, Any] = (0.0, None)
+    worst_margin: tuple[float, Any] = (0.0, None)
+    bad: list[str] = field(default_factory=list)
+
+    def add(self, arg: Any, got: float, ref: float | mpmath.mpf, allowed: float) -> None:
+        """One compared point: ``|got - ref| <= allowed`` (absolute) is the claim there."""
+        self.points += 1
+        if not math.isfinite(got):
+            self.fail(arg, f"got {got!r}, reference {float(ref)!r}")
+            return
+        diff = abs(mpmath.mpf(got) - ref)
+        abs_err = float(diff)
+        rel = float(diff / abs(ref)) if ref != 0 else (0.0 if diff == 0 else math.inf)
+        margin = abs_err / allowed if allowed > 0 else (0.0 if diff == 0 else math.inf)
+        if abs_err > self.worst_abs[0] or self.worst_abs[1] is None:
+            self.worst_abs = (max(abs_err, self.worst_abs[0]), arg)
+        if rel > self.worst_rel[0] or self.worst_rel[1] is None:
+            self.worst_rel = (max(rel, self.worst_rel[0]), arg)
+        if margin > self.worst_margin[0] or self.worst_margin[1] is None:
+            self.worst_margin = (max(margin, self.worst_margin[0]), arg)
+        if margin > 1.0:
+            self.bad.append(f"{arg!r}: got {got!r}, reference {float(ref)!r}, "
+                            f"|diff| {abs_err:.3g} > allowed {allowed:.3g}")
+
+    def check(self, arg: Any, ok: bool, why: str) -> None:
+        """One qualitative property at ``arg`` (finite, >= 0, 0 or subnormal below the normal range...)."""
+        self.points += 1
+        if not ok:
+            self.fail(arg, why)
+
+    def fail(self, arg: Any, why: str) -> None:
+        self.bad.append(f"{arg!r}: {why}")
+        self.worst_margin = (math.inf, arg)
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def report(self) -> str:
+        lines = [
+            f"{self.name}: {self.points} points, {len(self.bad)} outside the claim",
+            f"  max |abs diff| {self.worst_abs[0]:.3g} at {self.worst_abs[1]!r}",
+            f"  max |rel diff| {self.worst_rel[0]:.3g} at {self.worst_rel[1]!r}",
+            f"  max diff / allowed {self.worst_margin[0]:.3g} at {self.worst_margin[1]!r}",
+        ]
+        lines += [f"  bad: {b}" for b in self.bad[:10]]
+        if len(self.bad) > 10:
+            lines.append(f"  ... and {len(self.bad) - 10} more")
+        return "\n".join(lines)
+
+
+def decades(lo: float, hi: float, per_decade: float) -> list[float]:
+    """Log-spaced points over ``[lo, hi]`` (0 < lo < hi), ``per_decade`` per factor of 10 (may be fractional),
+    ends included."""
+    a, b = math.log10(lo), math.log10(hi)
+    n = max(1, math.ceil((b - a) * per_decade))
+    return [lo] + [10.0 ** (a + (b - a) * k / n) for k in range(1, n)] + [hi]
+
+
+def on_grid(values: Sequence[float], dtype: torch.dtype) -> list[float]:
+    """The distinct finite values of ``dtype`` nearest to ``values``, sorted."""
+    t = torch.tensor(list(values), dtype=torch.float64).to(dtype)
+    t = t[torch.isfinite(t)]
+    return sorted(set(t.double().tolist()))
+
+
+def neighbours(v: float, dtype: torch.dtype) -> list[float]:
+    """``v`` rounded to ``dtype`` and the floats of ``dtype`` on either side: both sides of a switch point."""
+    t = torch.tensor([v], dtype=torch.float64).to(dtype)
+    up = torch.nextafter(t, torch.full_like(t, math.inf))
+    down = torch.nextafter(t, torch.full_like(t, -math.inf))
+    return on_grid([float(down.double()), float(t.double()), float(up.double())], dtype)
+
+
+def _smallest_subnormal(dtype: torch.dtype) -> float:
+    return _tiny(dtype) * eps(dtype)
+
+
+def _evaluate(fn: Any, values: Sequence[float], device: str | torch.device, dtype: torch.dtype) -> list[float]:
+    out: list[float] = fn(torch.tensor(list(values), dtype=dtype, device=device)).double().cpu().tolist()
+    return out
+
+
+def psi_sweep(device: str | torch.device, dtype: torch.dtype, per_decade: int = 4) -> Sweep:
+    """psi over every order of magnitude of ``dtype`` (smallest subnormal to the largest float), plus both
+    sides of the series/direct switch t0, of 1/u_c (where 1 + t rounds to t) and of the edge of psi's
+    underflow, against psi_ref. PSI-3: relative error <= its tolerance wherever t is in the stated range and
+    psi(t) is a normal float; 0 or subnormal, never negative, below; finite and >= 0 everywhere."""
+    cd = compute_dtype(dtype)
+    lo, hi = _PSI_RANGE[dtype]
+    t0, _ = _PSI_SPLIT[cd]
+    tiny, tol = _tiny(dtype), _psi_tol(dtype)
+    pts = decades(_smallest_subnormal(dtype), _max(dtype), per_decade)
+    for v in (t0, 1.0 / (eps(cd) / 2), math.sqrt(2.0 * tiny), lo, hi, 1e-8, 1e-6, 1e-4):
+        pts += neighbours(v, dtype)
+    ts = [0.0] + [t for t in on_grid(pts, dtype) if t > 0]
+    sw = Sweep(f"psi {str(dtype).removeprefix('torch.')} [{device}], t in [{lo:g}, {hi:g}], rel tol {tol:.3g}")
+    for t, got in zip(ts, _evaluate(psi, ts, device, dtype)):
+        if not (math.isfinite(got) and got >= 0):
+            sw.fail(t, f"psi = {got!r}: not finite and >= 0")
+            continue
+        ref = psi_ref(t)
+        if ref < tiny:
+            sw.check(t, got <= tiny, f"psi = {got!r} above the normal range, true {float(ref):.5g}")
+        elif lo <= t <= hi:
+            sw.add(t, got, ref, tol * float(ref))
+    return sw
+
+
+def softplus_sweep(device: str | torch.device, dtype: torch.dtype, per_decade: int = 3) -> Sweep:
+    """softplus at +-x over every order of magnitude of ``dtype``, 0, and both sides of the saturation
+    threshold T, of exp's overflow point ln(max_c), and of the edges where softplus(x) leaves the normal range
+    (ln tiny) and underflows (ln of the smallest subnormal). SP-1: finite for every finite x; exactly x above
+    T; relative error <= 3 eps_c (+ u_d) wherever softplus(x) is normal; 0 or subnormal below."""
+    cd = compute_dtype(dtype)
+    big_t = _SOFTPLUS_THRESHOLD[cd]
+    tiny, tol = _tiny(dtype), _sp_tol(dtype)
+    mags = decades(_smallest_subnormal(dtype), _max(dtype), per_decade)
+    pts = mags + [-m for m in mags] + [0.0, 100.0, -100.0]
+    for v in (big_t, math.log(_max(cd)), math.log(tiny), math.log(_smallest_subnormal(dtype))):
+        pts += neighbours(v, dtype)
+    xs = on_grid(pts, dtype)
+    sw = Sweep(f"softplus {str(dtype).removeprefix('torch.')} [{device}], T = {big_t:g}, rel tol {tol:.3g}")
+    for x, got in zip(xs, _evaluate(softplus, xs, device, dtype)):
+        if not math.isfinite(got):
+            sw.fail(x, f"softplus = {got!r} for a finite x")
+            continue
+        if x > big_t:
+            sw.check(x, got == x, f"softplus = {got!r} != x above T = {big_t:g}")
+        ref = softplus_ref(x)
+        if ref < tiny:
+            sw.check(x, 0.0 <= got <= tiny, f"softplus = {got!r} outside [0, tiny], true {float(ref):.5g}")
+        else:
+            sw.add(x, got, ref, tol * float(ref))
+    return sw
+
+
+def inv_softplus_sweep(device: str | torch.device, dtype: torch.dtype, per_decade: int = 4) -> tuple[Sweep, Sweep]:
+    """inv_softplus over every order of magnitude of the positive normal floats of ``dtype``, both sides of
+    the branch switch ln 2, the ends, and the pinned counterexamples. SP-2 (a): the result within Delta of
+    x = y + ln(1 - e^-y); SP-2 (b): softplus(inv_softplus(y)) within B(y) y of y. Returns (inverse, round trip)."""
+    tiny, top = _tiny(dtype), _max(dtype)
+    pts = [*decades(tiny, top, per_decade), 1e-8, 100.0, 17.0, 37.0, 2.2877133688586172e-30, 7.695168749633525e-29]
+    pts += neighbours(math.log(2.0), dtype) + neighbours(tiny, dtype) + neighbours(top, dtype)
+    ys = [y for y in on_grid(pts, dtype) if y >= tiny]
+    name = f"{str(dtype).removeprefix('torch.')} [{device}]"
+    inv_sw = Sweep(f"inv_softplus {name}, |x - x_true| <= Delta (SP-2 a)")
+    rt_sw = Sweep(f"softplus(inv_softplus(y)) {name}, rel <= B(y) (SP-2 b)")
+    x_t = inv_softplus(torch.tensor(ys, dtype=dtype, device=device))
+    back = softplus(x_t).double().cpu().tolist()
+    for y, x_got, y_got in zip(ys, x_t.double().cpu().tolist(), back):
+        with mpmath.workdps(40):
+            yy = mpmath.mpf(y)
+            x_ref = +(yy + mpmath.log(-mpmath.expm1(-yy)))
+        inv_sw.add(y, x_got, x_ref, inv_softplus_error_bound(y, dtype))
+        rt_sw.add(y, y_got, mpmath.mpf(y), round_trip_y_bound(y, dtype) * y)
+    return inv_sw, rt_sw
