@@ -1,139 +1,40 @@
-"""The fused float32 CPU kernel of the R-LayerNorm layers (``_native/rnorm.c``), built on first use.
-
-The C source is compiled once per machine with the system C compiler into a cache folder
-(``$RLN_VERIFIED_CACHE``, else ``$XDG_CACHE_HOME/rln_verified``, else ``~/.cache/rln_verified``) and loaded
-with ctypes. It needs no Python or torch headers and builds in under a second. When no compiler is found,
-the build fails, or ``RLN_VERIFIED_NATIVE=0`` is set, :func:`available` is False and the layers use the eager
-kernel in ``_rnorm.py``, which computes the same formula (proofs/norm.md, N2-F).
+"""The fused float32 CPU kernel of the R-LayerNorm layers (``_native/rnorm.c``), built on first use
+(``_native_build.py``). When it is unavailable, or switched off, the layers use the eager kernel in ``_rnorm.py``,
+which computes the same formula (proofs/norm.md, N11).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-_SRC = Path(__file__).with_name("_native") / "rnorm.c"
-# -ffp-contract=off keeps every product and sum a separately rounded IEEE operation, as the N11 proof counts them.
-# -march=native: the build is cached per machine (the key below includes the CPU's name and feature flags).
-_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off", "-pthread", "-fopenmp-simd",
-          "-march=native"]
-_ABI = 5
-_NSTAT = 4  # per-group float64 values saved for backward (rnorm.c, NSTAT)
+from rln_verified._native_build import Kernel
+from rln_verified._native_build import ptr as _p
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
-_why: str = "not built yet"
+_NSTAT = 4  # per-group float64 values saved for backward (rnorm.c, NSTAT)
 
 _i64, _int, _dbl, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("RLN_VERIFIED_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rln_verified"
-
-
-def _cpu_id() -> str:
-    """The CPU's model name and feature flags (a -march=native build is only reused on the same kind of CPU)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
-    return "\n".join(sorted(set(keep)))
-
-
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    src = _SRC.read_bytes()
-    key = hashlib.sha256(src + " ".join([cc, *_FLAGS, platform.machine(), sys.platform, _cpu_id()]).encode())
-    key_s = key.hexdigest()[:16]
-    out = _cache_dir() / f"rnorm-{key_s}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            part = Path(tmp) / out.name
-            proc = subprocess.run([cc, *_FLAGS, str(_SRC), "-o", str(part), "-lm"], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
-            os.replace(part, out)  # atomic: concurrent builders never see a partial file
-    lib = ctypes.CDLL(str(out))
-    if lib.rln_abi_version() != _ABI or lib.rln_stats_per_group() != _NSTAT:
-        raise RuntimeError(f"stale native kernel at {out}")
+def _setup(lib: ctypes.CDLL) -> None:
+    if lib.rln_stats_per_group() != _NSTAT:
+        raise RuntimeError("native kernel saves another number of values per group")
     lib.rln_forward_f32.argtypes = [_ptr, _i64, _i64, _i64, _int, _int, _dbl, _dbl, _dbl, _int, _ptr, _ptr, _i64,
                                     _ptr, _ptr, _ptr, _int]
     lib.rln_backward_f32.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _i64, _int, _int, _dbl, _dbl, _dbl, _dbl, _int,
                                      _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _int]
     for fn in (lib.rln_forward_f32, lib.rln_backward_f32):
         fn.restype = _int
-    return lib
 
 
-def library() -> ctypes.CDLL | None:
-    """The loaded kernel, building it on first call; None when it cannot be had (see :func:`reason`)."""
-    global _lib, _tried, _why
-    if _tried:
-        return _lib
-    with _lock:
-        if not _tried:
-            if os.environ.get("RLN_VERIFIED_NATIVE", "1") == "0":
-                _why = "disabled by RLN_VERIFIED_NATIVE=0"
-            else:
-                try:
-                    _lib = _build()
-                    _why = "built"
-                except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                    _why = f"unavailable: {exc}"
-            _tried = True
-    return _lib
-
-
-_off = 0  # depth of active `disabled()` blocks
-
-
-def available() -> bool:
-    """True when the fused kernel is built and not switched off by :func:`disabled`."""
-    return _off == 0 and library() is not None
-
-
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Route every call through the eager kernel inside this block (tests compare the two paths)."""
-    global _off
-    _off += 1
-    try:
-        yield
-    finally:
-        _off -= 1
-
-
-def reason() -> str:
-    """Why the kernel is or is not in use, for reports."""
-    library()
-    return _why
-
-
-def _p(t: torch.Tensor | None) -> int | None:
-    return None if t is None else int(t.data_ptr())
+_KERNEL = Kernel("rnorm.c", "rln_abi_version", 5, _setup)
+library = _KERNEL.library
+available = _KERNEL.available
+disabled = _KERNEL.disabled
+reason = _KERNEL.reason
 
 
 def _plain(t: torch.Tensor | None) -> bool:

@@ -1,8 +1,7 @@
 """The fused float32 CPU kernels of ``_native/gauss.c``, built on first use: the ReLU moments of a Gaussian and
 their backward (RELU-6), and the exp of the Bayesian layers' posterior std (EXP-1).
 
-Same build scheme as the R-LayerNorm kernel (``rln_verified/_native.py``, whose cache folder, CPU key and compiler
-flags it reuses): compiled once per machine with the system C compiler and loaded with ctypes. When no compiler is
+Built and loaded like the R-LayerNorm kernel (``_native_build.py``). When no compiler is
 found, the build fails, or ``RLN_VERIFIED_NATIVE=0`` is set, :func:`available` is False:
 :func:`rln_verified.functional.relu_moments` then uses its eager float64 kernel, which evaluates the same forms, and
 the layers' std uses ``torch.exp``. :func:`disabled` routes calls to those eager paths inside a block.
@@ -10,55 +9,21 @@ the layers' std uses ``torch.exp``. :func:`disabled` routes calls to those eager
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from rln_verified._native import _FLAGS, _cache_dir, _cpu_id
+from rln_verified._native_build import Kernel
+from rln_verified._native_build import ptr as _p
 
-_SRC = Path(__file__).with_name("_native") / "gauss.c"
-_ABI = 3
 #: float64 planes kept per element for the backward: the mean, phi(|a|) and Q(|a|) (gauss.c, fwd_block).
 NAUX = 3
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
-_why: str = "not built yet"
 
 _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 
 
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    src = _SRC.read_bytes()
-    key = hashlib.sha256(src + " ".join([cc, *_FLAGS, platform.machine(), sys.platform, _cpu_id()]).encode())
-    out = _cache_dir() / f"gauss-{key.hexdigest()[:16]}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            part = Path(tmp) / out.name
-            proc = subprocess.run([cc, *_FLAGS, str(_SRC), "-o", str(part), "-lm"], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
-            os.replace(part, out)  # atomic: concurrent builders never see a partial file
-    lib = ctypes.CDLL(str(out))
-    if lib.rln_gauss_abi_version() != _ABI:
-        raise RuntimeError(f"stale native kernel at {out}")
+def _setup(lib: ctypes.CDLL) -> None:
     lib.rln_relu_moments_fwd_f32.argtypes = [_ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr]
     lib.rln_relu_moments_bwd_f32.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr]
     lib.rln_exp_clamp_f32.argtypes = [_ptr, _i64, ctypes.c_float, ctypes.c_float, _int, _ptr, _ptr, _ptr]
@@ -66,51 +31,13 @@ def _build() -> ctypes.CDLL:
     lib.rln_exp_f32_max_ulp.restype = ctypes.c_double
     for fn in (lib.rln_relu_moments_fwd_f32, lib.rln_relu_moments_bwd_f32, lib.rln_exp_clamp_f32):
         fn.restype = _int
-    return lib
 
 
-def library() -> ctypes.CDLL | None:
-    """The loaded kernel, building it on first call; None when it cannot be had (see :func:`reason`)."""
-    global _lib, _tried, _why
-    if _tried:
-        return _lib
-    with _lock:
-        if not _tried:
-            if os.environ.get("RLN_VERIFIED_NATIVE", "1") == "0":
-                _why = "disabled by RLN_VERIFIED_NATIVE=0"
-            else:
-                try:
-                    _lib = _build()
-                    _why = "built"
-                except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                    _why = f"unavailable: {exc}"
-            _tried = True
-    return _lib
-
-
-_off = 0  # depth of active `disabled()` blocks
-
-
-def available() -> bool:
-    """True when the kernel is built and not switched off by :func:`disabled`."""
-    return _off == 0 and library() is not None
-
-
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Route every call through the eager kernel inside this block (tests compare the two paths)."""
-    global _off
-    _off += 1
-    try:
-        yield
-    finally:
-        _off -= 1
-
-
-def reason() -> str:
-    """Why the kernel is or is not in use, for reports."""
-    library()
-    return _why
+_KERNEL = Kernel("gauss.c", "rln_gauss_abi_version", 3, _setup)
+library = _KERNEL.library
+available = _KERNEL.available
+disabled = _KERNEL.disabled
+reason = _KERNEL.reason
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -121,10 +48,6 @@ def usable(*tensors: torch.Tensor) -> bool:
         if t.dtype != torch.float32 or t.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(t):
             return False
     return available()
-
-
-def _p(t: torch.Tensor | None) -> int | None:
-    return None if t is None else int(t.data_ptr())
 
 
 def forward_raw(mu: torch.Tensor, s: torch.Tensor,
