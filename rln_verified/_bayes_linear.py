@@ -136,18 +136,22 @@ class _ExpStd(torch.autograd.Function):
         return g_rho, None, None, None
 
 
+def _sqrt_and_mask(var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The values of :func:`_safe_sqrt` and the mask of clamped elements (None when nothing is below tiny, so the
+    clamp pass is skipped)."""
+    tiny = torch.finfo(var.dtype).tiny
+    if _inside(var, tiny, math.inf):
+        return torch.sqrt(var), None
+    low = torch.ge(var, tiny).logical_not_()  # clamp_min's mask: NaN counts as below
+    return torch.sqrt(var.clamp_min(tiny)), low
+
+
 class _SafeSqrt(torch.autograd.Function):
     """:func:`_safe_sqrt` with the same values and gradients, skipping the clamp where no element is below tiny."""
 
     @staticmethod
     def forward(ctx: Any, var: torch.Tensor) -> torch.Tensor:
-        tiny = torch.finfo(var.dtype).tiny
-        low = None
-        if _inside(var, tiny, math.inf):
-            s = torch.sqrt(var)
-        else:
-            low = torch.ge(var, tiny).logical_not_()  # clamp_min's mask: NaN counts as below
-            s = torch.sqrt(var.clamp_min(tiny))
+        s, low = _sqrt_and_mask(var)
         ctx.save_for_backward(s, low)
         return s
 
@@ -224,13 +228,7 @@ class _LRSample(torch.autograd.Function):
         m = torch.addmm(bm, x, wm.t()) if bm is not None else torch.mm(x, wm.t())
         x2 = x * x
         v = torch.addmm(bv, x2, wv.t()) if bv is not None else torch.mm(x2, wv.t())
-        tiny = torch.finfo(v.dtype).tiny
-        low = None
-        if _inside(v, tiny, math.inf):
-            s = torch.sqrt(v)
-        else:
-            low = torch.ge(v, tiny).logical_not_()  # clamp_min's mask: NaN counts as below
-            s = torch.sqrt(v.clamp_min(tiny))
+        s, low = _sqrt_and_mask(v)
         ctx.save_for_backward(x, wm, wv, bv, x2, s, eps, low, out_w, out_b)
         return torch.addcmul(m, s, eps)
 
