@@ -317,7 +317,7 @@ def rnorm_planes(
     """Apply the kernel to ``x`` of shape (..., P, L); weight and bias broadcast against it.
 
     A weight of shape (..., 1, 1) is per group (per channel); any other shape is elementwise.
-    float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N2-F).
+    float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N11).
     """
     mode = 0 if weight is None else (1 if tuple(weight.shape[-2:]) == (1, 1) else 2)
     p, l_ = x.shape[-2], x.shape[-1]

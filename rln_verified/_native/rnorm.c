@@ -1,7 +1,7 @@
-/* Fused CPU kernel of R-LayerNorm / Bayesian R-LayerNorm for float32 planes (proofs/norm.md, N0-N3, N2-F).
+/* Fused CPU kernel of R-LayerNorm / Bayesian R-LayerNorm for float32 planes (proofs/norm.md, N0-N3, N11).
  *
  * A group is a contiguous (P, L) plane of M = P L floats. Every per-group quantity is accumulated in double,
- * so the float32 kernel computes the same formula as the eager path with at least its accuracy (N2-F).
+ * so the float32 kernel computes the same formula as the eager path with at least its accuracy (N11).
  * Window sums use reflect padding: 3 along L (and 3 along P when two_d). Plain C99 plus pthreads; no Python
  * or torch headers, so it compiles in well under a second. Loaded through ctypes by rln_verified/_native.py.
  */
@@ -40,7 +40,7 @@ static void reuse_weights(i64 n, double *w) {
     free(ones);
 }
 
-/* ---- psi (PSI-1, PSI-5: the float64 split t0 = 0.1 with 7 series terms) ------------------------------ */
+/* ---- psi (PSI-1, PSI-3: the float64 split t0 = 0.1 with 7 series terms) ------------------------------ */
 
 static double psi(double t) {
     if (isnan(t) || t < 0) return NAN;
