@@ -64,7 +64,7 @@ docs: $(STAMP)
 
 BENCH_DIR ?= .benchmarks
 BENCH_COMMON = -q -p no:randomly --benchmark-only --benchmark-disable-gc --benchmark-warmup=on
-BENCH_FULL_OPTS ?= --benchmark-min-rounds=25 --benchmark-max-time=1.0 --benchmark-warmup-iterations=5
+BENCH_FULL_OPTS ?= --benchmark-min-rounds=25 --benchmark-max-time=0.4 --benchmark-warmup-iterations=5
 BENCH_QUICK_OPTS ?= --benchmark-min-rounds=5 --benchmark-max-time=0.05 --benchmark-warmup-iterations=1
 # glibc returns freed blocks to the OS and re-faults them on the next allocation, which in this VM costs
 # more than the arithmetic; the same setting applies to baseline and contender (benchmarks/README.md).

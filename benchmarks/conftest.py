@@ -15,6 +15,40 @@ import pytest
 import torch
 
 THREADS_ENV = "RLN_BENCH_THREADS"
+WINDOWS_ENV = "RLN_BENCH_WINDOWS"
+_current = {"window": 0}
+
+
+def _windows() -> int:
+    raw = os.environ.get(WINDOWS_ENV, "3")
+    if not raw.isdigit() or int(raw) < 1:
+        raise pytest.UsageError(f"{WINDOWS_ENV} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every benchmark runs once per window; the windows are passes over the whole suite (see the reordering
+    # below), so each contender/baseline pair is measured in several time windows spread over the run and the
+    # gate takes the median of the per-window ratios (rln_verified/bench/_gate.py).
+    if "window" in metafunc.fixturenames:
+        metafunc.parametrize("window", range(_windows()), indirect=True, ids=lambda w: f"w{w}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Stable sort by window: window 0 of every benchmark, in file order, then window 1, and so on.
+    def key(item: pytest.Item) -> int:
+        spec = getattr(item, "callspec", None)
+        return int(spec.params.get("window", 0)) if spec is not None else 0
+
+    items.sort(key=key)
+
+
+@pytest.fixture(autouse=True)
+def window(request: pytest.FixtureRequest) -> int:
+    """The current window (0 when not parametrized); ``record`` stores it in extra_info."""
+    w = int(getattr(request, "param", 0))
+    _current["window"] = w
+    return w
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,5 +101,6 @@ def record(
         device=device,
         threads=torch.get_num_threads(),
         torch=torch.__version__,
+        window=_current["window"],
         **extra,
     )

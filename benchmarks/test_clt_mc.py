@@ -61,7 +61,7 @@ def _mc_err(setup_post: list[naive.Posterior], x: torch.Tensor, s: int, m_ref: t
     return statistics.median(errs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once, shared by every window
 def setup() -> Setup:
     mlp_cls = require("BayesianMLP", *LINEAR_MODULES)
     torch.manual_seed(0)

@@ -63,6 +63,39 @@ def test_pairs_only_inside_a_group() -> None:
     assert all(r.verdict == "info" for r in rows)
 
 
+def _windowed(b: dict[str, Any], window: int, median: float) -> dict[str, Any]:
+    out = json.loads(json.dumps(b))
+    out["extra_info"]["window"] = window
+    out["name"] = f"{out['name']}[w{window}]"
+    out["stats"].update(median=median, min=median * 0.9, max=median * 1.2)
+    return out
+
+
+def test_windows_pair_within_a_window_and_take_the_median() -> None:
+    # Window ratios 1.5, 4.0 (a slow contender window) and 1.2: the median is 1.5, the range 1.2..4.0. Pairing
+    # across windows would give other ratios (e.g. 8/2 vs 3/2), so a wrong pairing changes the median.
+    benches = []
+    for w, (b, c) in enumerate([(2.0, 3.0), (2.0, 8.0), (5.0, 6.0)]):
+        benches += [_windowed(BASE, w, b), _windowed(CONT, w, c)]
+    rows = evaluate(parse_run(_run(*benches)), Thresholds(time={"k:Cont/Base": 1.6}))
+    (row,) = [r for r in rows if r.metric == "time"]
+    assert (row.ratio, row.ratio_min, row.ratio_max, row.windows) == (pytest.approx(1.5), pytest.approx(1.2),
+                                                                      pytest.approx(4.0), 3)
+    assert row.verdict == "pass"  # the one slow window does not fail the gate; two would (median 4.0 > 1.6)
+    benches[1] = _windowed(CONT, 0, 9.0)
+    (row,) = [r for r in evaluate(parse_run(_run(*benches)), Thresholds(time={"k:Cont/Base": 1.6}))
+              if r.metric == "time"]
+    assert row.ratio == pytest.approx(4.0) and row.verdict == "FAIL"
+
+
+def test_window_must_be_a_non_negative_int() -> None:
+    for bad in (-1, "1", True, 1.5):
+        b = json.loads(json.dumps(BASE))
+        b["extra_info"]["window"] = bad
+        with pytest.raises(GateError, match="window"):
+            parse_run(_run(b))
+
+
 def test_threshold_and_margin() -> None:
     run = parse_run(_run(BASE, CONT))
     thr = Thresholds(time={"k:Cont/Base": 1.4})

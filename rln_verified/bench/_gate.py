@@ -9,11 +9,18 @@ Every benchmark records in ``extra_info``:
 * ``name``: what was timed, e.g. ``"BayesianRLayerNorm2d"`` or ``"GroupNorm"``;
 * ``vs``: the names of its baselines (an empty list for a baseline);
 * ``shape``, ``dtype``, ``device``: for the record;
-* optionally ``saved_bytes``: the exact bytes saved for backward (see ``saved_bytes``).
+* optionally ``saved_bytes``: the exact bytes saved for backward (see ``saved_bytes``);
+* optionally ``window``: which pass over the suite it belongs to (default 0; see below).
 
-A contender is paired with each baseline named in ``vs`` that has the same pytest-benchmark ``group`` in the
-same run. The time ratio is ``median(contender) / median(baseline)``; when both record ``saved_bytes`` a memory
-ratio is formed as well.
+A contender is paired with each baseline named in ``vs`` that has the same pytest-benchmark ``group`` and the
+same ``window`` in the same run. The time ratio is ``median(contender) / median(baseline)``; when both record
+``saved_bytes`` a memory ratio is formed as well.
+
+Windows: ``benchmarks/conftest.py`` runs the whole suite ``RLN_BENCH_WINDOWS`` times in a row (3 by default), so
+each pair is measured in several time windows spread over the run. A pair's reported ratio is the median of its
+per-window ratios, and ``min..max`` is their range. On a shared VM whose speed drifts over seconds, one slow
+window then moves a ratio by at most the spread of the others. With a single window, ``min..max`` is the
+ratio of the contender's min (max) round to the baseline's.
 
 Thresholds
 ----------
@@ -32,9 +39,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +70,7 @@ class Measurement:
     rounds: int
     saved_bytes: int | None
     extra: Mapping[str, Any]
+    window: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class Row:
     limit: float | None  # threshold * margin for time, threshold for memory
     verdict: str  # "pass", "FAIL" or "info"
     shape: str = ""
+    windows: int = 1  # how many per-window ratios this row's median is over
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -112,6 +122,9 @@ def _measurement(bench: Mapping[str, Any]) -> Measurement:
     except (KeyError, TypeError, ValueError) as exc:
         raise GateError(f"benchmark {label!r}: stats lack median/min/max/rounds ({exc})") from exc
     sb = extra.get("saved_bytes")
+    window = extra.get("window", 0)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise GateError(f"benchmark {label!r}: extra_info['window'] must be an int >= 0, got {window!r}")
     return Measurement(
         group=str(bench.get("group") or ""),
         kind=str(extra["kind"]),
@@ -123,6 +136,7 @@ def _measurement(bench: Mapping[str, Any]) -> Measurement:
         rounds=rounds,
         saved_bytes=None if sb is None else int(sb),
         extra=extra,
+        window=window,
     )
 
 
@@ -140,11 +154,12 @@ def parse_run(data: Mapping[str, Any]) -> list[Measurement]:
     if not isinstance(benches, list) or not benches:
         raise GateError("the JSON holds no 'benchmarks' list: was it written by pytest --benchmark-json?")
     out = [_measurement(b) for b in benches]
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, int, str]] = set()
     for m in out:
-        if (m.group, m.name) in seen:
-            raise GateError(f"group {m.group!r} holds two benchmarks named {m.name!r}; names must be unique per group")
-        seen.add((m.group, m.name))
+        if (m.group, m.window, m.name) in seen:
+            raise GateError(f"group {m.group!r} (window {m.window}) holds two benchmarks named {m.name!r}; names must "
+                            "be unique per group and window")
+        seen.add((m.group, m.window, m.name))
     return out
 
 
@@ -202,17 +217,17 @@ def evaluate(
     """
     if not (margin >= 1.0 and math.isfinite(margin)):
         raise GateError(f"margin must be a finite number >= 1, got {margin!r}")
-    by_group: dict[str, dict[str, Measurement]] = {}
+    by_group: dict[tuple[str, int], dict[str, Measurement]] = {}
     for m in run:
-        by_group.setdefault(m.group, {})[m.name] = m
+        by_group.setdefault((m.group, m.window), {})[m.name] = m
     rows: list[Row] = []
     used_time: set[str] = set()
     used_mem: set[str] = set()
     for m in run:
         for base_name in m.vs:
-            base = by_group[m.group].get(base_name)
+            base = by_group[m.group, m.window].get(base_name)
             if base is None:
-                have = sorted(by_group[m.group])
+                have = sorted(by_group[m.group, m.window])
                 raise GateError(
                     f"group {m.group!r}: contender {m.name!r} names baseline {base_name!r}, which is not in this "
                     f"group of the run (present: {have}). Run the baseline in the same session, or fix 'vs'."
@@ -247,7 +262,24 @@ def evaluate(
             "thresholds with no measurement in this run (a contender or baseline did not run, or it lost its "
             f"saved_bytes): {unmatched}"
         )
-    return rows
+    return _over_windows(rows)
+
+
+def _over_windows(rows: list[Row]) -> list[Row]:
+    """One row per (metric, group, pair): the median of its per-window ratios, min..max their range."""
+    buckets: dict[tuple[str, str, str], list[Row]] = {}
+    for r in rows:
+        buckets.setdefault((r.metric, r.group, r.key), []).append(r)
+    out = []
+    for rs in buckets.values():
+        if len(rs) == 1:
+            out.append(rs[0])
+            continue
+        ratios = sorted(r.ratio for r in rs)
+        med = statistics.median(ratios)
+        out.append(replace(rs[0], ratio=med, ratio_min=ratios[0], ratio_max=ratios[-1],
+                           verdict=_verdict(med, rs[0].limit), windows=len(rs)))
+    return out
 
 
 def _fmt(x: float | None) -> str:
