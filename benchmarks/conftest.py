@@ -43,6 +43,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=key)
 
 
+# The seed forms are references timed for the record (info rows, never gated) and run 30 - 110x slower than
+# the contenders; a few rounds place them well enough, and keep `make bench` within minutes.
+REFERENCE = pytest.mark.benchmark(min_rounds=3, max_time=0.1)
+
+
+def names(names: list[str]) -> list[Any]:
+    """Parametrize values for a ``name`` argument, the seed references marked ``REFERENCE``."""
+    return [pytest.param(n, marks=REFERENCE) if n.startswith("Seed") else n for n in names]
+
+
 @pytest.fixture(autouse=True)
 def window(request: pytest.FixtureRequest) -> int:
     """The current window (0 when not parametrized); ``record`` stores it in extra_info."""

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.conftest import NORM_MODULES, record, require
+from benchmarks.conftest import NORM_MODULES, names, record, require
 from benchmarks.models import small_cnn
 from rln_verified.reference import SeedBayesianRLayerNorm2d
 
@@ -27,7 +27,7 @@ _NORMS: dict[str, tuple[Callable[[int], nn.Module], list[str]]] = {
 }
 
 
-@pytest.mark.parametrize("name", list(_NORMS))
+@pytest.mark.parametrize("name", names(list(_NORMS)))
 def test_cnn_step(benchmark: Any, name: str) -> None:
     norm, vs = _NORMS[name]
     model = small_cnn(norm)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.conftest import NORM_MODULES, record, require
+from benchmarks.conftest import NORM_MODULES, names, record, require
 from rln_verified.bench import saved_bytes
 from rln_verified.reference import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
 
@@ -73,7 +73,7 @@ def _run(benchmark: Any, kind: str, name: str, vs: list[str], layer: nn.Module, 
 
 
 # Decorator order makes the name vary fastest, so a group's members run back to back (less drift between them).
-@pytest.mark.parametrize("name", list(_2D))
+@pytest.mark.parametrize("name", names(list(_2D)))
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("shape", SHAPES_2D, ids=_shape_id)
 def test_norm2d(benchmark: Any, name: str, shape: tuple[int, int, int, int], mode: str) -> None:
@@ -83,7 +83,7 @@ def test_norm2d(benchmark: Any, name: str, shape: tuple[int, int, int, int], mod
     _run(benchmark, kind, name, vs, factory(shape[1]), shape)
 
 
-@pytest.mark.parametrize("name", list(_LAST))
+@pytest.mark.parametrize("name", names(list(_LAST)))
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("shape", SHAPES_LAST, ids=_shape_id)
 def test_norm_last(benchmark: Any, name: str, shape: tuple[int, int, int], mode: str) -> None:

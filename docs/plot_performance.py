@@ -3,7 +3,8 @@
     python docs/plot_performance.py .benchmarks/full.json docs/performance.png
 
 One bar per (group, contender, baseline) pair against the fused PyTorch baselines (GroupNorm, LayerNorm,
-Linear, LinearReLU, MC) with its min..max-over-rounds whisker; the committed threshold is drawn as a tick.
+Linear, LinearReLU, MC): the median of its per-window ratios, with their range as the whisker (a run of one
+window: min/min..max/max over rounds); the committed threshold is drawn as a tick.
 Needs matplotlib (not a dependency of the package).
 """
 
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown_table(rows: list[Row], committed: dict[str, float], machine: str) -> str:
     out = [
-        f"Machine: {machine}. Ratios are contender / baseline, CPU float32, one thread; min and max pair the",
-        "contender's and the baseline's min (max) over rounds.",
+        f"Machine: {machine}. Ratios are contender / baseline, CPU float32, one thread: the median of the",
+        "per-window ratios (3 windows), with min and max their range (benchmarks/README.md, \"Windows\").",
         "",
         "| group | contender | baseline | median ratio | min | max | threshold |",
         "|---|---|---|---:|---:|---:|---:|",
