@@ -34,18 +34,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("window", range(_windows()), indirect=True, ids=lambda w: f"w{w}")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Stable sort by window: window 0 of every benchmark, in file order, then window 1, and so on.
-    def key(item: pytest.Item) -> int:
-        spec = getattr(item, "callspec", None)
-        return int(spec.params.get("window", 0)) if spec is not None else 0
+def _window_of(item: pytest.Item) -> int:
+    spec = getattr(item, "callspec", None)
+    return int(spec.params.get("window", 0)) if spec is not None else 0
 
-    items.sort(key=key)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Seed references run in window 0 only; then a stable sort by window: window 0 of every benchmark, in file
+    # order, then window 1, and so on.
+    drop = [it for it in items if _window_of(it) > 0 and it.get_closest_marker("reference") is not None]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        keep = set(map(id, drop))
+        items[:] = [it for it in items if id(it) not in keep]
+    items.sort(key=_window_of)
 
 
 # The seed forms are references timed for the record (info rows, never gated) and run 30 - 110x slower than
-# the contenders; a few rounds place them well enough, and keep `make bench` within minutes.
-REFERENCE = pytest.mark.benchmark(min_rounds=3, max_time=0.1)
+# the contenders: they run in window 0 only, and a few rounds place them well enough.
+REFERENCE = [pytest.mark.benchmark(min_rounds=3, max_time=0.1), pytest.mark.reference]
 
 
 def names(names: list[str]) -> list[Any]:
@@ -67,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # noise in the baseline, not work. Single-threaded ratios measure the work. Override with
     # RLN_BENCH_THREADS=N; the count is recorded in every benchmark's extra_info.
     torch.set_num_threads(int(os.environ.get(THREADS_ENV, "1")))
+    config.addinivalue_line("markers", "reference: a seed reference, timed in window 0 only")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -102,6 +110,8 @@ def record(
     benchmark: Any, kind: str, name: str, vs: list[str], shape: object, dtype: torch.dtype = torch.float32,
     device: str = "cpu", **extra: object,
 ) -> None:
+    if _current["window"] > 0:
+        vs = [v for v in vs if not v.startswith("Seed")]  # the references ran in window 0 only
     benchmark.extra_info.update(
         kind=kind,
         name=name,
