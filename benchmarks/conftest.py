@@ -55,9 +55,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 REFERENCE = [pytest.mark.benchmark(min_rounds=3, max_time=0.1), pytest.mark.reference]
 
 
+def is_reference(name: str) -> bool:
+    """The seed forms (``rln_verified.reference``) are named ``Seed...``."""
+    return name.startswith("Seed")
+
+
 def names(names: list[str]) -> list[Any]:
     """Parametrize values for a ``name`` argument, the seed references marked ``REFERENCE``."""
-    return [pytest.param(n, marks=REFERENCE) if n.startswith("Seed") else n for n in names]
+    return [pytest.param(n, marks=REFERENCE) if is_reference(n) else n for n in names]
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +116,7 @@ def record(
     device: str = "cpu", **extra: object,
 ) -> None:
     if _current["window"] > 0:
-        vs = [v for v in vs if not v.startswith("Seed")]  # the references ran in window 0 only
+        vs = [v for v in vs if not is_reference(v)]  # the references ran in window 0 only
     benchmark.extra_info.update(
         kind=kind,
         name=name,

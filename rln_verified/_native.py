@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rln_verified._native_build import Kernel
+from rln_verified._native_build import Kernel, plain_f32
 from rln_verified._native_build import ptr as _p
 
 _NSTAT = 4  # per-group float64 values saved for backward (rnorm.c, NSTAT)
@@ -37,12 +37,6 @@ disabled = _KERNEL.disabled
 reason = _KERNEL.reason
 
 
-def _plain(t: torch.Tensor | None) -> bool:
-    """A float32 CPU tensor that is not wrapped by torch.func (vmap, grad, jacrev)."""
-    return t is None or (t.dtype == torch.float32 and t.device.type == "cpu"
-                         and not torch._C._functorch.is_functorch_wrapped_tensor(t))
-
-
 def usable(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, lam: torch.Tensor,
            mode: int, p: int, l_: int) -> bool:
     """True when the fused kernel applies to ``x`` viewed as contiguous (p, l_) planes: float32 CPU tensors, not
@@ -50,7 +44,7 @@ def usable(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | No
     input; 2 one value per plane element)."""
     if torch.compiler.is_compiling() or x.numel() == 0 or lam.numel() != 1 or p < 1 or l_ < 2:
         return False
-    if not (_plain(x) and _plain(weight) and _plain(bias) and _plain(lam)):
+    if not plain_f32(x, weight, bias, lam):
         return False
     if weight is None:
         if bias is not None or mode != 0:

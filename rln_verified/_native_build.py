@@ -52,6 +52,12 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else int(t.data_ptr())
 
 
+def plain_f32(*tensors: torch.Tensor | None) -> bool:
+    """Every tensor given is a float32 CPU tensor not wrapped by torch.func (vmap, grad, jacrev); None counts."""
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu"
+                             and not torch._C._functorch.is_functorch_wrapped_tensor(t)) for t in tensors)
+
+
 class Kernel:
     """One C source of ``_native/``: built and loaded on first use, switchable off for a block (:meth:`disabled`).
 
@@ -126,4 +132,4 @@ class Kernel:
         return self._why
 
 
-__all__ = ["FLAGS", "Kernel", "cache_dir", "cpu_id", "ptr"]
+__all__ = ["FLAGS", "Kernel", "cache_dir", "cpu_id", "plain_f32", "ptr"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rln_verified._native_build import Kernel
+from rln_verified._native_build import Kernel, plain_f32
 from rln_verified._native_build import ptr as _p
 
 #: float64 planes kept per element for the backward: the mean, phi(|a|) and Q(|a|) (gauss.c, fwd_block).
@@ -42,12 +42,7 @@ reason = _KERNEL.reason
 
 def usable(*tensors: torch.Tensor) -> bool:
     """True when the kernel applies: float32 CPU tensors, not wrapped by torch.func, not under torch.compile."""
-    if torch.compiler.is_compiling():
-        return False
-    for t in tensors:
-        if t.dtype != torch.float32 or t.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(t):
-            return False
-    return available()
+    return not torch.compiler.is_compiling() and plain_f32(*tensors) and available()
 
 
 def forward_raw(mu: torch.Tensor, s: torch.Tensor,
