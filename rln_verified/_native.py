@@ -93,6 +93,7 @@ class _NativeFn(torch.autograd.Function):
                    channels, b is not None, p, l_)
         if not bayes:
             ctx.mark_non_differentiable(u)
+        ctx.set_materialize_grads(False)  # an unused u gets no zero-filled cotangent
         return y, u
 
     @staticmethod

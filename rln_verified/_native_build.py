@@ -54,8 +54,8 @@ def ptr(t: torch.Tensor | None) -> int | None:
 
 def plain_f32(*tensors: torch.Tensor | None) -> bool:
     """Every tensor given is a float32 CPU tensor not wrapped by torch.func (vmap, grad, jacrev); None counts."""
-    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu"
-                             and not torch._C._functorch.is_functorch_wrapped_tensor(t)) for t in tensors)
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return all(t is None or (t.dtype == torch.float32 and t.is_cpu and not wrapped(t)) for t in tensors)
 
 
 class Kernel:

@@ -213,6 +213,64 @@ static void plane_box_v_adj(const double *restrict z, double *restrict o, i64 p,
     }
 }
 
+/* Padded rows (stride l + 2, one cell before and after every row) holding z ready for the reflect adjoint of the
+ * horizontal box: the edge cells doubled and the pads negated, so that zp[k-1] + zp[k] + zp[k+1] equals
+ * (B_h^T z)_j at every position, edges included (-z0 + 2 z0 + z1 = z0 + z1; 2 z0 + z1 + z2). Needs l >= 3. */
+static void pad_edges(double *zp, i64 p, i64 l) {
+    for (i64 i = 0; i < p; ++i) {
+        double *o = zp + i * (l + 2) + 1;
+        o[-1] = -o[0];
+        o[0] += o[0];
+        o[l] = -o[l - 1];
+        o[l - 1] += o[l - 1];
+    }
+}
+
+/* zp (padded rows) = B_h d (reflect), d in flat rows. */
+static void plane_box_h_pad(const double *restrict d, double *restrict zp, i64 p, i64 l) {
+    for (i64 i = 0; i < p; ++i) {
+        const double *restrict r = d + i * l;
+        double *restrict o = zp + i * (l + 2) + 1;
+#pragma omp simd
+        for (i64 j = 1; j < l - 1; ++j) o[j] = r[j - 1] + r[j] + r[j + 1];
+        o[0] = r[1] + r[0] + r[1];
+        o[l - 1] = r[l - 2] + r[l - 1] + r[l - 2];
+    }
+    pad_edges(zp, p, l);
+}
+
+/* zp (padded rows) = adjoint of plane_box_v applied to z (flat rows); p >= 2. */
+static void plane_box_v_adj_pad(const double *restrict z, double *restrict zp, i64 p, i64 l) {
+    for (i64 i = 0; i < p; ++i) {
+        const double *restrict up = z + (i - 1) * l, *restrict mid = z + i * l, *restrict dn = z + (i + 1) * l;
+        double *restrict o = zp + i * (l + 2) + 1;
+        if (p == 2) {
+            const double *restrict other = z + (1 - i) * l;
+#pragma omp simd
+            for (i64 j = 0; j < l; ++j) o[j] = mid[j] + 2.0 * other[j];
+        } else if (i == 0) {
+#pragma omp simd
+            for (i64 j = 0; j < l; ++j) o[j] = mid[j] + dn[j];
+        } else if (i == p - 1) {
+#pragma omp simd
+            for (i64 j = 0; j < l; ++j) o[j] = up[j] + mid[j];
+        } else if (i == 1 || i == p - 2) {
+            const double *restrict e0 = i == 1 ? z : NULL, *restrict e1 = i == p - 2 ? z + (p - 1) * l : NULL;
+#pragma omp simd
+            for (i64 j = 0; j < l; ++j) {
+                double s = up[j] + mid[j] + dn[j];
+                if (e0) s += e0[j];
+                if (e1) s += e1[j];
+                o[j] = s;
+            }
+        } else {
+#pragma omp simd
+            for (i64 j = 0; j < l; ++j) o[j] = up[j] + mid[j] + dn[j];
+        }
+    }
+    pad_edges(zp, p, l);
+}
+
 typedef struct {
     i64 p, l, m, channels;
     int two_d, bayes, mode; /* mode: 0 no affine, 1 per channel (index g % channels), 2 elementwise (length m) */
@@ -389,7 +447,8 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
     const Cfg *c = &bw->c;
     const i64 p = c->p, l = c->l, m = c->m;
     scr = place(scr, bw->gx + g0 * m);
-    double *restrict xc = scr, *restrict h = scr + stride(m), *restrict t2 = scr + 2 * stride(m);
+    const i64 sm = stride(m + 2 * p);
+    double *restrict xc = scr, *restrict h = scr + sm, *restrict t2 = scr + 2 * sm;
     const double *restrict wf = c->wf;
     const double cw = c->two_d ? 9.0 : 3.0;
     const i64 kw = c->mode == 1 ? c->channels : (c->mode == 2 ? m : 0);
@@ -448,20 +507,20 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
         const double k_0 = -(gg_sum / (double)m) * ka;
         const double k_b = -coef / (cw * cw);
         const double k_1 = k_xc - coef;
-        /* z = B_v^T B_v B_h x_c (2d) or B_h x_c (last dims); then gx = ... + k_b (B_h^T z) with the horizontal
-         * adjoint taken inline and its four edge lanes of every row recomputed exactly. */
-        plane_box_h(xc, h, p, l);
-        const double *restrict z = h;
-        if (c->two_d) {
-            plane_box_v(h, t2, p, l);
-            plane_box_v_adj(t2, h, p, l);
-        }
+        /* z = B_v^T B_v B_h x_c (2d) or B_h x_c (last dims); then gx = ... + k_b (B_h^T z), the horizontal adjoint
+         * taken inline: from a separate pass on short rows, from z in padded rows (pad_edges) otherwise. */
         float *restrict gx = bw->gx + g * m;
         const float *restrict w = c->w;
         const int elem = c->mode == 2;
         const double ga = c->mode == 1 ? ka * (double)c->w[g % c->channels] : ka;
         if (l < 16) {
-            /* short rows: a separate adjoint pass is cheaper than fixing four lanes of every row */
+            /* short rows: flat passes (a row loop of a few vectors costs more than the edge fixes) */
+            plane_box_h(xc, h, p, l);
+            const double *restrict z = h;
+            if (c->two_d) {
+                plane_box_v(h, t2, p, l);
+                plane_box_v_adj(t2, h, p, l);
+            }
             plane_box_h_adj(z, t2, p, l);
             if (elem) {
 #pragma omp simd
@@ -473,27 +532,31 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
                     gx[j] = (float)((double)gy[j] * ga + (k_1 + coef * wf[j]) * xc[j] + k_b * t2[j] + k_0);
             }
         } else {
-            if (elem) {
-#pragma omp simd
-                for (i64 j = 1; j < m - 1; ++j)
-                    gx[j] = (float)((double)gy[j] * (double)w[j] * ga + (k_1 + coef * wf[j]) * xc[j]
-                                    + k_b * (z[j - 1] + z[j] + z[j + 1]) + k_0);
+            /* z in padded rows (pad_edges), so the horizontal adjoint is a plain 3-sum on every lane */
+            double *restrict zp = h;
+            if (c->two_d) {
+                plane_box_h(xc, h, p, l);
+                plane_box_v(h, t2, p, l);
+                plane_box_v_adj_pad(t2, zp, p, l);
             } else {
-#pragma omp simd
-                for (i64 j = 1; j < m - 1; ++j)
-                    gx[j] = (float)((double)gy[j] * ga + (k_1 + coef * wf[j]) * xc[j]
-                                    + k_b * (z[j - 1] + z[j] + z[j + 1]) + k_0);
+                plane_box_h_pad(xc, zp, p, l);
             }
-            for (i64 a = 0; a < m; a += l) {
-                const i64 lanes[4] = {0, 1, l - 2, l - 1};
-                const double *zr = z + a;
-                for (int q = 0; q < 4; ++q) {
-                    const i64 j = lanes[q], e = a + j;
-                    double adj = zr[j] + (j > 0 ? zr[j - 1] : 0.0) + (j < l - 1 ? zr[j + 1] : 0.0);
-                    if (j == 1) adj += zr[0];
-                    if (j == l - 2) adj += zr[l - 1];
-                    const double gg = elem ? (double)gy[e] * (double)w[e] : (double)gy[e];
-                    gx[e] = (float)(gg * ga + (k_1 + coef * wf[e]) * xc[e] + k_b * adj + k_0);
+            for (i64 i = 0; i < p; ++i) {
+                const i64 a = i * l;
+                const double *restrict zr = zp + i * (l + 2) + 1, *restrict xr = xc + a, *restrict wr = wf + a;
+                const float *restrict gr = gy + a;
+                float *restrict o = gx + a;
+                if (elem) {
+                    const float *restrict wer = w + a;
+#pragma omp simd
+                    for (i64 j = 0; j < l; ++j)
+                        o[j] = (float)((double)gr[j] * (double)wer[j] * ga + (k_1 + coef * wr[j]) * xr[j]
+                                       + k_b * (zr[j - 1] + zr[j] + zr[j + 1]) + k_0);
+                } else {
+#pragma omp simd
+                    for (i64 j = 0; j < l; ++j)
+                        o[j] = (float)((double)gr[j] * ga + (k_1 + coef * wr[j]) * xr[j]
+                                       + k_b * (zr[j - 1] + zr[j] + zr[j + 1]) + k_0);
                 }
             }
         }
@@ -514,7 +577,7 @@ int rln_backward_f32(const float *x, const float *gy, const float *gu, i64 group
     const i64 acc_len = 1 + 2 * kw;
     double *acc = (double *)malloc(sizeof(double) * (size_t)acc_len);
     if (!acc) { free_cfg(&bw.c); return 2; }
-    const int rc = parallel_groups(bwd_groups, &bw, groups, 3 * stride(bw.c.m) + SLACK, acc_len, acc, threads,
+    const int rc = parallel_groups(bwd_groups, &bw, groups, 3 * stride(bw.c.m + 2 * p) + SLACK, acc_len, acc, threads,
                                    groups * bw.c.m);
     g_lam[0] = (float)(acc[0] * dlam); /* d lambda / d (its source): 1, or the N8 parameterization's derivative */
     if (g_w) for (i64 q = 0; q < kw; ++q) g_w[q] = (float)acc[1 + q];
