@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-# -ffp-contract=off keeps every product and sum a separately rounded IEEE operation, as the proofs count them.
+# -ffp-contract=off: the compiler fuses no product into a sum on its own, so every operation is rounded where the
+# source says; an fma() written in a source rounds once, inside the count of the two operations it replaces.
 # -march=native: the build is cached per machine (the key includes the CPU's name and feature flags).
 FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off", "-pthread", "-fopenmp-simd",
          "-march=native"]
@@ -52,10 +53,15 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else int(t.data_ptr())
 
 
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
 def plain_f32(*tensors: torch.Tensor | None) -> bool:
     """Every tensor given is a float32 CPU tensor not wrapped by torch.func (vmap, grad, jacrev); None counts."""
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return all(t is None or (t.dtype == torch.float32 and t.is_cpu and not wrapped(t)) for t in tensors)
+    for t in tensors:  # a loop, not all(...): this runs on every layer call  # noqa: SIM110
+        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or _wrapped(t)):
+            return False
+    return True
 
 
 class Kernel:

@@ -2,8 +2,9 @@
  *
  * A group is a contiguous (P, L) plane of M = P L floats. Every per-group quantity is accumulated in double,
  * so the float32 kernel computes the same formula as the eager path with at least its accuracy (N11).
- * Window sums use reflect padding: 3 along L (and 3 along P when two_d). Plain C99 plus pthreads; no Python
- * or torch headers, so it compiles in well under a second. Loaded through ctypes by rln_verified/_native.py.
+ * Window sums use reflect padding: 3 along L (and 3 along P when two_d). The fma() calls round once where a
+ * product and a sum would round twice. Plain C99 plus pthreads; no Python or torch headers, so it compiles in
+ * well under a second. Loaded through ctypes by rln_verified/_native.py.
  */
 #include <float.h>
 #include <math.h>
@@ -13,6 +14,10 @@
 #include <string.h>
 
 typedef int64_t i64;
+
+/* Partial sums kept apart in reductions: LANES / 4 independent vector accumulators, so a sum is not bound by
+ * the latency of one chain of additions. */
+enum { LANES = 16 };
 
 /* ---- window sums --------------------------------------------------------------------------------------- */
 
@@ -213,62 +218,52 @@ static void plane_box_v_adj(const double *restrict z, double *restrict o, i64 p,
     }
 }
 
-/* Padded rows (stride l + 2, one cell before and after every row) holding z ready for the reflect adjoint of the
- * horizontal box: the edge cells doubled and the pads negated, so that zp[k-1] + zp[k] + zp[k+1] equals
- * (B_h^T z)_j at every position, edges included (-z0 + 2 z0 + z1 = z0 + z1; 2 z0 + z1 + z2). Needs l >= 3. */
-static void pad_edges(double *zp, i64 p, i64 l) {
+/* Padded rows: a row starts 4 cells into its slot of l + 8 (32-byte aligned when the slot is), two pad cells
+ * each side in use. With the pads set by pad5 from the row's own ends, the symmetric 5-tap (1, 2, 3, 2, 1) gives
+ * (B^T B z)_j of the reflect window at every position of the row, ends included: B^T B has rows (2, 3, 1) and
+ * (3, 6, 2, 1) there, which p[-1] = z0 + 3 z1, p[-2] = -3 z0 - 5 z1 (and the mirror image at the right end)
+ * reproduce (proofs/norm.md, N11). Needs l >= 4. */
+static i64 pad_stride(i64 l) { return l + 8; }
+
+static void pad5(double *zp, i64 p, i64 l) {
     for (i64 i = 0; i < p; ++i) {
-        double *o = zp + i * (l + 2) + 1;
-        o[-1] = -o[0];
-        o[0] += o[0];
-        o[l] = -o[l - 1];
-        o[l - 1] += o[l - 1];
+        double *o = zp + i * pad_stride(l) + 4;
+        o[-1] = o[0] + 3.0 * o[1];
+        o[-2] = -3.0 * o[0] - 5.0 * o[1];
+        o[l] = o[l - 1] + 3.0 * o[l - 2];
+        o[l + 1] = -3.0 * o[l - 1] - 5.0 * o[l - 2];
     }
 }
 
-/* zp (padded rows) = B_h d (reflect), d in flat rows. */
-static void plane_box_h_pad(const double *restrict d, double *restrict zp, i64 p, i64 l) {
-    for (i64 i = 0; i < p; ++i) {
-        const double *restrict r = d + i * l;
-        double *restrict o = zp + i * (l + 2) + 1;
-#pragma omp simd
-        for (i64 j = 1; j < l - 1; ++j) o[j] = r[j - 1] + r[j] + r[j + 1];
-        o[0] = r[1] + r[0] + r[1];
-        o[l - 1] = r[l - 2] + r[l - 1] + r[l - 2];
-    }
-    pad_edges(zp, p, l);
+static inline double tap5(const double *z, i64 j) {
+    return fma(3.0, z[j], fma(2.0, z[j - 1] + z[j + 1], z[j - 2] + z[j + 2]));
 }
 
-/* zp (padded rows) = adjoint of plane_box_v applied to z (flat rows); p >= 2. */
-static void plane_box_v_adj_pad(const double *restrict z, double *restrict zp, i64 p, i64 l) {
+/* zp (padded rows) = (B_v^T B_v) x along the columns of a flat (p, l) plane, p >= 4: the 5-tap (1, 2, 3, 2, 1)
+ * inside, rows (2, 3, 1) and (3, 6, 2, 1) at the ends (see pad5). */
+static void plane_vv_pad(const double *restrict x, double *restrict zp, i64 p, i64 l) {
     for (i64 i = 0; i < p; ++i) {
-        const double *restrict up = z + (i - 1) * l, *restrict mid = z + i * l, *restrict dn = z + (i + 1) * l;
-        double *restrict o = zp + i * (l + 2) + 1;
-        if (p == 2) {
-            const double *restrict other = z + (1 - i) * l;
+        double *restrict o = zp + i * pad_stride(l) + 4;
+        const double *restrict c = x + i * l;
+        if (i >= 2 && i < p - 2) {
+            const double *restrict a = c - 2 * l, *restrict b = c - l, *restrict d = c + l, *restrict e = c + 2 * l;
 #pragma omp simd
-            for (i64 j = 0; j < l; ++j) o[j] = mid[j] + 2.0 * other[j];
-        } else if (i == 0) {
-#pragma omp simd
-            for (i64 j = 0; j < l; ++j) o[j] = mid[j] + dn[j];
-        } else if (i == p - 1) {
-#pragma omp simd
-            for (i64 j = 0; j < l; ++j) o[j] = up[j] + mid[j];
-        } else if (i == 1 || i == p - 2) {
-            const double *restrict e0 = i == 1 ? z : NULL, *restrict e1 = i == p - 2 ? z + (p - 1) * l : NULL;
-#pragma omp simd
-            for (i64 j = 0; j < l; ++j) {
-                double s = up[j] + mid[j] + dn[j];
-                if (e0) s += e0[j];
-                if (e1) s += e1[j];
-                o[j] = s;
-            }
+            for (i64 j = 0; j < l; ++j) o[j] = fma(3.0, c[j], fma(2.0, b[j] + d[j], a[j] + e[j]));
         } else {
+            /* the two end rows of either side, written from the first (or last) four rows */
+            const int top = i < 2;
+            const double *restrict r0 = top ? x : x + (p - 1) * l, *restrict r1 = top ? x + l : x + (p - 2) * l;
+            const double *restrict r2 = top ? x + 2 * l : x + (p - 3) * l, *restrict r3 = top ? x + 3 * l : x + (p - 4) * l;
+            if (i == 0 || i == p - 1) {
 #pragma omp simd
-            for (i64 j = 0; j < l; ++j) o[j] = up[j] + mid[j] + dn[j];
+                for (i64 j = 0; j < l; ++j) o[j] = 2.0 * r0[j] + 3.0 * r1[j] + r2[j];
+            } else {
+#pragma omp simd
+                for (i64 j = 0; j < l; ++j) o[j] = 3.0 * r0[j] + 6.0 * r1[j] + 2.0 * r2[j] + r3[j];
+            }
         }
     }
-    pad_edges(zp, p, l);
+    pad5(zp, p, l);
 }
 
 typedef struct {
@@ -300,30 +295,31 @@ static int make_cfg(Cfg *c, i64 p, i64 l, int two_d, int bayes, double eps, doub
 
 static void free_cfg(Cfg *c) { free(c->wf); }
 
-/* One pass over a group: x_c = x - mean into xc, h = horizontal window sums of x_c (reflect), and the sums
- * sum x_c^2 and sum w x_c^2 (reuse weights, N0). */
-static void centre(const Cfg *c, const float *restrict x, double mean, double *restrict xc, double *restrict h,
-                   double *ss_out, double *ssw_out) {
+/* One pass over a group: h = horizontal window sums of x_c = x - mean (reflect), and the sums sum x_c^2 and
+ * sum w x_c^2 (reuse weights, N0). x_c itself is not kept: (double)x - mean is recomputed, bit for bit, where
+ * it is needed again. */
+static void centre(const Cfg *c, const float *restrict x, double mean, double *restrict h, double *ss_out,
+                   double *ssw_out) {
     const double *restrict wf = c->wf;
     const i64 m = c->m, l = c->l;
     double ss = 0.0, ssw = 0.0;
 #pragma omp simd reduction(+ : ss, ssw)
     for (i64 j = 1; j < m - 1; ++j) {
         const double t = (double)x[j] - mean;
-        xc[j] = t;
         h[j] = ((double)x[j - 1] - mean) + t + ((double)x[j + 1] - mean);
-        ss += t * t;
-        ssw += wf[j] * (t * t);
+        const double t2 = t * t;
+        ss += t2;
+        ssw = fma(wf[j], t2, ssw);
     }
     const double t0 = (double)x[0] - mean, t1 = (double)x[m - 1] - mean;
-    xc[0] = t0;
-    xc[m - 1] = t1;
     ss += t0 * t0 + t1 * t1;
     ssw += wf[0] * (t0 * t0) + wf[m - 1] * (t1 * t1);
     for (i64 a = 0; a < m; a += l) {
         const i64 e = a + l - 1;
-        h[a] = xc[a + 1] + xc[a] + xc[a + 1];
-        h[e] = xc[e - 1] + xc[e] + xc[e - 1];
+        const double xa = (double)x[a] - mean, xa1 = (double)x[a + 1] - mean;
+        const double xe = (double)x[e] - mean, xe1 = (double)x[e - 1] - mean;
+        h[a] = xa1 + xa + xa1;
+        h[e] = xe1 + xe + xe1;
     }
     *ss_out = ss;
     *ssw_out = ssw;
@@ -352,25 +348,35 @@ static void fwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
     const i64 p = c->p, l = c->l, m = c->m, nb = fwd_block(m);
     const double cw = c->two_d ? 9.0 : 3.0;
     scr = place(scr, f->y + g0 * m);
-    double *restrict h = scr, *restrict xcb = scr + stride(m);
+    double *restrict h = scr;
     double vb[64], nub[64];
     for (i64 gb = g0; gb < g1; gb += nb) {
         const i64 ge = gb + nb < g1 ? gb + nb : g1;
         for (i64 g = gb; g < ge; ++g) {
             const float *restrict x = f->x + g * m;
-            double *restrict xc = xcb + (g - gb) * stride(m);
             double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
             for (i64 j = 0; j < m; ++j) sum += (double)x[j];
             const double mean = sum / (double)m;
             double ss, ssw, sbx = 0.0;
-            centre(c, x, mean, xc, h, &ss, &ssw);
+            centre(c, x, mean, h, &ss, &ssw);
             if (c->two_d) {
                 const double *r1 = h + l, *rp = h + (p - 2) * l, *last = h + (p - 1) * l;
-#pragma omp simd reduction(+ : sbx)
-                for (i64 j = l; j < m - l; ++j) {
-                    const double t = h[j - l] + h[j] + h[j + l];
-                    sbx += t * t;
+{
+                    double part[LANES] = {0};
+                    i64 j = l;
+                    for (; j + LANES <= m - l; j += LANES) {
+#pragma omp simd
+                        for (int k = 0; k < LANES; ++k) {
+                            const double t = h[j + k - l] + h[j + k] + h[j + k + l];
+                            part[k] = fma(t, t, part[k]);
+                        }
+                    }
+                    for (; j < m - l; ++j) {
+                        const double t = h[j - l] + h[j] + h[j + l];
+                        part[0] += t * t;
+                    }
+                    for (int k = 0; k < LANES; ++k) sbx += part[k];
                 }
 #pragma omp simd reduction(+ : sbx)
                 for (i64 j = 0; j < l; ++j) {
@@ -378,8 +384,14 @@ static void fwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
                     sbx += t0 * t0 + t1 * t1;
                 }
             } else {
-#pragma omp simd reduction(+ : sbx)
-                for (i64 j = 0; j < m; ++j) sbx += h[j] * h[j];
+double part[LANES] = {0};
+                i64 j = 0;
+                for (; j + LANES <= m; j += LANES) {
+#pragma omp simd
+                    for (int k = 0; k < LANES; ++k) part[k] = fma(h[j + k], h[j + k], part[k]);
+                }
+                for (; j < m; ++j) part[0] += h[j] * h[j];
+                for (int k = 0; k < LANES; ++k) sbx += part[k];
             }
             const double nu = (ssw - sbx / (cw * cw)) / (double)m;
             vb[g - gb] = ss / (double)m;
@@ -394,26 +406,27 @@ static void fwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
         }
         for (i64 g = gb; g < ge; ++g) {
             const double ka = f->stats[NSTAT * g + 3];
-            const double *restrict xc = xcb + (g - gb) * stride(m);
+            const double mean = f->stats[NSTAT * g];
+            const float *restrict x = f->x + g * m;
             float *restrict y = f->y + g * m;
             if (c->mode == 1) {
                 const i64 ch = g % c->channels;
                 const double sc = ka * (double)c->w[ch];
                 const double bi = c->b ? (double)c->b[ch] : 0.0;
 #pragma omp simd
-                for (i64 j = 0; j < m; ++j) y[j] = (float)(xc[j] * sc + bi);
+                for (i64 j = 0; j < m; ++j) y[j] = (float)fma((double)x[j] - mean, sc, bi);
             } else if (c->mode == 2) {
                 const float *restrict w = c->w, *restrict b = c->b;
                 if (b) {
 #pragma omp simd
-                    for (i64 j = 0; j < m; ++j) y[j] = (float)(xc[j] * ka * (double)w[j] + (double)b[j]);
+                    for (i64 j = 0; j < m; ++j) y[j] = (float)fma(((double)x[j] - mean) * ka, (double)w[j], (double)b[j]);
                 } else {
 #pragma omp simd
-                    for (i64 j = 0; j < m; ++j) y[j] = (float)(xc[j] * ka * (double)w[j]);
+                    for (i64 j = 0; j < m; ++j) y[j] = (float)(((double)x[j] - mean) * ka * (double)w[j]);
                 }
             } else {
 #pragma omp simd
-                for (i64 j = 0; j < m; ++j) y[j] = (float)(xc[j] * ka);
+                for (i64 j = 0; j < m; ++j) y[j] = (float)(((double)x[j] - mean) * ka);
             }
         }
     }
@@ -426,7 +439,7 @@ int rln_forward_f32(const float *x, i64 groups, i64 p, i64 l, int two_d, int bay
     const int bad = make_cfg(&f.c, p, l, two_d, bayes, eps, lam, alpha, mode, w, b, channels);
     if (bad) return bad;
     f.x = x; f.y = y; f.u_out = u_out; f.stats = stats;
-    const int rc = parallel_groups(fwd_groups, &f, groups, (1 + fwd_block(f.c.m)) * stride(f.c.m) + SLACK, 0, NULL, threads,
+    const int rc = parallel_groups(fwd_groups, &f, groups, stride(f.c.m) + SLACK, 0, NULL, threads,
                                    groups * f.c.m);
     free_cfg(&f.c);
     return rc;
@@ -447,7 +460,7 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
     const Cfg *c = &bw->c;
     const i64 p = c->p, l = c->l, m = c->m;
     scr = place(scr, bw->gx + g0 * m);
-    const i64 sm = stride(m + 2 * p);
+    const i64 sm = stride(p * pad_stride(l));
     double *restrict xc = scr, *restrict h = scr + sm, *restrict t2 = scr + 2 * sm;
     const double *restrict wf = c->wf;
     const double cw = c->two_d ? 9.0 : 3.0;
@@ -467,29 +480,40 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
             dlogf = 1.0 / (1.0 + t);
             q = dlogf * dlogf;
         }
+        /* long rows use the 5-tap form of B^T B (pad5): last dims keep x_c itself in padded rows, 2d keeps x_c
+         * flat and (B_v^T B_v) x_c in padded rows; short rows (and 2d maps of fewer than 4 rows) use flat passes */
+        const int five = l >= 16 && (!c->two_d || p >= 4);
+        const i64 xs = five && !c->two_d ? pad_stride(l) : l, x0 = five && !c->two_d ? 4 : 0;
         double gg_sum = 0.0, ggxc = 0.0, gy_sum = 0.0, gyxc = 0.0;
-        if (c->mode == 2) {
-            const float *restrict w = c->w;
-            double *restrict aw = acc + 1, *restrict ab = acc + 1 + kw;
-            #pragma omp simd reduction(+ : gg_sum, ggxc)
-            for (i64 j = 0; j < m; ++j) {
-                const double d = (double)x[j] - mean;
-                xc[j] = d;
-                const double gyj = (double)gy[j];
-                const double gg = gyj * (double)w[j];
-                gg_sum += gg;
-                ggxc += gg * d;
-                aw[j] += gyj * (d * ka);
-                ab[j] += gyj;
-            }
-        } else {
+        for (i64 i = 0; i < (xs == l ? 1 : p); ++i) {
+            const i64 a = i * l, n = xs == l ? m : l;
+            double *restrict xr = xc + i * xs + x0;
+            const float *restrict xi = x + a, *restrict gi = gy + a;
+            if (c->mode == 2) {
+                const float *restrict w = c->w + a;
+                double *restrict aw = acc + 1 + a, *restrict ab = acc + 1 + kw + a;
+#pragma omp simd reduction(+ : gg_sum, ggxc)
+                for (i64 j = 0; j < n; ++j) {
+                    const double d = (double)xi[j] - mean;
+                    xr[j] = d;
+                    const double gyj = (double)gi[j];
+                    const double gg = gyj * (double)w[j];
+                    gg_sum += gg;
+                    ggxc = fma(gg, d, ggxc);
+                    aw[j] += gyj * (d * ka);
+                    ab[j] += gyj;
+                }
+            } else {
 #pragma omp simd reduction(+ : gy_sum, gyxc)
-            for (i64 j = 0; j < m; ++j) {
-                const double d = (double)x[j] - mean;
-                xc[j] = d;
-                gy_sum += (double)gy[j];
-                gyxc += (double)gy[j] * d;
+                for (i64 j = 0; j < n; ++j) {
+                    const double d = (double)xi[j] - mean;
+                    xr[j] = d;
+                    gy_sum += (double)gi[j];
+                    gyxc = fma((double)gi[j], d, gyxc);
+                }
             }
+        }
+        if (c->mode != 2) {
             const double wc = c->mode == 1 ? (double)c->w[g % c->channels] : 1.0;
             gg_sum = gy_sum * wc;
             ggxc = gyxc * wc;
@@ -507,14 +531,12 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
         const double k_0 = -(gg_sum / (double)m) * ka;
         const double k_b = -coef / (cw * cw);
         const double k_1 = k_xc - coef;
-        /* z = B_v^T B_v B_h x_c (2d) or B_h x_c (last dims); then gx = ... + k_b (B_h^T z), the horizontal adjoint
-         * taken inline: from a separate pass on short rows, from z in padded rows (pad_edges) otherwise. */
+        /* gx = ... + k_b (B^T B x_c)_j, B^T B = (B_v^T B_v) (B_h^T B_h) */
         float *restrict gx = bw->gx + g * m;
         const float *restrict w = c->w;
         const int elem = c->mode == 2;
         const double ga = c->mode == 1 ? ka * (double)c->w[g % c->channels] : ka;
-        if (l < 16) {
-            /* short rows: flat passes (a row loop of a few vectors costs more than the edge fixes) */
+        if (!five) {
             plane_box_h(xc, h, p, l);
             const double *restrict z = h;
             if (c->two_d) {
@@ -525,38 +547,34 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
             if (elem) {
 #pragma omp simd
                 for (i64 j = 0; j < m; ++j)
-                    gx[j] = (float)((double)gy[j] * (double)w[j] * ga + (k_1 + coef * wf[j]) * xc[j] + k_b * t2[j] + k_0);
+                    gx[j] = (float)fma((double)gy[j] * (double)w[j], ga, fma(fma(coef, wf[j], k_1), xc[j], fma(k_b, t2[j], k_0)));
             } else {
 #pragma omp simd
                 for (i64 j = 0; j < m; ++j)
-                    gx[j] = (float)((double)gy[j] * ga + (k_1 + coef * wf[j]) * xc[j] + k_b * t2[j] + k_0);
+                    gx[j] = (float)fma((double)gy[j], ga, fma(fma(coef, wf[j], k_1), xc[j], fma(k_b, t2[j], k_0)));
             }
         } else {
-            /* z in padded rows (pad_edges), so the horizontal adjoint is a plain 3-sum on every lane */
+            /* zp: padded rows whose 5-tap along the row is (B^T B x_c)_j (pad5) */
             double *restrict zp = h;
-            if (c->two_d) {
-                plane_box_h(xc, h, p, l);
-                plane_box_v(h, t2, p, l);
-                plane_box_v_adj_pad(t2, zp, p, l);
-            } else {
-                plane_box_h_pad(xc, zp, p, l);
-            }
+            if (c->two_d) plane_vv_pad(xc, zp, p, l);
+            else pad5(xc, p, l);
+            const double *restrict zb = c->two_d ? zp : xc;
             for (i64 i = 0; i < p; ++i) {
                 const i64 a = i * l;
-                const double *restrict zr = zp + i * (l + 2) + 1, *restrict xr = xc + a, *restrict wr = wf + a;
+                const double *restrict zr = zb + i * pad_stride(l) + 4, *restrict xr = xc + i * xs + x0;
+                const double *restrict wr = wf + a;
                 const float *restrict gr = gy + a;
                 float *restrict o = gx + a;
                 if (elem) {
                     const float *restrict wer = w + a;
 #pragma omp simd
                     for (i64 j = 0; j < l; ++j)
-                        o[j] = (float)((double)gr[j] * (double)wer[j] * ga + (k_1 + coef * wr[j]) * xr[j]
-                                       + k_b * (zr[j - 1] + zr[j] + zr[j + 1]) + k_0);
+                        o[j] = (float)fma((double)gr[j] * (double)wer[j], ga,
+                                          fma(fma(coef, wr[j], k_1), xr[j], fma(k_b, tap5(zr, j), k_0)));
                 } else {
 #pragma omp simd
                     for (i64 j = 0; j < l; ++j)
-                        o[j] = (float)((double)gr[j] * ga + (k_1 + coef * wr[j]) * xr[j]
-                                       + k_b * (zr[j - 1] + zr[j] + zr[j + 1]) + k_0);
+                        o[j] = (float)fma((double)gr[j], ga, fma(fma(coef, wr[j], k_1), xr[j], fma(k_b, tap5(zr, j), k_0)));
                 }
             }
         }
@@ -577,7 +595,7 @@ int rln_backward_f32(const float *x, const float *gy, const float *gu, i64 group
     const i64 acc_len = 1 + 2 * kw;
     double *acc = (double *)malloc(sizeof(double) * (size_t)acc_len);
     if (!acc) { free_cfg(&bw.c); return 2; }
-    const int rc = parallel_groups(bwd_groups, &bw, groups, 3 * stride(bw.c.m + 2 * p) + SLACK, acc_len, acc, threads,
+    const int rc = parallel_groups(bwd_groups, &bw, groups, 3 * stride(p * pad_stride(l)) + SLACK, acc_len, acc, threads,
                                    groups * bw.c.m);
     g_lam[0] = (float)(acc[0] * dlam); /* d lambda / d (its source): 1, or the N8 parameterization's derivative */
     if (g_w) for (i64 q = 0; q < kw; ++q) g_w[q] = (float)acc[1 + q];
