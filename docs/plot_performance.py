@@ -68,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown_table(rows: list[Row], committed: dict[str, float], machine: str) -> str:
+    n = max((r.windows for r in rows), default=1)
     out = [
         f"Machine: {machine}. Ratios are contender / baseline, CPU float32, one thread: the median of the",
-        "per-window ratios (3 windows), with min and max their range (benchmarks/README.md, \"Windows\").",
+        f"per-window ratios ({n} windows; the seed references run in the first only), with min and max their range",
+        "(benchmarks/README.md, \"Windows\").",
         "",
         "| group | contender | baseline | median ratio | min | max | threshold |",
         "|---|---|---|---:|---:|---:|---:|",

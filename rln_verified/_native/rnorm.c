@@ -3,8 +3,8 @@
  * A group is a contiguous (P, L) plane of M = P L floats. Every per-group quantity is accumulated in double,
  * so the float32 kernel computes the same formula as the eager path with at least its accuracy (N11).
  * Window sums use reflect padding: 3 along L (and 3 along P when two_d). The fma() calls round once where a
- * product and a sum would round twice. Plain C99 plus pthreads; no Python or torch headers, so it compiles in
- * well under a second. Loaded through ctypes by rln_verified/_native.py.
+ * product and a sum would round twice. C99 plus pthreads and one GCC/Clang vector extension (v4d); no Python or
+ * torch headers, so it compiles in well under a second. Loaded through ctypes by rln_verified/_native.py.
  */
 #include <float.h>
 #include <math.h>
@@ -239,29 +239,45 @@ static inline double tap5(const double *z, i64 j) {
     return fma(3.0, z[j], fma(2.0, z[j - 1] + z[j + 1], z[j - 2] + z[j + 2]));
 }
 
+/* Four doubles as one value (a GCC/Clang vector extension; lowered to whatever SIMD the target has). aligned(8):
+ * loads and stores through it may be unaligned. */
+typedef double v4d __attribute__((vector_size(32), aligned(8)));
+
 /* zp (padded rows) = (B_v^T B_v) x along the columns of a flat (p, l) plane, p >= 4: the 5-tap (1, 2, 3, 2, 1)
- * inside, rows (2, 3, 1) and (3, 6, 2, 1) at the ends (see pad5). */
+ * inside, rows (2, 3, 1) and (3, 6, 2, 1) at the ends (see pad5). Four columns at a time go down the plane with
+ * the last four rows held in registers, so each row is read once. */
 static void plane_vv_pad(const double *restrict x, double *restrict zp, i64 p, i64 l) {
-    for (i64 i = 0; i < p; ++i) {
-        double *restrict o = zp + i * pad_stride(l) + 4;
-        const double *restrict c = x + i * l;
-        if (i >= 2 && i < p - 2) {
-            const double *restrict a = c - 2 * l, *restrict b = c - l, *restrict d = c + l, *restrict e = c + 2 * l;
-#pragma omp simd
-            for (i64 j = 0; j < l; ++j) o[j] = fma(3.0, c[j], fma(2.0, b[j] + d[j], a[j] + e[j]));
-        } else {
-            /* the two end rows of either side, written from the first (or last) four rows */
-            const int top = i < 2;
-            const double *restrict r0 = top ? x : x + (p - 1) * l, *restrict r1 = top ? x + l : x + (p - 2) * l;
-            const double *restrict r2 = top ? x + 2 * l : x + (p - 3) * l, *restrict r3 = top ? x + 3 * l : x + (p - 4) * l;
-            if (i == 0 || i == p - 1) {
-#pragma omp simd
-                for (i64 j = 0; j < l; ++j) o[j] = 2.0 * r0[j] + 3.0 * r1[j] + r2[j];
-            } else {
-#pragma omp simd
-                for (i64 j = 0; j < l; ++j) o[j] = 3.0 * r0[j] + 6.0 * r1[j] + 2.0 * r2[j] + r3[j];
-            }
+    const i64 ps = pad_stride(l);
+    i64 j = 0;
+    for (; j + 4 <= l; j += 4) {
+        const double *restrict xj = x + j;
+        double *restrict oj = zp + 4 + j;
+        v4d a = *(const v4d *)xj, b = *(const v4d *)(xj + l), c = *(const v4d *)(xj + 2 * l);
+        v4d d = *(const v4d *)(xj + 3 * l);
+        *(v4d *)oj = (a + a) + (b + b + b) + c;
+        *(v4d *)(oj + ps) = (a + a + a) + 6.0 * b + (c + c) + d;
+        for (i64 i = 2; i < p - 2; ++i) {
+            const v4d e = *(const v4d *)(xj + (i + 2) * l);
+            *(v4d *)(oj + i * ps) = (a + e) + 2.0 * (b + d) + 3.0 * c;
+            a = b;
+            b = c;
+            c = d;
+            d = e;
         }
+        /* a, b, c, d now hold rows p - 4 .. p - 1 */
+        *(v4d *)(oj + (p - 2) * ps) = a + (b + b) + 6.0 * c + (d + d + d);
+        *(v4d *)(oj + (p - 1) * ps) = b + (c + c + c) + (d + d);
+    }
+    for (; j < l; ++j) {
+        const double *restrict xj = x + j;
+        double *restrict oj = zp + 4 + j;
+        oj[0] = 2.0 * xj[0] + 3.0 * xj[l] + xj[2 * l];
+        oj[ps] = 3.0 * xj[0] + 6.0 * xj[l] + 2.0 * xj[2 * l] + xj[3 * l];
+        for (i64 i = 2; i < p - 2; ++i)
+            oj[i * ps] = (xj[(i - 2) * l] + xj[(i + 2) * l]) + 2.0 * (xj[(i - 1) * l] + xj[(i + 1) * l])
+                         + 3.0 * xj[i * l];
+        oj[(p - 2) * ps] = xj[(p - 4) * l] + 2.0 * xj[(p - 3) * l] + 6.0 * xj[(p - 2) * l] + 3.0 * xj[(p - 1) * l];
+        oj[(p - 1) * ps] = xj[(p - 3) * l] + 3.0 * xj[(p - 2) * l] + 2.0 * xj[(p - 1) * l];
     }
     pad5(zp, p, l);
 }
@@ -362,29 +378,27 @@ static void fwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
             centre(c, x, mean, h, &ss, &ssw);
             if (c->two_d) {
                 const double *r1 = h + l, *rp = h + (p - 2) * l, *last = h + (p - 1) * l;
-{
-                    double part[LANES] = {0};
-                    i64 j = l;
-                    for (; j + LANES <= m - l; j += LANES) {
+                double part[LANES] = {0};
+                i64 j = l;
+                for (; j + LANES <= m - l; j += LANES) {
 #pragma omp simd
-                        for (int k = 0; k < LANES; ++k) {
-                            const double t = h[j + k - l] + h[j + k] + h[j + k + l];
-                            part[k] = fma(t, t, part[k]);
-                        }
+                    for (int k = 0; k < LANES; ++k) {
+                        const double t = h[j + k - l] + h[j + k] + h[j + k + l];
+                        part[k] = fma(t, t, part[k]);
                     }
-                    for (; j < m - l; ++j) {
-                        const double t = h[j - l] + h[j] + h[j + l];
-                        part[0] += t * t;
-                    }
-                    for (int k = 0; k < LANES; ++k) sbx += part[k];
                 }
+                for (; j < m - l; ++j) {
+                    const double t = h[j - l] + h[j] + h[j + l];
+                    part[0] += t * t;
+                }
+                for (int k = 0; k < LANES; ++k) sbx += part[k];
 #pragma omp simd reduction(+ : sbx)
-                for (i64 j = 0; j < l; ++j) {
-                    const double t0 = r1[j] + h[j] + r1[j], t1 = rp[j] + last[j] + rp[j];
+                for (i64 q = 0; q < l; ++q) {
+                    const double t0 = r1[q] + h[q] + r1[q], t1 = rp[q] + last[q] + rp[q];
                     sbx += t0 * t0 + t1 * t1;
                 }
             } else {
-double part[LANES] = {0};
+                double part[LANES] = {0};
                 i64 j = 0;
                 for (; j + LANES <= m; j += LANES) {
 #pragma omp simd
