@@ -160,7 +160,7 @@ def _margins(case: dict[str, Any]) -> float:
 @example(_pin(False, (2, 1, 2), [1.0, 2.0]))  # the smallest window
 @example(_pin(False, (3, 2, 7), [1.0, -1.0, 2.0], bayes=False, affine="none"))
 # long rows take the 5-tap form of B^T B with computed pads (rnorm.c, pad5): spikes on the end rows and columns
-@example(_pin(True, (1, 2, 4, 16), [9.0] + [0.0] * 14 + [-5.0] + [0.0] * 16 + [3.0] + [0.0] * 30))
+@example(_pin(True, (1, 2, 4, 16), [9.0] + [0.0] * 14 + [-5.0] + [0.0] * 32 + [3.0] + [0.0] * 14 + [2.0]))
 @example(_pin(True, (1, 1, 5, 17), [0.0, 4.0] + [0.0] * 14 + [2.0, -1.0]))
 @example(_pin(False, (2, 2, 16), [7.0, -3.0] + [0.0] * 12 + [1.0, 5.0]))
 def test_fused_kernel_matches_float64_formula(case: dict[str, Any]) -> None:

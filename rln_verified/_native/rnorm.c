@@ -496,11 +496,11 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
         }
         /* long rows use the 5-tap form of B^T B (pad5): last dims keep x_c itself in padded rows, 2d keeps x_c
          * flat and (B_v^T B_v) x_c in padded rows; short rows (and 2d maps of fewer than 4 rows) use flat passes */
-        const int five = l >= 16 && (!c->two_d || p >= 4);
-        const i64 xs = five && !c->two_d ? pad_stride(l) : l, x0 = five && !c->two_d ? 4 : 0;
+        const int five = l >= 16 && (!c->two_d || p >= 4), padded = five && !c->two_d;
+        const i64 xs = padded ? pad_stride(l) : l, x0 = padded ? 4 : 0; /* x_c row i starts at xc + i xs + x0 */
         double gg_sum = 0.0, ggxc = 0.0, gy_sum = 0.0, gyxc = 0.0;
-        for (i64 i = 0; i < (xs == l ? 1 : p); ++i) {
-            const i64 a = i * l, n = xs == l ? m : l;
+        for (i64 i = 0; i < (padded ? p : 1); ++i) { /* row by row into padded rows, else the plane in one run */
+            const i64 a = i * l, n = padded ? l : m;
             double *restrict xr = xc + i * xs + x0;
             const float *restrict xi = x + a, *restrict gi = gy + a;
             if (c->mode == 2) {
