@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from rln_verified import _native
-from rln_verified._rnorm import _as_shape, _check_config, _check_input, _lambda_of, _raw_of, _Shape, rnorm_planes
+from rln_verified._dispatch import autocast_dtype, recording, under_func_transform
+from rln_verified._norm_formula import lambda_of, raw_of
+from rln_verified._rnorm import _as_shape, _check_config, _check_input, _Shape, rnorm_planes
 from rln_verified._validation import compute_dtype
 
 
@@ -51,7 +53,9 @@ class _RNormBase(nn.Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
-        self.lambda_raw = nn.Parameter(torch.empty((), **factory_kwargs))
+        # One element, not 0-d: FSDP2 shards every parameter along dim 0. Checkpoints that saved it 0-d still load.
+        self.lambda_raw = nn.Parameter(torch.empty(1, **factory_kwargs))
+        self.register_load_state_dict_pre_hook(_lambda_raw_as_vector)  # type: ignore[no-untyped-call]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -60,12 +64,12 @@ class _RNormBase(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
         with torch.no_grad():
-            self.lambda_raw.fill_(_raw_of(self.lambda_init, self.lambda_min, self.lambda_max))
+            self.lambda_raw.fill_(raw_of(self.lambda_init, self.lambda_min, self.lambda_max))
 
     @property
     def lambda_(self) -> torch.Tensor:
         """The effective lambda, always inside [lambda_min, lambda_max] (read-only)."""
-        return _lambda_of(self.lambda_raw, self.lambda_min, self.lambda_max)
+        return lambda_of(self.lambda_raw, self.lambda_min, self.lambda_max).reshape(())
 
     def _common_repr(self) -> str:
         s = f"eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -79,13 +83,14 @@ class _RNormBase(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The fused float32 kernel on x viewed as (p, l_) planes, or None where it does not apply (N11).
         It takes the raw lambda parameter and the un-reshaped affine, so the graph has one node."""
-        if x.dtype != torch.float32:
+        if x.dtype != torch.float32 or (not recording() and under_func_transform(x, self.lambda_raw)):
             return None
         mode = 0 if self.weight is None else (1 if two_d else 2)
         if not _native.usable(x, self.weight, self.bias, self.lambda_raw, mode, p, l_):
             return None
-        return _native.apply(x, self.weight, self.bias, self.lambda_raw, self.lambda_min, self.lambda_max, self.eps,
-                             self.alpha if self._bayes else 0.0, self._bayes, two_d, mode, p, l_, u_shape)
+        cfg = _native.PlaneConfig(self.lambda_min, self.lambda_max, self.eps, self.alpha if self._bayes else 0.0,
+                                  self._bayes, two_d, mode, p, l_)
+        return _native.apply(x, self.weight, self.bias, self.lambda_raw, cfg, u_shape)
 
     def _run(
         self, planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, two_d: bool
@@ -96,6 +101,21 @@ class _RNormBase(nn.Module):
         b = bias.to(cd) if bias is not None else None
         y, u = rnorm_planes(planes.to(cd), w, b, lam, self.eps, self.alpha if self._bayes else 0.0, self._bayes, two_d)
         return y.to(planes.dtype), u.to(planes.dtype)
+
+    def _autocast_input(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Under autocast, the input to compute from with autocast off: float16 and bfloat16 upcast to float32, so
+        the layer returns float32, as torch's layer_norm and group_norm do there. None when autocast is off."""
+        if autocast_dtype(x.device.type) is None:
+            return None
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _lambda_raw_as_vector(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Checkpoints written before lambda_raw had shape (1,) stored it 0-d: load them unchanged in value."""
+    key = prefix + "lambda_raw"
+    t = state_dict.get(key)
+    if isinstance(t, torch.Tensor) and t.ndim == 0:
+        state_dict[key] = t.reshape(1)
 
 
 class _LastDims(_RNormBase):
@@ -142,6 +162,10 @@ class _LastDims(_RNormBase):
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         name = type(self).__name__
         x = _check_input(x, name)
+        up = self._autocast_input(x)
+        if up is not None:
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(up)
         k = len(self.normalized_shape)
         if x.ndim < k or tuple(x.shape[-k:]) != self.normalized_shape:
             raise ValueError(
@@ -194,6 +218,10 @@ class _TwoD(_RNormBase):
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         name = type(self).__name__
         x = _check_input(x, name)
+        up = self._autocast_input(x)
+        if up is not None:
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(up)
         if x.ndim != 4:
             raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got {x.ndim}-D of shape {tuple(x.shape)}")
         _, c, h, w_ = x.shape

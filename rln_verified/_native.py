@@ -1,18 +1,28 @@
 """The fused float32 CPU kernel of the R-LayerNorm layers (``_native/rnorm.c``), built on first use
-(``_native_build.py``). When it is unavailable, or switched off, the layers use the eager kernel in ``_rnorm.py``,
-which computes the same formula (proofs/norm.md, N11).
+(``_native_build.py``), as a Python autograd node for plain eager calls and as the torch operators
+``rln_verified::rnorm_forward`` / ``rln_verified::rnorm_backward`` for everything that records or transforms a call
+(``torch.compile``, ``torch.export``, ``torch.jit.trace``, fake and meta tensors). Both call the same C functions
+with the same arguments (N11). When the kernel is unavailable, or switched off, the layers use the eager kernel in
+``_rnorm.py``, which computes the same formula.
+
+Every argument is checked in Python before a pointer reaches C (:func:`_check_forward`, :func:`_check_backward`).
+A backward asked to build a graph (``create_graph=True``) differentiates the plain formula of
+``_norm_formula.plain_planes`` instead, so second derivatives are exact to rounding.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
-from rln_verified._native_build import Kernel, plain_f32
+from rln_verified._dispatch import fused_eager_ok, recompute_vjp
+from rln_verified._native_build import Kernel
 from rln_verified._native_build import ptr as _p
+from rln_verified._norm_formula import lambda_of, plain_planes
 
 _NSTAT = 4  # per-group float64 values saved for backward (rnorm.c, NSTAT)
 
@@ -37,15 +47,41 @@ disabled = _KERNEL.disabled
 reason = _KERNEL.reason
 
 
-def usable(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, lam: torch.Tensor,
-           mode: int, p: int, l_: int) -> bool:
-    """True when the fused kernel applies to ``x`` viewed as contiguous (p, l_) planes: float32 CPU tensors, not
-    under torch.func or torch.compile, with an affine of the given mode (0 none; 1 per channel of an (N, C, H, W)
-    input; 2 one value per plane element)."""
+class PlaneConfig(NamedTuple):
+    """Everything about one call but the tensors.
+
+    ``lo`` None: the lambda tensor is lambda itself; else it is the raw parameter of N8,
+    lambda = lo + (hi - lo)(1 + sin raw)/2. ``mode``: 0 no affine; 1 one weight per channel of an (N, C, H, W)
+    input; 2 one weight per plane element. ``p``, ``l``: the (P, L) plane every group is viewed as.
+    """
+
+    lo: float | None
+    hi: float
+    eps: float
+    alpha: float
+    bayes: bool
+    two_d: bool
+    mode: int
+    p: int
+    l: int  # noqa: E741
+
+
+def _kernel_ready() -> bool:
+    return available()
+
+
+# torch.compile reads the answer once per compiled graph instead of tracing the build machinery.
+_kernel_ready_const = torch.compiler.assume_constant_result(_kernel_ready)  # type: ignore[no-untyped-call]
+
+
+def usable(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam: Tensor, mode: int, p: int, l_: int) -> bool:
+    """True when the fused kernel applies to ``x`` viewed as contiguous (p, l_) planes: float32 tensors on the CPU
+    (or meta), not under a torch.func transform, with an affine of the given mode (see :class:`PlaneConfig`)."""
     if x.dtype != torch.float32 or p < 1 or l_ < 2 or lam.numel() != 1 or x.numel() == 0:
         return False
-    if torch.compiler.is_compiling() or not plain_f32(x, weight, bias, lam):
-        return False
+    for t in (x, weight, bias, lam):
+        if t is not None and (t.dtype != torch.float32 or not (t.is_cpu or t.is_meta)):
+            return False
     if weight is None:
         if bias is not None or mode != 0:
             return False
@@ -58,96 +94,283 @@ def usable(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | No
             return False
         if mode not in (1, 2):
             return False
+    if torch.compiler.is_compiling():
+        return bool(_kernel_ready_const())
     return available()
 
 
-Config = tuple[float | None, float, float, float, bool, bool, int, int, int, tuple[int, ...]]
-"""(lo, hi, eps, alpha, bayes, two_d, mode, p, l_, u_shape): everything but the tensors, as one argument so the
-autograd call has few inputs to inspect."""
+# ---- the C boundary: nothing crosses unchecked ----------------------------------------------------------
 
 
-def _forward(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, lam_src: torch.Tensor,
-             cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
-    """y, u, the per-group stats, lambda and d lambda / d lam_src."""
-    lib = library()
-    assert lib is not None
-    lo, hi, eps, alpha, bayes, two_d, mode, p, l_, u_shape = cfg
-    groups = x.numel() // (p * l_)
-    src = float(lam_src)
-    if lo is None:
-        lam, dlam = src, 1.0
+def _require(t: Tensor, name: str, dtype: torch.dtype, numel: int) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"rnorm kernel: {name} must be a tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"rnorm kernel: {name} must be {dtype}, got {t.dtype}")
+    if t.device.type != "cpu":
+        raise ValueError(f"rnorm kernel: {name} must be on the CPU, got {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"rnorm kernel: {name} must be contiguous")
+    if t.numel() != numel:
+        raise ValueError(f"rnorm kernel: {name} must have {numel} elements, got {t.numel()} (shape {tuple(t.shape)})")
+
+
+def _groups(x: Tensor, cfg: PlaneConfig) -> int:
+    m = cfg.p * cfg.l
+    if cfg.p < 1 or cfg.l < 2 or x.numel() == 0 or x.numel() % m != 0:
+        raise ValueError(f"rnorm kernel: input of shape {tuple(x.shape)} is not a stack of ({cfg.p}, {cfg.l}) planes "
+                         "with L >= 2")
+    return x.numel() // m
+
+
+def _channels(x: Tensor, cfg: PlaneConfig) -> int:
+    if cfg.mode == 1:
+        if x.ndim != 4 or x.shape[-2] * x.shape[-1] != cfg.p * cfg.l:
+            raise ValueError(f"rnorm kernel: a per-channel weight needs an (N, C, H, W) input, got {tuple(x.shape)}")
+        return int(x.shape[1])
+    return 1
+
+
+def _affine_numel(x: Tensor, cfg: PlaneConfig) -> int:
+    if cfg.mode == 1:
+        return _channels(x, cfg)
+    if cfg.mode == 2:
+        return cfg.p * cfg.l
+    raise ValueError(f"rnorm kernel: mode {cfg.mode} takes no affine")
+
+
+def _check_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig) -> int:
+    """The number of groups, after checking every tensor that reaches ``rln_forward_f32``."""
+    if cfg.mode not in (0, 1, 2):
+        raise ValueError(f"rnorm kernel: mode must be 0, 1 or 2, got {cfg.mode}")
+    groups = _groups(x, cfg)
+    _require(x, "x", torch.float32, x.numel())
+    _require(lam_src, "lambda", torch.float32, 1)
+    if w is None:
+        if b is not None or cfg.mode != 0:
+            raise ValueError("rnorm kernel: a bias or an affine mode needs a weight")
     else:
-        lam, dlam = lo + (hi - lo) * 0.5 * (1.0 + math.sin(src)), (hi - lo) * 0.5 * math.cos(src)
+        n = _affine_numel(x, cfg)
+        _require(w, "weight", torch.float32, n)
+        if b is not None:
+            _require(b, "bias", torch.float32, n)
+    return groups
+
+
+def _check_backward(x: Tensor, w: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
+                    cfg: PlaneConfig) -> int:
+    groups = _check_forward(x, w, None, lam_src, cfg)
+    _require(stats, "stats", torch.float64, groups * _NSTAT)
+    _require(gy, "grad of y", torch.float32, x.numel())
+    if gu is not None:
+        _require(gu, "grad of u", torch.float32, groups)
+    return groups
+
+
+def _lambda(lam_src: Tensor, cfg: PlaneConfig) -> tuple[float, float]:
+    """lambda and d lambda / d lam_src (N8) as Python floats."""
+    src = float(lam_src)
+    if cfg.lo is None:
+        return src, 1.0
+    lo, hi = cfg.lo, cfg.hi
+    return lo + (hi - lo) * 0.5 * (1.0 + math.sin(src)), (hi - lo) * 0.5 * math.cos(src)
+
+
+def _run_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor,
+                 cfg: PlaneConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """y, u (one per group, flat) and the per-group stats, from the C kernel."""
+    groups = _check_forward(x, w, b, lam_src, cfg)
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the fused R-LayerNorm kernel is not available: {reason()}")
+    lam, _ = _lambda(lam_src, cfg)
     y = torch.empty_like(x)
-    u = torch.empty(u_shape, dtype=x.dtype)
+    u = torch.empty(groups, dtype=torch.float32)
     stats = torch.empty(groups, _NSTAT, dtype=torch.float64)
-    rc = lib.rln_forward_f32(x.data_ptr(), groups, p, l_, two_d, bayes, eps, lam, alpha, mode, _p(w), _p(b),
-                             x.shape[1] if mode == 1 else 1, y.data_ptr(), u.data_ptr(), stats.data_ptr(),
+    rc = lib.rln_forward_f32(x.data_ptr(), groups, cfg.p, cfg.l, cfg.two_d, cfg.bayes, cfg.eps, lam, cfg.alpha,
+                             cfg.mode, _p(w), _p(b), _channels(x, cfg), y.data_ptr(), u.data_ptr(), stats.data_ptr(),
                              torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError(f"native R-LayerNorm kernel failed (code {rc}) on planes of shape ({p}, {l_})")
-    return y, u, stats, lam, dlam
+        raise RuntimeError(f"native R-LayerNorm kernel failed (code {rc}) on planes of shape ({cfg.p}, {cfg.l})")
+    return y, u, stats
+
+
+def _run_backward(x: Tensor, w: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
+                  cfg: PlaneConfig, need_w: bool, need_b: bool) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+    """(dx, dweight, dbias, dlam_src) from the C kernel; dweight/dbias None where not asked for or absent."""
+    groups = _check_backward(x, w, lam_src, stats, gy, gu if cfg.bayes else None, cfg)
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the fused R-LayerNorm kernel is not available: {reason()}")
+    lam, dlam = _lambda(lam_src, cfg)
+    gx = torch.empty_like(x)
+    g_l = torch.empty_like(lam_src)
+    g_w = torch.empty_like(w) if (w is not None and need_w) else None
+    g_b = torch.empty_like(w) if (w is not None and need_b) else None
+    rc = lib.rln_backward_f32(x.data_ptr(), gy.data_ptr(), _p(gu if cfg.bayes else None), groups, cfg.p, cfg.l,
+                              cfg.two_d, cfg.bayes, cfg.eps, lam, dlam, cfg.alpha, cfg.mode, _p(w), _channels(x, cfg),
+                              stats.data_ptr(), gx.data_ptr(), g_l.data_ptr(), _p(g_w), _p(g_b),
+                              torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError(f"native R-LayerNorm kernel failed (code {rc}) on planes of shape ({cfg.p}, {cfg.l})")
+    return gx, g_w, g_b, g_l
+
+
+def plain(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig) -> tuple[Tensor, Tensor]:
+    """The kernel's ``(y, u)`` (u flat, one per group) in plain torch operations: the reference that double
+    backward differentiates."""
+    lam = lam_src if cfg.lo is None else lambda_of(lam_src, cfg.lo, cfg.hi)
+    if cfg.mode == 1:
+        planes = x
+        wv = w.reshape(-1, 1, 1) if w is not None else None
+        bv = b.reshape(-1, 1, 1) if b is not None else None
+    else:
+        planes = x.reshape(-1, cfg.p, cfg.l)
+        wv = w.reshape(cfg.p, cfg.l) if w is not None else None
+        bv = b.reshape(cfg.p, cfg.l) if b is not None else None
+    y, u = plain_planes(planes, wv, bv, lam.reshape(()), cfg.eps, cfg.alpha, cfg.bayes, cfg.two_d)
+    return y.reshape(x.shape), u.reshape(-1)
+
+
+def _differentiable_vjp(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig,
+                        needs: tuple[bool, ...], gy: Tensor | None, gu: Tensor | None) -> tuple[Tensor | None, ...]:
+    def formula(*t: Any) -> tuple[Tensor, ...]:
+        return plain(t[0], t[1], t[2], t[3], cfg)
+
+    return recompute_vjp(formula, (x, w, b, lam_src), needs[:4], (gy, gu.reshape(-1) if gu is not None else None))
+
+
+# ---- the torch operators ----------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("rln_verified::rnorm_forward", mutates_args=(), device_types="cpu")
+def rnorm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, lo: float | None, hi: float,
+                  eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int,
+                  l: int) -> tuple[Tensor, Tensor, Tensor]:  # noqa: E741
+    """(y, u, stats) of the fused kernel: u one per group (flat), stats (groups, 4) float64 for the backward."""
+    return _run_forward(x, weight, bias, lam_src, PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l))
+
+
+@rnorm_forward.register_fake
+def _(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, lo: float | None, hi: float, eps: float,
+      alpha: float, bayes: bool, two_d: bool, mode: int, p: int, l: int) -> tuple[Tensor, Tensor, Tensor]:  # noqa: E741
+    groups = _check_forward_shapes(x, weight, bias, lam_src, PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l))
+    return torch.empty_like(x), x.new_empty(groups), x.new_empty((groups, _NSTAT), dtype=torch.float64)
+
+
+@torch.library.custom_op("rln_verified::rnorm_backward", mutates_args=(), device_types="cpu")
+def rnorm_backward(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
+                   lo: float | None, hi: float, eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int,
+                   l: int, need_w: bool, need_b: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # noqa: E741
+    """(dx, dweight, dbias, dlam_src) of the fused kernel; dweight/dbias are empty where not asked for."""
+    cfg = PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l)
+    gx, g_w, g_b, g_l = _run_backward(x, weight, lam_src, stats, gy, gu, cfg, need_w, need_b)
+    empty = x.new_empty(0)
+    return gx, (g_w if g_w is not None else empty), (g_b if g_b is not None else empty.clone()), g_l
+
+
+@rnorm_backward.register_fake
+def _(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
+      lo: float | None, hi: float, eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int, l: int,  # noqa: E741
+      need_w: bool, need_b: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_forward_shapes(x, weight, None, lam_src, PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l))
+    g_w = torch.empty_like(weight) if (weight is not None and need_w) else x.new_empty(0)
+    g_b = torch.empty_like(weight) if (weight is not None and need_b) else x.new_empty(0)
+    return torch.empty_like(x), g_w, g_b, torch.empty_like(lam_src)
+
+
+def _check_forward_shapes(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig) -> int:
+    """The shape part of :func:`_check_forward` (fake tensors have no data and may be non-contiguous views)."""
+    for name, t in (("x", x), ("weight", w), ("bias", b), ("lambda", lam_src)):
+        if t is not None and t.dtype != torch.float32:
+            raise TypeError(f"rnorm kernel: {name} must be torch.float32, got {t.dtype}")
+    groups = _groups(x, cfg)
+    if w is not None and w.numel() != _affine_numel(x, cfg):
+        raise ValueError(f"rnorm kernel: weight has {w.numel()} elements, expected {_affine_numel(x, cfg)}")
+    return groups
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    x, weight, bias, lam_src, *rest = inputs
+    _, _, stats = output
+    ctx.cfg = PlaneConfig(*rest)
+    ctx.save_for_backward(x, weight, bias, lam_src, stats)
+    ctx.mark_non_differentiable(stats)
+
+
+def _op_backward(ctx: Any, gy: Tensor | None, gu: Tensor | None, _gstats: Tensor | None) -> tuple[Tensor | None, ...]:
+    x, weight, bias, lam_src, stats = ctx.saved_tensors
+    cfg: PlaneConfig = ctx.cfg
+    need = ctx.needs_input_grad
+    none9: tuple[None, ...] = (None,) * 9
+    if torch.is_grad_enabled():
+        return (*_differentiable_vjp(x, weight, bias, lam_src, cfg, need, gy, gu), *none9)
+    gy_c = torch.zeros_like(x) if gy is None else gy.to(torch.float32).contiguous()
+    gu_c = gu.to(torch.float32).contiguous() if (gu is not None and cfg.bayes) else None
+    gx, g_w, g_b, g_l = torch.ops.rln_verified.rnorm_backward(
+        x, weight, lam_src, stats, gy_c, gu_c, *cfg, weight is not None and need[1], weight is not None and need[2])
+    return (gx, g_w if need[1] and weight is not None else None, g_b if need[2] and bias is not None else None,
+            g_l if need[3] else None, *none9)
+
+
+rnorm_forward.register_autograd(_op_backward, setup_context=_setup_context)
+# Autocast: the kernel computes in float32 with float64 sums; the layers upcast before they get here, and the
+# operator itself asks for float32 inputs under CPU and CUDA autocast (torchvision's roi_align does the same).
+torch.library.register_autocast("rln_verified::rnorm_forward", "cpu", torch.float32)
+torch.library.register_autocast("rln_verified::rnorm_forward", "cuda", torch.float32)
+
+
+# ---- the eager node ---------------------------------------------------------------------------------------
 
 
 class _NativeFn(torch.autograd.Function):
-    """The fused kernel as an autograd Function. Saves x, the weight, lambda's source and per group
-    (mean, 1/sigma, r, a) in float64: no tensor the size of the input besides the input itself.
-
-    ``lam_src`` is lambda itself (``lo`` is None) or the raw parameter of N8, lambda = lo + (hi - lo)(1 + sin raw)/2.
-    """
+    """The fused kernel as an autograd node for plain eager calls. Saves x, the weight, the bias, lambda's source and
+    per group (mean, 1/sigma, r, a) in float64: no tensor the size of the input besides the input itself."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                lam_src: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-        y, u, stats, lam, dlam = _forward(x, weight, bias, lam_src, cfg)
-        ctx.save_for_backward(x, weight, lam_src, stats)
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor,
+                cfg: PlaneConfig) -> tuple[Tensor, Tensor]:
+        y, u, stats = _run_forward(x, weight, bias, lam_src, cfg)
+        ctx.save_for_backward(x, weight, bias, lam_src, stats)
         ctx.cfg = cfg
-        ctx.lam = (lam, dlam)
-        if not cfg[4]:
+        if not cfg.bayes:
             ctx.mark_non_differentiable(u)
         ctx.set_materialize_grads(False)  # an unused u gets no zero-filled cotangent
         return y, u
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, gy: torch.Tensor | None, gu: torch.Tensor | None) -> tuple[Any, ...]:
-        lib = library()
-        assert lib is not None
-        x, w, lam_src, stats = ctx.saved_tensors
-        _, _, eps, alpha, bayes, two_d, mode, p, l_, _ = ctx.cfg
-        lam, dlam = ctx.lam
-        groups = x.numel() // (p * l_)
-        gy_c = torch.zeros_like(x) if gy is None else gy.to(torch.float32).contiguous()
-        gu_c = gu.to(torch.float32).contiguous() if (gu is not None and bayes) else None
+    def backward(ctx: Any, gy: Tensor | None, gu: Tensor | None) -> tuple[Any, ...]:
+        x, w, b, lam_src, stats = ctx.saved_tensors
+        cfg: PlaneConfig = ctx.cfg
         need = ctx.needs_input_grad
-        gx = torch.empty_like(x)
-        g_l = torch.empty_like(lam_src)
-        g_w = torch.empty_like(w) if (w is not None and need[1]) else None
-        g_b = torch.empty_like(w) if (w is not None and need[2]) else None
-        rc = lib.rln_backward_f32(x.data_ptr(), gy_c.data_ptr(), _p(gu_c), groups, p, l_, two_d, bayes, eps, lam,
-                                  dlam, alpha, mode, _p(w), x.shape[1] if mode == 1 else 1, stats.data_ptr(),
-                                  gx.data_ptr(), g_l.data_ptr(), _p(g_w), _p(g_b), torch.get_num_threads())
-        if rc != 0:
-            raise RuntimeError(f"native R-LayerNorm kernel failed (code {rc}) on planes of shape ({p}, {l_})")
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain formula (every order)
+            return (*_differentiable_vjp(x, w, b, lam_src, cfg, need, gy, gu), None)
+        gy_c = torch.zeros_like(x) if gy is None else gy.to(torch.float32).contiguous()
+        gu_c = gu.to(torch.float32).contiguous() if (gu is not None and cfg.bayes) else None
+        gx, g_w, g_b, g_l = _run_backward(x, w, lam_src, stats, gy_c, gu_c, cfg, need[1], need[2])
         return gx, g_w, g_b, (g_l if need[3] else None), None
 
 
-def apply(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, lam_src: torch.Tensor,
-          lo: float | None, hi: float, eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int, l_: int,
-          u_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """y (shaped like x) and u (``u_shape``) with x viewed as (p, l_) planes; see :class:`_NativeFn`.
-    Call only where :func:`usable` holds."""
+def apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, cfg: PlaneConfig,
+          u_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """y (shaped like x) and u (``u_shape``) with x viewed as (p, l) planes. Call only where :func:`usable` holds.
+
+    A plain eager call runs the eager node (or no node at all when no graph is recorded); anything that records or
+    transforms the call gets the operator ``rln_verified::rnorm_forward``."""
     x = x.contiguous()  # a copy, where one is made, is recorded by autograd like any other op
     weight = weight.contiguous() if weight is not None else None
     bias = bias.contiguous() if bias is not None else None
-    cfg: Config = (lo, hi, eps, alpha, bayes, two_d, mode, p, l_, u_shape)
-    if torch.is_grad_enabled() and (x.requires_grad or lam_src.requires_grad
-                                    or (weight is not None and weight.requires_grad)
-                                    or (bias is not None and bias.requires_grad)):
-        out = _NativeFn.apply(x, weight, bias, lam_src, cfg)  # type: ignore[no-untyped-call]
-        return out[0], out[1]
-    y, u, _, _, _ = _forward(x, weight, bias, lam_src, cfg)  # no graph to record: no autograd node
-    return y, u
+    if fused_eager_ok(x, weight, bias, lam_src):
+        if torch.is_grad_enabled() and (x.requires_grad or lam_src.requires_grad
+                                        or (weight is not None and weight.requires_grad)
+                                        or (bias is not None and bias.requires_grad)):
+            out = _NativeFn.apply(x, weight, bias, lam_src, cfg)  # type: ignore[no-untyped-call]
+            return out[0], out[1].reshape(u_shape)
+        y, u, _ = _run_forward(x, weight, bias, lam_src, cfg)  # no graph to record: no autograd node
+        return y, u.reshape(u_shape)
+    y, u, _ = torch.ops.rln_verified.rnorm_forward(x, weight, bias, lam_src, *cfg)
+    return y, u.reshape(u_shape)
 
 
-__all__ = ["apply", "available", "disabled", "library", "reason", "usable"]
+__all__ = ["PlaneConfig", "apply", "available", "disabled", "library", "plain", "reason", "rnorm_backward",
+           "rnorm_forward", "usable"]

@@ -1,12 +1,11 @@
 """R-LayerNorm kernels and functional forms: forward and closed-form backward (theorems N0..N10, proofs/norm.md).
 
-A *group* is the set of M elements normalized together, viewed as a (P, L) plane: (H, W) for the 2d
-layers (3x3 window) and (R, L) for the last-dims layers (window of 3 along L only, so the P rows are
-independent). Everything is computed on centred values, after scaling each group by a power of two so
-that no square or sum can overflow (N2); the scaling is exact and eps is scaled with it.
+The formula and its helpers live in ``_norm_formula.py``; this module holds the eager kernel (one autograd node with
+the closed-form backward of N3), the choice of path for each call (``_dispatch.py``: fused C kernel, torch operator,
+eager node, or plain torch operations) and the functional forms.
 
-Saved for backward: the input, the affine weight, and per-group scalars only (issue 3's memory target:
-no tensor the size of the input beyond the input itself). The backward recomputes x_c and B x_c.
+Saved for backward: the input, the affine weight, and per-group scalars only (no tensor the size of the input
+beyond the input itself). The backward recomputes x_c and B x_c.
 """
 
 from __future__ import annotations
@@ -19,179 +18,22 @@ from typing import Any
 import torch
 
 from rln_verified import _native
-from rln_verified._special import psi_and_dpsi
+from rln_verified._dispatch import jit_tracing, recompute_vjp, recording, under_func_transform
+from rln_verified._norm_formula import (
+    add_edge_term,
+    box_sum,
+    box_sum_adjoint,
+    group_stats,
+    inflation,
+    norm_const,
+    plain_planes,
+    plane_dot,
+    reduce_to,
+    saturating_cast,
+)
 from rln_verified._validation import compute_dtype
 
 _Shape = int | Sequence[int] | torch.Size
-
-
-def _zero_padded_sum_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """t_i = x_{i-1} + x_i + x_{i+1} with zeros outside [0, n): one copy and two in-place adds, no padding."""
-    n = x.shape[dim]
-    t = x.clone()
-    t.narrow(dim, 1, n - 1).add_(x.narrow(dim, 0, n - 1))
-    t.narrow(dim, 0, n - 1).add_(x.narrow(dim, 1, n - 1))
-    return t
-
-
-def _box_sum_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Window-of-3 sums along ``dim`` with reflect padding (x[-1] = x[1], x[n] = x[n-2]); n >= 2.
-
-    The zero-padded sum plus the reflected lanes: position 0 gains x[1], position n-1 gains x[n-2].
-    """
-    n = x.shape[dim]
-    t = _zero_padded_sum_1d(x, dim)
-    t.narrow(dim, 0, 1).add_(x.narrow(dim, 1, 1))
-    t.narrow(dim, n - 1, 1).add_(x.narrow(dim, n - 2, 1))
-    return t
-
-
-def _box_sum_adjoint_1d(z: torch.Tensor, dim: int) -> torch.Tensor:
-    """Adjoint of :func:`_box_sum_1d`: the zero-padded 3-sum with the reflected lanes folded onto 1, n-2."""
-    n = z.shape[dim]
-    t = _zero_padded_sum_1d(z, dim)
-    # Position 0's window holds x[1] twice and position n-1's holds x[n-2] twice.
-    t.narrow(dim, 1, 1).add_(z.narrow(dim, 0, 1))
-    t.narrow(dim, n - 2, 1).add_(z.narrow(dim, n - 1, 1))
-    return t
-
-
-def box_sum(x: torch.Tensor, two_d: bool) -> torch.Tensor:
-    """Window sums of the (..., P, L) planes: 3 along L, or 3x3 when ``two_d`` (reflect padding)."""
-    b = _box_sum_1d(x, -1)
-    return _box_sum_1d(b, -2) if two_d else b
-
-
-def box_sum_adjoint(z: torch.Tensor, two_d: bool) -> torch.Tensor:
-    b = _box_sum_adjoint_1d(z, -1)
-    return _box_sum_adjoint_1d(b, -2) if two_d else b
-
-
-def reuse_weights(n: int) -> list[float]:
-    """w_j = (number of windows that contain j, with multiplicity) / 3 for a reflect-padded axis (N0)."""
-    if n == 2:
-        return [1.0, 1.0]
-    if n == 3:
-        return [2 / 3, 5 / 3, 2 / 3]
-    return [2 / 3, 4 / 3] + [1.0] * (n - 4) + [4 / 3, 2 / 3]
-
-
-def _edges(n: int) -> list[tuple[int, float]]:
-    """Positions where the reuse weight differs from 1, with w - 1."""
-    return [(i, w - 1.0) for i, w in enumerate(reuse_weights(n)) if w != 1.0]
-
-
-def _weighted_sq_sum(xc: torch.Tensor, ss: torch.Tensor, two_d: bool) -> torch.Tensor:
-    """sum_j w_j x_c_j^2 = sum x_c^2 + corrections on the edge rows/columns (static indices, no sync)."""
-    p, l_ = xc.shape[-2], xc.shape[-1]
-    out = ss
-    for j, d in _edges(l_):
-        col = xc.narrow(-1, j, 1)
-        out = out + d * (col * col).sum(dim=(-2, -1), keepdim=True)
-    if two_d:
-        wl = torch.tensor(reuse_weights(l_), dtype=xc.dtype, device=xc.device)
-        for i, d in _edges(p):
-            row = xc.narrow(-2, i, 1)
-            out = out + d * (row * row * wl).sum(dim=(-2, -1), keepdim=True)
-    return out
-
-
-def _add_edge_term(gx: torch.Tensor, xc: torch.Tensor, k: torch.Tensor, two_d: bool) -> None:
-    """gx += k * (w - 1) * x_c, in place, touching only the edge rows/columns."""
-    p, l_ = xc.shape[-2], xc.shape[-1]
-    if two_d:
-        wl = torch.tensor(reuse_weights(l_), dtype=xc.dtype, device=xc.device)
-        wp = reuse_weights(p)
-        for i, _ in _edges(p):
-            # Full row i: (wp_i wl_l - 1); the column edges in this row are handled here too.
-            gx.narrow(-2, i, 1).add_(xc.narrow(-2, i, 1) * (wp[i] * wl - 1.0) * k)
-        rows = [i for i in range(p) if wp[i] == 1.0]
-        if rows:
-            lo, hi = rows[0], rows[-1] + 1  # the rows with weight 1 form one contiguous block
-            for j, d in _edges(l_):
-                gx.narrow(-2, lo, hi - lo).narrow(-1, j, 1).add_(xc.narrow(-2, lo, hi - lo).narrow(-1, j, 1) * (d * k))
-    else:
-        for j, d in _edges(l_):
-            gx.narrow(-1, j, 1).add_(xc.narrow(-1, j, 1) * (d * k))
-
-
-def _group_scale(x: torch.Tensor) -> torch.Tensor:
-    """Per-group power of two s <= 1 with max|x s| < 1 (N2). Exact; NaN/inf groups get s = 1."""
-    # max|x| as max(amax, -amin): two cheap reductions instead of a full-size abs() temporary.
-    m = torch.maximum(x.amax(dim=(-2, -1), keepdim=True), -x.amin(dim=(-2, -1), keepdim=True))
-    m = torch.where(torch.isfinite(m), m, torch.ones_like(m))
-    _, e = torch.frexp(m)
-    return torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=0))
-
-
-def _inflation(t: torch.Tensor, alpha: float, bayes: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """f(t), (df/dt)/f and u, for t = lambda r. Bayesian: f = exp(alpha psi(t)); plain: f = 1 + t."""
-    if bayes:
-        p, dp = psi_and_dpsi(t)
-        return torch.exp(alpha * p), alpha * dp, -torch.expm1(-2.0 * alpha * p)
-    f = 1.0 + t
-    return f, 1.0 / f, torch.zeros_like(t)
-
-
-def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scaled, centred values. One refinement step makes the mean exact for constant groups (N2):
-    x s - mean is then a small exactly representable residue whose mean is computed exactly."""
-    s = _group_scale(x)
-    xs = x * s
-    mean = xs.mean(dim=(-2, -1), keepdim=True)
-    mean = mean + (xs - mean).mean(dim=(-2, -1), keepdim=True)
-    return xs - mean, mean, s
-
-
-def _scaled_eps(eps: float, s: torch.Tensor) -> torch.Tensor:
-    """eps s^2, kept >= the smallest normal float so that a zero-variance group divides by a positive number.
-    Where eps s^2 underflows, v + eps s^2 and v + tiny agree to within rounding unless v = 0 (N2)."""
-    return torch.clamp(eps * (s * s), min=float(torch.finfo(s.dtype).tiny))
-
-
-def _norm_consts(two_d: bool) -> float:
-    """B = box_sum / c with c = 9 (3x3) or 3 (width 3)."""
-    return 9.0 if two_d else 3.0
-
-
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Per-group scalars are kept in float64 when the plane is float32: eps s^2 and 1/sigma of a huge constant
-    group (s = 2^-128) are representable there, so the gradient of such a group stays 1/sqrt(eps) (N2, N3)."""
-    return torch.float64 if dtype == torch.float32 else dtype
-
-
-def group_stats(x: torch.Tensor, eps: float, two_d: bool) -> dict[str, torch.Tensor]:
-    """The per-group quantities of N0 (mean, v, nu, r, s) for planes ``x`` of shape (..., P, L).
-
-    ``xc`` and ``mean`` are in x's dtype; the per-group scalars ``s, v, nu, r, eps_s`` in :func:`stat_dtype`."""
-    xc, mean, s = _centre(x)
-    m = x.shape[-2] * x.shape[-1]
-    c = _norm_consts(two_d)
-    sd = stat_dtype(x.dtype)
-    ss = torch.linalg.vector_norm(xc, dim=(-2, -1), keepdim=True) ** 2
-    ssw = _weighted_sq_sum(xc, ss, two_d).to(sd)
-    sbx = (torch.linalg.vector_norm(box_sum(xc, two_d), dim=(-2, -1), keepdim=True).to(sd) / c) ** 2
-    ss = ss.to(sd)
-    s_d = s.to(sd)
-    eps_s = _scaled_eps(eps, s_d)
-    v = ss / m
-    nu = torch.clamp((ssw - sbx) / m, min=0.0)
-    return {"xc": xc, "mean": mean, "s": s_d, "v": v, "nu": nu, "r": nu / (v + eps_s), "eps_s": eps_s}
-
-
-def _to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Cast a per-group factor to the plane's dtype, saturating instead of overflowing (a factor that large only
-    multiplies x_c = 0, a constant group)."""
-    if t.dtype == dtype:
-        return t
-    big = float(torch.finfo(dtype).max)
-    return torch.clamp(t, min=-big, max=big).to(dtype)
-
-
-def _plane_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum over the (P, L) plane of a * b, keepdim, without a full-size product temporary."""
-    d: torch.Tensor = torch.linalg.vecdot(a.flatten(-2), b.flatten(-2))
-    return d.unsqueeze(-1).unsqueeze(-1)
 
 
 class _RNormFn(torch.autograd.Function):
@@ -213,15 +55,15 @@ class _RNormFn(torch.autograd.Function):
         st = group_stats(x, eps, two_d)
         sd, cd = st["v"].dtype, x.dtype
         sigma = torch.sqrt(st["v"] + st["eps_s"])
-        f, dlogf, u = _inflation(lam.to(sd) * st["r"], alpha, bayes)
+        f, dlogf, u = inflation(lam.to(sd) * st["r"], alpha, bayes)
         a = 1.0 / (sigma * f)
         if weight is not None and weight.shape[-2:] == (1, 1):
             # per-channel weight folds into the per-group scalar
-            scale, xcs = _to(a * weight.to(sd), cd), st["xc"]
+            scale, xcs = saturating_cast(a * weight.to(sd), cd), st["xc"]
         elif weight is not None:
-            scale, xcs = weight, st["xc"] * _to(a, cd)
+            scale, xcs = weight, st["xc"] * saturating_cast(a, cd)
         else:
-            scale, xcs = _to(a, cd), st["xc"]
+            scale, xcs = saturating_cast(a, cd), st["xc"]
         # x_c * scale + bias: torch.addcmul with a broadcast bias measured 2.5x slower than these two passes.
         y = xcs * scale
         if bias is not None:
@@ -237,23 +79,31 @@ class _RNormFn(torch.autograd.Function):
         ctx.eps, ctx.alpha, ctx.bayes, ctx.two_d = eps, alpha, bayes, two_d
         ctx.bias_shape = bias.shape if bias is not None else None
         ctx.lam_dtype = lam.dtype
-        ctx.save_for_backward(x, weight, lam, mean, s, sigma, r, f, dlogf, u)
+        ctx.save_for_backward(x, weight, bias, lam, mean, s, sigma, r, f, dlogf, u)
         ctx.mark_non_differentiable(mean, s, sigma, r, f, dlogf, u)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor, gu: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
-        x, weight, lam, mean, s, sigma, r, f, dlogf, u = ctx.saved_tensors
+        x, weight, bias, lam, mean, s, sigma, r, f, dlogf, u = ctx.saved_tensors
         two_d, bayes = ctx.two_d, ctx.bayes
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain formula instead (every order)
+            eps, alpha = ctx.eps, ctx.alpha
+
+            def formula(*t: Any) -> tuple[torch.Tensor, ...]:
+                return plain_planes(t[0], t[1], t[2], t[3], eps, alpha, bayes, two_d)
+
+            grads = recompute_vjp(formula, (x, weight, bias, lam), ctx.needs_input_grad[:4], (gy, gu))
+            return (*grads, None, None, None, None)
         p, l_ = x.shape[-2], x.shape[-1]
         m = p * l_
-        c = _norm_consts(two_d)
+        c = norm_const(two_d)
         cd, sd = x.dtype, sigma.dtype
         xc = x * s.to(cd) - mean  # (torch.addcmul with a broadcast self measured 2.5x slower here)
         var_eps = sigma * sigma
         a = 1.0 / (sigma * f)
         per_channel = weight is not None and weight.shape[-2:] == (1, 1)
         w_sd = weight.to(sd) if per_channel and weight is not None else None
-        gyxc = _plane_dot(gy, xc).to(sd) if weight is None or per_channel else gy
+        gyxc = plane_dot(gy, xc).to(sd) if weight is None or per_channel else gy
         if weight is None:
             gg_sum = gy.sum(dim=(-2, -1), keepdim=True).to(sd)
             a_sum = gyxc / sigma
@@ -264,7 +114,7 @@ class _RNormFn(torch.autograd.Function):
         else:
             gg = gy * weight
             gg_sum = gg.sum(dim=(-2, -1), keepdim=True).to(sd)
-            a_sum = _plane_dot(gg, xc).to(sd) / sigma
+            a_sum = plane_dot(gg, xc).to(sd) / sigma
         lam = lam.to(sd)
         if gu is not None:
             gu = gu.to(sd)
@@ -278,30 +128,22 @@ class _RNormFn(torch.autograd.Function):
         k_0 = -(gg_sum / m) * a
         btb = box_sum_adjoint(box_sum(xc, two_d), two_d)
         if weight is None:
-            gx = gy * _to(a * s, cd)
+            gx = gy * saturating_cast(a * s, cd)
         elif w_sd is not None:
-            gx = gy * _to(a * w_sd * s, cd)
+            gx = gy * saturating_cast(a * w_sd * s, cd)
         else:
-            gx = gg * _to(a * s, cd)
-        gx.addcmul_(xc, _to(k_xc * s, cd))
-        gx.addcmul_(btb, _to(-(coef * s) / (c * c), cd))
-        gx.add_(_to(k_0 * s, cd))
-        _add_edge_term(gx, xc, _to(coef * s, cd), two_d)
+            gx = gg * saturating_cast(a * s, cd)
+        gx.addcmul_(xc, saturating_cast(k_xc * s, cd))
+        gx.addcmul_(btb, saturating_cast(-(coef * s) / (c * c), cd))
+        gx.add_(saturating_cast(k_0 * s, cd))
+        add_edge_term(gx, xc, saturating_cast(coef * s, cd), two_d)
         g_lam = (g_t * r).sum().reshape(lam.shape).to(ctx.lam_dtype) if ctx.needs_input_grad[3] else None
         g_w = None
         if weight is not None and ctx.needs_input_grad[1]:
-            per_elem = (gyxc * a).to(cd) if w_sd is not None else gy * xc * _to(a, cd)
-            g_w = _reduce_to(per_elem, weight.shape)
-        g_b = _reduce_to(gy, ctx.bias_shape) if ctx.bias_shape is not None and ctx.needs_input_grad[2] else None
+            per_elem = (gyxc * a).to(cd) if w_sd is not None else gy * xc * saturating_cast(a, cd)
+            g_w = reduce_to(per_elem, weight.shape)
+        g_b = reduce_to(gy, ctx.bias_shape) if ctx.bias_shape is not None and ctx.needs_input_grad[2] else None
         return gx, g_w, g_b, g_lam, None, None, None, None
-
-
-def _reduce_to(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Sum a broadcast gradient back to ``shape`` (right-aligned broadcasting)."""
-    lead = g.ndim - len(shape)
-    dims = list(range(lead)) + [lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1]
-    out = g.sum(dim=dims, keepdim=True) if dims else g
-    return out.reshape(shape)
 
 
 def rnorm_planes(
@@ -319,25 +161,20 @@ def rnorm_planes(
     A weight of shape (..., 1, 1) is per group (per channel); any other shape is elementwise.
     float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N11).
     """
+    if not recording() and under_func_transform(x, weight, bias, lam):
+        return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
     mode = 0 if weight is None else (1 if tuple(weight.shape[-2:]) == (1, 1) else 2)
     p, l_ = x.shape[-2], x.shape[-1]
+    cfg = _native.PlaneConfig(None, 0.0, eps, alpha, bayes, two_d, mode, p, l_)
     if _native.usable(x, weight, bias, lam, mode, p, l_):
-        return _native.apply(x, weight, bias, lam, None, 0.0, eps, alpha, bayes, two_d, mode, p, l_,
-                             (*tuple(x.shape[:-2]), 1, 1))
+        return _native.apply(x, weight, bias, lam, cfg, (*tuple(x.shape[:-2]), 1, 1))
+    if jit_tracing():  # the trace records plain operations, never a Python autograd node
+        return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
     out = _RNormFn.apply(x, weight, bias, lam, eps, alpha, bayes, two_d)  # type: ignore[no-untyped-call]
     return out[0], out[1]
 
 
 # ---- configuration and input checks (no tensor data is read: no host sync) ----------------------------
-
-
-def _lambda_of(raw: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """lambda = lo + (hi - lo)(1 + sin raw)/2: inside [lo, hi] for every raw, derivative never 0 at a float (N8)."""
-    return lo + (hi - lo) * 0.5 * (1.0 + torch.sin(raw))
-
-
-def _raw_of(lam: float, lo: float, hi: float) -> float:
-    return math.asin(2.0 * (lam - lo) / (hi - lo) - 1.0)
 
 
 def _check_config(eps: float, alpha: float, lambda_init: float, lambda_min: float, lambda_max: float) -> None:
@@ -507,12 +344,8 @@ def noise_ratio(x: torch.Tensor, eps: float = 1e-5, two_d: bool = True) -> torch
 __all__ = [
     "bayesian_r_layer_norm",
     "bayesian_r_layer_norm2d",
-    "box_sum",
-    "box_sum_adjoint",
-    "group_stats",
     "noise_ratio",
     "r_layer_norm",
     "r_layer_norm2d",
-    "reuse_weights",
     "rnorm_planes",
 ]

@@ -69,6 +69,14 @@ def psi_and_dpsi(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _psi_forward(t), _dpsi(t)
 
 
+def psi_plain(t: torch.Tensor) -> torch.Tensor:
+    """psi in plain torch operations (the forms of :func:`psi`, PSI-1/PSI-3): no custom autograd node, so every torch
+    transform differentiates it to any order. Its autograd derivative differs from PSI-4's ``t/(1+t)^2`` by rounding
+    only: the series branch has no cancellation, and the direct branch runs where ``t > t0``, whose cancellation
+    factor is bounded (PSI-3). ``t`` float32 or float64."""
+    return _psi_forward(t)
+
+
 class _Psi(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -166,4 +174,4 @@ def inv_softplus(y: torch.Tensor) -> torch.Tensor:
     return x.to(y.dtype)
 
 
-__all__ = ["inv_softplus", "psi", "psi_and_dpsi", "softplus"]
+__all__ = ["inv_softplus", "psi", "psi_and_dpsi", "psi_plain", "softplus"]

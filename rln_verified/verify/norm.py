@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
-from rln_verified._rnorm import stat_dtype
+from rln_verified._norm_formula import stat_dtype
 from rln_verified.verify._core import ALL_DTYPES, Check, eps, finite_floats, log_uniform, register
 from rln_verified.verify._subjects import LayerSubject, NotApplicable
 
@@ -104,7 +104,7 @@ def reuse_weights(n: int) -> list[float]:
 
 def _group_stats() -> Callable[[torch.Tensor, float, bool], dict[str, torch.Tensor]]:
     """The eager kernel's per-group statistics (N0 checks the r it computes)."""
-    fn = importlib.import_module("rln_verified._rnorm").group_stats
+    fn = importlib.import_module("rln_verified._norm_formula").group_stats
     return cast(Callable[[torch.Tensor, float, bool], dict[str, torch.Tensor]], fn)
 
 

@@ -1,0 +1,96 @@
+"""Which path a kernel call takes, shared by every kernel family.
+
+Three paths compute the same formulas:
+
+- the **fused eager** path: a plain eager call on CPU float32 tensors runs the C kernel through a Python
+  ``autograd.Function`` (the cheapest call);
+- the **operator** path: the same C kernel registered as a ``torch.library`` custom operator, taken whenever
+  something records or transforms the call (``torch.compile``, ``torch.export``, ``torch.jit.trace``, fake and meta
+  tensors), so that the tracer sees one opaque op with a shape function instead of a ctypes call it cannot see;
+- the **differentiable eager** path: plain torch operations, which every torch transform understands to every
+  order. ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``hessian``) run it, and so does any backward
+  asked to build a graph (``create_graph=True``): see :func:`recompute_vjp`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def under_func_transform(*tensors: torch.Tensor | None) -> bool:
+    """True when a tensor is wrapped by a ``torch.func`` transform (vmap, grad, jacrev, jvp, hessian)."""
+    return any(t is not None and _wrapped(t) for t in tensors)
+
+
+def jit_tracing() -> bool:
+    """True while ``torch.jit.trace`` records the call."""
+    return bool(torch.jit.is_tracing())  # type: ignore[attr-defined, no-untyped-call]
+
+
+def recording() -> bool:
+    """True while ``torch.compile``/``torch.export`` trace the call or ``torch.jit.trace`` records it."""
+    return torch.compiler.is_compiling() or jit_tracing()
+
+
+def fused_eager_ok(*tensors: torch.Tensor | None) -> bool:
+    """The fused eager path may run: nothing records the call, and every tensor given is a plain (not fake, not
+    meta, not wrapped) float32 CPU tensor. ``None`` counts as fine."""
+    if recording():
+        return False
+    for t in tensors:  # a loop, not all(...): this runs on every layer call  # noqa: SIM110
+        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or _wrapped(t)):
+            return False
+    return True
+
+
+_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu", "xla", "mtia", "ipu"})
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for ``device_type``, or None when autocast is off there (or the device type has
+    no autocast, such as meta)."""
+    if device_type not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def recompute_vjp(
+    fn: Callable[..., tuple[torch.Tensor, ...]],
+    inputs: Sequence[torch.Tensor | None],
+    needs: Sequence[bool],
+    grads: Sequence[torch.Tensor | None],
+) -> tuple[torch.Tensor | None, ...]:
+    """The vector-Jacobian product of ``fn`` at ``inputs`` with cotangents ``grads``, as a differentiable graph.
+
+    A custom backward calls this when it is asked to build a graph (``torch.is_grad_enabled()`` inside
+    ``backward``, i.e. ``create_graph=True``): ``fn`` must be the operation's formula in plain torch operations, so
+    the result is differentiable to every order in the inputs and in ``grads`` (the saved inputs carry their
+    history in this mode). ``needs[i]`` False or a None input gives None; a None cotangent counts as zero.
+    """
+    with torch.enable_grad():
+        outs = fn(*inputs)
+        pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None and o.requires_grad]
+        want = [i for i, (t, n) in enumerate(zip(inputs, needs, strict=True))
+                if n and t is not None and t.requires_grad]
+        result: list[torch.Tensor | None] = [None] * len(inputs)
+        if not pairs or not want:
+            for i in want:
+                t = inputs[i]
+                assert t is not None
+                result[i] = torch.zeros_like(t)
+            return tuple(result)
+        wrt = [t for i, t in enumerate(inputs) if i in want and t is not None]
+        got = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
+                                  allow_unused=True)
+    for i, g in zip(want, got, strict=True):
+        t = inputs[i]
+        assert t is not None
+        result[i] = torch.zeros_like(t) if g is None else g
+    return tuple(result)
+
+
+__all__ = ["autocast_dtype", "fused_eager_ok", "jit_tracing", "recompute_vjp", "recording", "under_func_transform"]
