@@ -88,11 +88,17 @@ class _Psi(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         (t,) = inputs
         ctx.save_for_backward(t)
+        ctx.save_for_forward(t)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (t,) = ctx.saved_tensors
-        return grad * _dpsi(t)
+        return grad * _dpsi(t)  # plain torch operations: differentiable again (PSI-4)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+        (t,) = ctx.saved_tensors
+        return tangent * _dpsi(t)  # forward mode, for jacfwd and torch.func.hessian
 
 
 def psi(t: torch.Tensor) -> torch.Tensor:
