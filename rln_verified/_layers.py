@@ -83,7 +83,9 @@ class _RNormBase(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The fused float32 kernel on x viewed as (p, l_) planes, or None where it does not apply (N11).
         It takes the raw lambda parameter and the un-reshaped affine, so the graph has one node."""
-        if x.dtype != torch.float32 or (not recording() and under_func_transform(x, self.lambda_raw)):
+        if x.dtype != torch.float32 or torch.onnx.is_in_onnx_export():
+            return None
+        if not recording() and under_func_transform(x, self.lambda_raw):
             return None
         mode = 0 if self.weight is None else (1 if two_d else 2)
         if not _native.usable(x, self.weight, self.bias, self.lambda_raw, mode, p, l_):

@@ -118,6 +118,16 @@ def group_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=0))
 
 
+def group_scale_no_frexp(x: torch.Tensor) -> torch.Tensor:
+    """A power of two s <= 1 with max|x s| < 2 from log2 instead of frexp, for exporters that have no frexp (ONNX).
+    log2 may round across a power of two, so the exponent can be one too large or too small: s is still a power of
+    two, so the scaling stays exact, and max|x s| < 2 keeps N2's overflow margin (sums of M squares below 4M)."""
+    m = torch.maximum(x.amax(dim=(-2, -1), keepdim=True), -x.amin(dim=(-2, -1), keepdim=True))
+    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+    e = torch.clamp(torch.floor(torch.log2(m)) + 1.0, min=0.0)
+    return torch.pow(2.0, -e)
+
+
 def inflation(t: torch.Tensor, alpha: float, bayes: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """f(t), (df/dt)/f and u, for t = lambda r. Bayesian: f = exp(alpha psi(t)); plain: f = 1 + t."""
     if bayes:
@@ -215,6 +225,7 @@ def plain_planes(
     alpha: float,
     bayes: bool,
     two_d: bool,
+    no_frexp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, u)`` for planes ``x`` of shape (..., P, L), u keepdim: the formula of N0 in plain torch operations.
 
@@ -222,13 +233,14 @@ def plain_planes(
     float64, as N11's kernel does); no custom autograd node, so ``torch.func`` transforms and double backward see
     ordinary operations. The power-of-two scale ``s`` (N2) is piecewise constant and carries no gradient; y is
     invariant to it. ``weight`` and ``bias`` broadcast against the planes (per channel as (C, 1, 1), or per element).
+    ``no_frexp``: take s from :func:`group_scale_no_frexp` (ONNX has no frexp).
     """
     cd = x.dtype
     sd = stat_dtype(cd)
     p, l_ = x.shape[-2], x.shape[-1]
     m = p * l_
     c = norm_const(two_d)
-    s = group_scale(x.detach())
+    s = group_scale_no_frexp(x.detach()) if no_frexp else group_scale(x.detach())
     xs = x * s
     mean = xs.mean(dim=(-2, -1), keepdim=True)
     mean = mean + (xs - mean).mean(dim=(-2, -1), keepdim=True)

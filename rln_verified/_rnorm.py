@@ -161,6 +161,8 @@ def rnorm_planes(
     A weight of shape (..., 1, 1) is per group (per channel); any other shape is elementwise.
     float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N11).
     """
+    if torch.onnx.is_in_onnx_export():  # ONNX has neither the operator nor frexp: plain operations only
+        return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d, no_frexp=True)
     if not recording() and under_func_transform(x, weight, bias, lam):
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
     mode = 0 if weight is None else (1 if tuple(weight.shape[-2:]) == (1, 1) else 2)
