@@ -110,7 +110,7 @@ def test_the_c_boundary_checks_the_backward_buffers() -> None:
     cfg = PlaneConfig(*rest)
     _, _, stats = _native._run_forward(x, w, b, lam, cfg)
     gy = torch.randn_like(x)
-    with pytest.raises(TypeError, match="stats must be torch.float64"):
+    with pytest.raises(TypeError, match=r"stats must be torch\.float64"):
         _native._run_backward(x, w, lam, stats.float(), gy, None, cfg, True, True)
     with pytest.raises(ValueError, match="grad of y must have"):
         _native._run_backward(x, w, lam, stats, gy[:1].contiguous(), None, cfg, True, True)
