@@ -105,3 +105,34 @@ def test_naive_clt_det(benchmark: Any, x: torch.Tensor, var_h: torch.Tensor, g: 
     _bench(
         benchmark, "NaiveCLTDet", ["LinearReLU"], lambda: _moments_backward(naive.clt_det_forward(w, b, x, var_h), g)
     )
+
+
+# KL() forward plus backward of a 512x512 layer against the textbook closed form on the same tensors (the layer's
+# parameters, sigma = exp(rho), the prior): log(sp/sq) + (sq^2 + (mq - mp)^2)/(2 sp^2) - 1/2, summed.
+KL_SHAPE = f"{N_OUT}x{N_IN}"
+KL_KIND = "linear.kl_fwd_bwd"
+
+
+def _bench_kl(benchmark: Any, name: str, vs: list[str], fn: Callable[[], None]) -> None:
+    benchmark.group = f"{KL_KIND} {KL_SHAPE}"
+    record(benchmark, KL_KIND, name, vs, KL_SHAPE)
+    benchmark(fn)
+
+
+def test_kl(benchmark: Any) -> None:
+    layer = require("BBBLinear", *LINEAR_MODULES)(N_IN, N_OUT)
+    _bench_kl(benchmark, "KL", ["KLTextbook"], lambda: layer.KL()[0].backward())
+
+
+def test_kl_textbook(benchmark: Any) -> None:
+    layer = require("BBBLinear", *LINEAR_MODULES)(N_IN, N_OUT)
+
+    def textbook() -> None:
+        kl = torch.zeros(())
+        for mq, rho in ((layer.weight_mu, layer.weight_rho), (layer.bias_mu, layer.bias_rho)):
+            sq = torch.exp(rho)
+            mp, sp = layer.prior_mean.expand_as(mq), layer.prior_std.expand_as(mq)
+            kl = kl + (torch.log(sp / sq) + (sq.square() + (mq - mp).square()) / (2 * sp.square()) - 0.5).sum()
+        kl.backward()
+
+    _bench_kl(benchmark, "KLTextbook", [], textbook)

@@ -6,14 +6,21 @@ issue lists is fixed here and pinned by ``tests/test_objectrl_regressions.py``.
 Speed (issue 5): each layer's sample or moments is one autograd node with a hand-written backward
 (``_BBBSample``, ``_LRSample``, ``_CLTPreact``), which forms the same values as the ``F.linear`` forms and
 each product the gradients need once; float32 on CPU, the std's exp (EXP-1) and the CLT activation (RELU-6)
-run the fused kernel of ``_native_gauss``. Under ``torch.func`` or ``torch.compile`` the plain autograd forms run.
+run the fused kernel of ``_native_gauss``. Under ``torch.func`` the plain autograd forms run; under
+``torch.compile``/``torch.export``/``torch.jit.trace`` the plain forms with the kernels as ``torch.library`` operators.
+Every hand-written backward, asked for a graph (``create_graph=True``), returns the VJP of the plain forms instead
+(``_dispatch.recompute_vjp``), so second and higher derivatives are right.
+
+Autocast: each layer computes in float32 (or its parameters' wider dtype) with autocast disabled inside, and
+returns the autocast dtype, as ``nn.Linear`` does.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -21,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rln_verified import _native_gauss
+from rln_verified._dispatch import recompute_vjp, recording
 from rln_verified._gaussian import (
     crelu_moments,
     kl_normal,
@@ -71,11 +79,96 @@ def _safe_sqrt(var: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(var.clamp_min(torch.finfo(var.dtype).tiny))
 
 
+def _safe_sqrt_plain(var: torch.Tensor) -> tuple[torch.Tensor]:
+    return (torch.sqrt(var.clamp_min(torch.finfo(var.dtype).tiny)),)
+
+
+def _std_plain(rho: torch.Tensor | None, lo: float, hi: float, square: bool) -> torch.Tensor | None:
+    return None if rho is None else _native_gauss.exp_clamp_plain(rho, lo, hi, square)
+
+
+def _bbb_plain(x: torch.Tensor, wm: torch.Tensor, rho_w: torch.Tensor, eps_w: torch.Tensor, bm: torch.Tensor | None,
+               rho_b: torch.Tensor | None, eps_b: torch.Tensor | None, lo: float, hi: float) -> tuple[torch.Tensor]:
+    """_BBBSample's values in plain torch (the recomputed VJP's formula)."""
+    w = torch.addcmul(wm, torch.exp(rho_w.clamp(lo, hi)), eps_w)
+    b = None
+    if bm is not None and rho_b is not None and eps_b is not None:
+        b = torch.addcmul(bm, torch.exp(rho_b.clamp(lo, hi)), eps_b)
+    return (F.linear(x, w, b),)
+
+
+def _lr_plain(x: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
+              rho_b: torch.Tensor | None, eps: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor]:
+    """_LRSample's values in plain torch."""
+    m = F.linear(x, wm, bm)
+    v = F.linear(x * x, _native_gauss.exp_clamp_plain(rho_w, lo, hi, True), _std_plain(rho_b, lo, hi, True))
+    return (torch.addcmul(m, _safe_sqrt_plain(v)[0], eps),)
+
+
+def _clt_plain(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor, bm: torch.Tensor | None,
+               sw: torch.Tensor, sb: torch.Tensor | None, rho_bounds: tuple[float, float] | None,
+               act: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """_CLTPreact's values in plain torch (C3, and the activation's moments from RELU-1's plain forms)."""
+    if rho_bounds is not None:
+        wv = _native_gauss.exp_clamp_plain(sw, *rho_bounds, True)
+        bv = _std_plain(sb, *rho_bounds, True)
+    else:
+        wv, bv = sw, sb
+    m = F.linear(mu_h, wm, bm)
+    if var_h is None:
+        v = F.linear(mu_h * mu_h, wv, bv)
+    else:
+        v = F.linear(var_h + mu_h * mu_h, wv, bv) + F.linear(var_h, wm * wm)
+    if act is None:
+        return m, v
+    s = _safe_sqrt_plain(v)[0]
+    mean, var = _native_gauss.relu_moments_plain(m, s)
+    if act == "crelu":
+        mean_n, var_n = _native_gauss.relu_moments_plain(-m, s)
+        mean, var = torch.cat([mean, mean_n], dim=-1), torch.cat([var, var_n], dim=-1)
+    return mean, var
+
+
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_interpreters = torch._C._functorch.peek_interpreter_stack
+
+
 def _plain(*tensors: torch.Tensor | None) -> bool:
-    """No torch.compile tracing and no torch.func wrapper: the hand-written backward below may be used."""
-    if torch.compiler.is_compiling():
+    """Nothing records the call (compile, export, jit.trace) and no torch.func transform is active: the custom
+    autograd Functions below may be used."""
+    if recording() or _interpreters() is not None:
         return False
-    return not any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+    for t in tensors:  # a loop, not any(...): this runs on every layer call  # noqa: SIM110
+        if t is not None and _wrapped(t):
+            return False
+    return True
+
+
+def _no_autocast_backward(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A custom backward runs in the dtype its forward ran in: a ``.backward()`` called inside an autocast block
+    would otherwise recast its matmuls to the autocast dtype (one cheap check when autocast is off)."""
+    @functools.wraps(fn)
+    def wrapper(ctx: Any, *grads: Any) -> Any:
+        g = next((t for t in grads if t is not None), None)
+        dev = g.device.type if g is not None else "cpu"
+        if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return fn(ctx, *grads)
+        return fn(ctx, *grads)
+
+    return wrapper
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a layer computes in under autocast: float32, or its parameters' dtype when wider."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    dev = t.device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return None
+    return torch.get_autocast_dtype(dev)
 
 
 def _inside(t: torch.Tensor, lo: float, hi: float) -> bool:
@@ -121,13 +214,21 @@ class _ExpStd(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, rho: torch.Tensor, lo: float, hi: float, square: bool) -> torch.Tensor:
         out, mask, _ = _squared_std(rho, lo, hi, square)
-        ctx.save_for_backward(out, mask)
+        ctx.save_for_backward(out, mask, rho)
         ctx.square = square
+        ctx.bounds = (lo, hi)
         return out
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        out, mask = ctx.saved_tensors
+    @_no_autocast_backward
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        out, mask, rho = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the VJP of the plain form, every order
+            lo, hi = ctx.bounds
+            sq = ctx.square
+            g_r = recompute_vjp(lambda r: (_native_gauss.exp_clamp_plain(r, lo, hi, sq),), (rho,),
+                                ctx.needs_input_grad[:1], (g,))[0]
+            return g_r, None, None, None
         g_rho = g * out
         if ctx.square:
             g_rho = g_rho * 2.0
@@ -152,12 +253,15 @@ class _SafeSqrt(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, var: torch.Tensor) -> torch.Tensor:
         s, low = _sqrt_and_mask(var)
-        ctx.save_for_backward(s, low)
+        ctx.save_for_backward(s, low, var)
         return s
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        s, low = ctx.saved_tensors
+    @_no_autocast_backward
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor | None:
+        s, low, var = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the VJP of the plain form, every order
+            return recompute_vjp(_safe_sqrt_plain, (var,), ctx.needs_input_grad, (g,))[0]
         g_v: torch.Tensor = g / (2 * s)  # SqrtBackward's expression
         return g_v if low is None else g_v.masked_fill(low, 0.0)
 
@@ -182,14 +286,18 @@ class _BBBSample(torch.autograd.Function):
         if bm is not None and rho_b is not None and eps_b is not None:
             sd_b, out_b, _ = _squared_std(rho_b, lo, hi, square=False)
             b = torch.addcmul(bm, sd_b, eps_b)
-        ctx.save_for_backward(x, w, sd_w, eps_w, out_w, sd_b, eps_b, out_b)
+        ctx.save_for_backward(x, w, sd_w, eps_w, out_w, sd_b, eps_b, out_b, wm, rho_w, bm, rho_b)
+        ctx.bounds = (lo, hi)
         return torch.addmm(b, x, w.t()) if b is not None else torch.mm(x, w.t())
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_no_autocast_backward
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, w, sd_w, eps_w, out_w, sd_b, eps_b, out_b = ctx.saved_tensors
+        x, w, sd_w, eps_w, out_w, sd_b, eps_b, out_b, wm, rho_w, bm, rho_b = ctx.saved_tensors
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: the VJP of the plain form, every order
+            return recompute_vjp(_bbb_plain, (x, wm, rho_w, eps_w, bm, rho_b, eps_b, *ctx.bounds),
+                                 (*need[:7], False, False), (g,))
         g_x = torch.mm(g, w) if need[0] else None
         g_wm = g_rw = g_bm = g_rb = None
         if need[1] or need[2]:
@@ -229,14 +337,18 @@ class _LRSample(torch.autograd.Function):
         x2 = x * x
         v = torch.addmm(bv, x2, wv.t()) if bv is not None else torch.mm(x2, wv.t())
         s, low = _sqrt_and_mask(v)
-        ctx.save_for_backward(x, wm, wv, bv, x2, s, eps, low, out_w, out_b)
+        ctx.save_for_backward(x, wm, wv, bv, x2, s, eps, low, out_w, out_b, bm, rho_w, rho_b)
+        ctx.bounds = (lo, hi)
         return torch.addcmul(m, s, eps)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_no_autocast_backward
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, wm, wv, bv, x2, s, eps, low, out_w, out_b = ctx.saved_tensors
+        x, wm, wv, bv, x2, s, eps, low, out_w, out_b, bm, rho_w, rho_b = ctx.saved_tensors
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: the VJP of the plain form, every order
+            return recompute_vjp(_lr_plain, (x, wm, bm, rho_w, rho_b, eps, *ctx.bounds),
+                                 (*need[:6], False, False), (g,))
         q = torch.mul(g, eps).div_(s)  # 2 dL/dv
         if low is not None:
             q.masked_fill_(low, 0.0)
@@ -295,8 +407,10 @@ class _CLTPreact(torch.autograd.Function):
             assert wm2 is not None
             v.addmm_(var_h, wm2.t())
         ctx.cfg = (bm is not None, sb is not None, rho_bounds is not None, act)
+        ctx.plain_args = (rho_bounds, act)
+        ctx.n_saved = 9 if act is None else 14
         if act is None:
-            ctx.save_for_backward(mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b)
+            ctx.save_for_backward(mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b, bm, sw, sb)
             return m, v
         # _safe_sqrt(v) = sqrt(clamp_min(v, tiny)): the kernel takes torch's sqrt(v) and applies the clamp.
         sd = torch.sqrt(v)
@@ -305,14 +419,21 @@ class _CLTPreact(torch.autograd.Function):
         if act == "crelu":
             mean_n, var_n, aux_n = _native_gauss.forward_raw(-m, sd, v)
             mean, var = torch.cat([mean, mean_n], dim=-1), torch.cat([var, var_n], dim=-1)
-        ctx.save_for_backward(mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b, m, v, sd, aux, aux_n)
+        ctx.save_for_backward(mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b, m, v, sd, aux, aux_n, bm, sw, sb)
         return mean, var
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_no_autocast_backward
     def backward(ctx: Any, g_m: torch.Tensor, g_v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         has_bm, has_sb, from_rho, act = ctx.cfg
-        mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b, *act_saved = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b = saved[:9]
+        act_saved = saved[9:ctx.n_saved]
+        if torch.is_grad_enabled():  # create_graph: the VJP of the plain form, every order
+            bm, sw, sb = saved[ctx.n_saved:]
+            need = ctx.needs_input_grad
+            return recompute_vjp(_clt_plain, (mu_h, var_h, wm, bm, sw, sb, *ctx.plain_args),
+                                 (*need[:6], False, False), (g_m, g_v))
         if act is not None:  # through the activation first (RELU-6); g_m, g_v become dL/dm, dL/dv
             m, v, sd, aux, aux_n = act_saved
             if act == "relu":
@@ -357,16 +478,31 @@ def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _prior_number(value: Prior, name: str, default: float) -> float | None:
+    """The prior as a checked python float (None for a tensor), before any tensor exists: a mean must be finite,
+    a std finite and > 0."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise ValueError(f"{name} must be an int, a float or a tensor, got {type(value).__name__}")
+    if isinstance(value, torch.Tensor):
+        return None
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if name == "prior_std" and not v > 0:
+        raise ValueError(f"prior_std must be > 0 and finite everywhere, got {v}")
+    return v
+
+
 def _prior_tensor(value: Prior, name: str, default: float, weight_shape: tuple[int, int],
                   factory_kwargs: dict[str, Any]) -> torch.Tensor:
     """An int, float, 0-d tensor, one-element tensor or weight-shaped tensor, as a buffer of shape
     ``(1,)`` or ``weight_shape``. Anything else raises a ``ValueError`` naming what arrived."""
-    if value is None:
-        return torch.full((1,), default, **factory_kwargs)
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise ValueError(f"{name} must be an int, a float or a tensor, got {type(value).__name__}")
-    if isinstance(value, numbers.Real):
-        return torch.full((1,), float(value), **factory_kwargs)
+    number = _prior_number(value, name, default)
+    if number is not None:
+        return torch.full((1,), number, **factory_kwargs)
+    assert isinstance(value, torch.Tensor)
     if value.is_complex():
         raise ValueError(f"{name} must be a real tensor, got dtype {value.dtype}")
     t = value.detach().to(**{k: v for k, v in factory_kwargs.items() if v is not None})
@@ -383,7 +519,10 @@ def _prior_tensor(value: Prior, name: str, default: float, weight_shape: tuple[i
 
 
 def _check_prior_values(mean: torch.Tensor, std: torch.Tensor) -> None:
-    # Reads the data once, at construction or update_prior, never in forward.
+    # Reads the data once, at construction or update_prior, never in forward. A meta tensor has no data: its check
+    # is skipped (python-number priors were checked before any tensor existed; see BayesianLinear).
+    if mean.is_meta or std.is_meta:
+        return
     if not bool(torch.isfinite(mean).all()):
         raise ValueError("prior_mean must be finite")
     if not bool(((std > 0) & torch.isfinite(std)).all()):
@@ -396,8 +535,9 @@ def _check_features(in_features: object, out_features: object) -> None:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
-class BayesianLinear(ABC, nn.Module):
-    r"""Abstract base of the Bayesian linear layers: a factorized Gaussian posterior over weights.
+class BayesianLinear(nn.Module):
+    r"""Base of the Bayesian linear layers (``forward`` raises NotImplementedError here; no ABC metaclass, so that
+    FSDP2's ``fully_shard`` can derive its class from a layer's): a factorized Gaussian posterior over weights.
 
     .. math::
         W_{ij} \sim N(\mu_{ij}, \sigma_{ij}^2),\quad \sigma = e^{\rho}\ \text{or}\ \mathrm{softplus}(\rho),
@@ -416,6 +556,11 @@ class BayesianLinear(ABC, nn.Module):
         use_softplus: ``sigma = softplus(rho)`` instead of ``exp(rho)``.
         manual_reset: keep the sampled noise from call to call until :meth:`reset_randomness` (C5).
         device, dtype: factory arguments.
+
+    ``device="meta"``: the layer is built without data. Priors given as numbers (or the default) are checked as
+    numbers and refilled by :meth:`reset_parameters`, so ``to_empty(device=...)`` then ``reset_parameters()`` gives
+    a working layer. A tensor prior on meta cannot be checked (it has no values) and is not refilled: set it with
+    :meth:`update_prior` after ``to_empty``.
 
     Raises:
         ValueError: bad sizes, a prior of the wrong shape, a non-positive or non-finite prior std.
@@ -472,6 +617,7 @@ class BayesianLinear(ABC, nn.Module):
             self.register_parameter("bias_mu", None)
             self.register_parameter("bias_rho", None)
         pkw = {"device": self.weight_mu.device, "dtype": self.weight_mu.dtype}
+        self._prior_fill = (_prior_number(prior_mean, "prior_mean", 0.0), _prior_number(prior_std, "prior_std", 1.0))
         pm = _prior_tensor(prior_mean, "prior_mean", 0.0, shape, pkw)
         ps = _prior_tensor(prior_std, "prior_std", 1.0, shape, pkw)
         _check_prior_values(pm, ps)
@@ -494,6 +640,13 @@ class BayesianLinear(ABC, nn.Module):
             nn.init.uniform_(self.bias_mu, -bound, bound)
         if self.bias_rho is not None:
             nn.init.constant_(self.bias_rho, rho0)
+        # Number priors are state too (after to_empty their buffers hold garbage); tensor priors are kept.
+        fill_m, fill_s = getattr(self, "_prior_fill", (None, None))
+        with torch.no_grad():
+            if fill_m is not None and hasattr(self, "prior_mean"):
+                self.prior_mean.fill_(fill_m)
+            if fill_s is not None and hasattr(self, "prior_std"):
+                self.prior_std.fill_(fill_s)
         self._random_weight = None
         self._random_bias = None
 
@@ -531,9 +684,11 @@ class BayesianLinear(ABC, nn.Module):
         """Replace the prior (same accepted forms and checks as the constructor)."""
         shape = (self.out_features, self.in_features)
         pkw = {"device": self.weight_mu.device, "dtype": self.weight_mu.dtype}
+        fill = (_prior_number(prior_mean, "prior_mean", 0.0), _prior_number(prior_std, "prior_std", 1.0))
         pm = _prior_tensor(prior_mean, "prior_mean", 0.0, shape, pkw)
         ps = _prior_tensor(prior_std, "prior_std", 1.0, shape, pkw)
         _check_prior_values(pm, ps)
+        self._prior_fill = fill
         self.prior_mean = pm
         self.prior_std = ps
 
@@ -549,7 +704,10 @@ class BayesianLinear(ABC, nn.Module):
             sd = softplus(r)
             return sd.square() if square else sd
         # The same values, a shorter backward (_ExpStd); always where the fused kernel serves, whose exp is then
-        # the std's exp for every use of this rho.
+        # the std's exp for every use of this rho. Under compile/export/trace: the kernel as an operator.
+        if recording() and rho.dtype == torch.float32 and rho.is_cpu:
+            op_out: torch.Tensor = _native_gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
+            return op_out
         if _plain(rho) and (rho.numel() >= _FUSE_MIN or _native_gauss.usable(rho)):
             out: torch.Tensor = _ExpStd.apply(rho, math.log(lo), math.log(hi), square)  # type: ignore[no-untyped-call]
             return out
@@ -612,8 +770,12 @@ class BayesianLinear(ABC, nn.Module):
             setattr(self, attr, eps)
         return eps
 
-    @abstractmethod
-    def forward(self, *args: Any, **kwargs: Any) -> Any: ...
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}: BayesianLinear is a base class; use BBBLinear, LRLinear, "
+                                  "CLTLinear or CLTLinearDet")
+
+    def _upcast(self, t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        return None if t is None else t.to(dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_mu is not None}, "
@@ -630,6 +792,15 @@ class BBBLinear(BayesianLinear):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        ac = _autocast_dtype(input)
+        if ac is not None:  # autocast: compute in float32 with autocast off, return the autocast dtype
+            cd = _compute_dtype(self.weight_mu.dtype)
+            with torch.autocast(input.device.type, enabled=False):
+                out: torch.Tensor = self._forward(input.to(cd))
+            return out.to(ac)
+        return self._forward(input)
+
+    def _forward(self, input: torch.Tensor) -> torch.Tensor:
         wm, bm = self.mean()
         if self._map:
             return F.linear(input, wm, bm)
@@ -663,6 +834,15 @@ class LRLinear(BayesianLinear):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        ac = _autocast_dtype(input)
+        if ac is not None:  # autocast: compute in float32 with autocast off, return the autocast dtype
+            cd = _compute_dtype(self.weight_mu.dtype)
+            with torch.autocast(input.device.type, enabled=False):
+                out: torch.Tensor = self._forward(input.to(cd))
+            return out.to(ac)
+        return self._forward(input)
+
+    def _forward(self, input: torch.Tensor) -> torch.Tensor:
         wm, bm = self.mean()
         if self._map:
             return F.linear(input, wm, bm)
@@ -769,6 +949,17 @@ class CLTLinear(BayesianLinear):
     def forward(
         self, mu_h: torch.Tensor, var_h: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ac = _autocast_dtype(mu_h)
+        if ac is not None:  # autocast: compute in float32 with autocast off, return the autocast dtype
+            cd = _compute_dtype(self.weight_mu.dtype)
+            with torch.autocast(mu_h.device.type, enabled=False):
+                m, v = self._forward(mu_h.to(cd), self._upcast(var_h, cd))
+            return m.to(ac), (None if v is None else v.to(ac))
+        return self._forward(mu_h, var_h)
+
+    def _forward(
+        self, mu_h: torch.Tensor, var_h: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_call(var_h)
         wm, bm = self.mean()
         if self._map:
@@ -830,7 +1021,7 @@ class CLTLinearDet(CLTLinear):
     def KL(self) -> tuple[torch.Tensor, int]:
         raise ValueError(f"{type(self).__name__} has deterministic weights, so no KL divergence")
 
-    def forward(
+    def _forward(
         self, mu_h: torch.Tensor, var_h: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_call(var_h)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from rln_verified import _native_gauss
+from rln_verified._dispatch import recompute_vjp, recording
 from rln_verified._special import psi
 from rln_verified._validation import check_float_tensor, check_same_dtype, compute_dtype
 
@@ -174,7 +175,7 @@ def _relu_moments_f64(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tens
     # Direct branch, a in [-X_SPLIT, A_CLAMP]; tail elements see a = 0 (masked input).
     ad = torch.where(tail, torch.zeros_like(a), a.clamp(max=A_CLAMP))
     pos = ad >= 0
-    y = ad.abs()
+    y = torch.where(pos, ad, -ad)  # |a| with derivative +1 at 0 (abs has 0 there): right higher derivatives
     pdf = torch.exp(-0.5 * y * y) * _INV_SQRT_2PI
     mills = _mills(y)  # R(|a|) = Q(|a|)/phi(|a|)
     q = pdf * mills  # Phi(-|a|), relative accuracy in the tail
@@ -239,8 +240,10 @@ class _ReluMoments(torch.autograd.Function):
         ctx.save_for_backward(mu, sigma, mean)
 
     @staticmethod
-    def backward(ctx: Any, g_mean: torch.Tensor, g_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, g_mean: torch.Tensor, g_var: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         mu, sigma, mean = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the VJP of the same forms in plain torch, every order
+            return recompute_vjp(_relu_moments_f64, (mu, sigma), ctx.needs_input_grad, (g_mean, g_var))
         # RELU-5: dmean/dmu = Phi(a), dmean/dsigma = phi(a), dvar/dmu = 2 mean (1 - Phi(a)),
         # dvar/dsigma = 2 (sigma Phi(a) - mean phi(a)); a = +-inf or 0 at sigma = 0 keeps all finite.
         a = _safe_ratio(mu, sigma)
@@ -260,6 +263,18 @@ class _ReluMoments(torch.autograd.Function):
         g_mu = g_mean * cdf + g_var * (2.0 * mean_q)
         g_sigma = g_mean * pdf + g_var * (2.0 * (sig_cdf - mean_pdf))
         return g_mu, g_sigma
+
+
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_interpreters = torch._C._functorch.peek_interpreter_stack
+
+
+def in_func_transform(*tensors: torch.Tensor | None) -> bool:
+    """A ``torch.func`` transform is active (vmap, grad, jacrev, jvp, hessian), whether or not it wraps these
+    tensors (a layer's parameters are not wrapped under ``vmap`` over its input). Call only when not recording."""
+    if _interpreters() is not None:
+        return True
+    return any(t is not None and _wrapped(t) for t in tensors)
 
 
 def _check_pair(fn: str, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +316,14 @@ def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, t
         ValueError: shapes that do not broadcast.
     """
     mu_b, sigma_b = _check_pair("relu_moments", mu, sigma)
-    if _native_gauss.usable(mu_b, sigma_b):  # float32 on CPU: the fused kernel, same forms (RELU-6)
+    if recording() or mu_b.is_meta:
+        # compile/export/jit.trace and meta tensors: the kernel as one opaque operator with a shape function
+        if mu_b.dtype == torch.float32 and (mu_b.is_cpu or mu_b.is_meta):
+            mean, var, _ = _native_gauss.relu_moments_op(mu_b, sigma_b)
+            return mean, var
+    elif in_func_transform(mu_b, sigma_b):  # torch.func: the plain forms, which every transform understands
+        return _native_gauss.relu_moments_plain(mu_b, sigma_b)
+    elif _native_gauss.usable(mu_b, sigma_b):  # float32 on CPU: the fused kernel, same forms (RELU-6)
         return _native_gauss.relu_moments_f32(mu_b, sigma_b)
     mean, var = _ReluMoments.apply(mu_b.to(torch.float64), sigma_b.to(torch.float64))  # type: ignore[no-untyped-call]
     return mean.to(mu.dtype), var.to(mu.dtype)
@@ -344,7 +366,8 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
     for ``1/2 <= r < 1`` and ``g = (r^2 - 1) - 2 ln r`` for ``r < 1/2``, so no intermediate overflows where KL
     is finite. The result is >= 0, and exactly 0 when the two distributions are equal.
     ``sigma_q < 0`` or ``sigma_p <= 0`` gives NaN at that element. float16/bfloat16 are computed in
-    float32.
+    float32. float32 on CPU (eager, no torch.func) runs the fused kernel of ``_native/gauss.c``: float64 inside,
+    one rounding, relative error <= u32 + 2^-44, with a hand-written backward (KL-2).
 
     Raises:
         TypeError: a non-float tensor, or tensors of different dtypes.
@@ -354,6 +377,23 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
     for n, t in zip(names, args):
         check_float_tensor(t, f"kl_normal: {n}")
     check_same_dtype(*((f"kl_normal: {n}", t) for n, t in zip(names, args)))
+    if (mu_q.dtype == torch.float32 and not recording() and not in_func_transform(*args)
+            and _native_gauss.usable(*args)):
+        # float32 on CPU: the fused kernel, float64 inside and one rounding (KL-2), with its own backward
+        try:
+            b = torch.broadcast_tensors(*args)  # type: ignore[no-untyped-call]
+        except RuntimeError:
+            raise ValueError("kl_normal: the arguments must broadcast together, got shapes "
+                             f"{[tuple(t.shape) for t in args]}") from None
+        out: torch.Tensor = _KLNormalF32.apply(*b)  # type: ignore[no-untyped-call]
+        return out
+    return _kl_normal_plain(*args)
+
+
+def _kl_normal_plain(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor,
+                     sigma_p: torch.Tensor) -> torch.Tensor:
+    """KL-1's forms in plain torch (every dtype, device and transform)."""
+    args = (mu_q, sigma_q, mu_p, sigma_p)
     cd = compute_dtype(mu_q.dtype)
     mq, sq, mp, sp = (t.to(cd) for t in args)
     d = (mq - mp) / sp
@@ -381,6 +421,30 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
     kl = 0.5 * (d * d + g)
     bad = (sq < 0) | (sp <= 0)
     return torch.where(bad, torch.full_like(kl, math.nan), kl).to(mu_q.dtype)
+
+
+def _kl_plain_tuple(mq: torch.Tensor, sq: torch.Tensor, mp: torch.Tensor, sp: torch.Tensor) -> tuple[torch.Tensor]:
+    return (_kl_normal_plain(mq, sq, mp, sp),)
+
+
+class _KLNormalF32(torch.autograd.Function):
+    """KL-2: the Gaussian KL of float32 CPU tensors of one (broadcast) shape through the fused kernel, with its
+    hand-written backward (dmq = (mq - mp)/sp^2, dsq = (sq^2 - sp^2)/(sq sp^2), dmp = -dmq,
+    dsp = (sp^2 - sq^2 - (mq - mp)^2)/sp^3), each formed in float64 and rounded once."""
+
+    @staticmethod
+    def forward(ctx: Any, mq: torch.Tensor, sq: torch.Tensor, mp: torch.Tensor, sp: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(mq, sq, mp, sp)
+        return _native_gauss.kl_forward_raw(mq, sq, mp, sp)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        mq, sq, mp, sp = ctx.saved_tensors
+        need = tuple(bool(n) for n in ctx.needs_input_grad)
+        if torch.is_grad_enabled():  # create_graph: the VJP of KL-1's plain forms, every order
+            return recompute_vjp(_kl_plain_tuple, (mq, sq, mp, sp), need, (g,))
+        return _native_gauss.kl_backward_raw(g.to(torch.float32), mq, sq, mp, sp,
+                                             (need[0], need[1], need[2], need[3]))
 
 
 __all__ = [

@@ -15,6 +15,8 @@
  * exponent bits (0 below 2^-1022); erfcx(x), 0 <= x <= 50, is the table of 100 Chebyshev polynomials of S. G.
  * Johnson's Faddeeva package (the code torch.special.erfcx runs), copied verbatim below, evaluated in its Horner form.
  * The std's exp (EXP-1) is a float32 Cody-Waite reduction and Cephes' degree-7 polynomial, eight lanes at a time.
+ * The Gaussian KL and its gradients (KL-2) read float32 values exactly into float64, use the atanh series of log1p
+ * (no libm call) and round once to float32.
  * Every operation is a separately rounded IEEE operation (-ffp-contract=off).
  *
  * The erfcx table: Copyright (c) 2012 Massachusetts Institute of Technology. Permission is hereby granted,
@@ -40,7 +42,7 @@ typedef uint64_t v4u __attribute__((vector_size(32)));
 typedef int32_t v4i __attribute__((vector_size(16)));
 typedef float v4f __attribute__((vector_size(16)));
 
-#define GAUSS_ABI 3
+#define GAUSS_ABI 4
 
 /* erfcx_y100 of the Faddeeva package: row k holds the Chebyshev polynomial in t = 2 y100 - (2k + 1) on
  * y100 in [k, k + 1), y100 = 400/(4 + x), coefficients of t^0 .. t^6 (and a 0 that pads the row to 64 bytes). */
@@ -579,4 +581,138 @@ double rln_exp_f32_max_ulp(float lo, float hi, i64 stride, float *where) {
         if (last) break;
     }
     return worst;
+}
+
+/* ---- Gaussian KL in float64, rounded once to float32 (KL-2) ------------------------------------------------------ */
+
+/* P(z) = sum_{k=0}^{9} z^k / (2k + 3), so that 2 atanh(s) = 2 s + 2 s^3 P(s^2) up to the truncation s^22/23... */
+static inline v4d katanh_p(v4d z) {
+    v4d p = vfill(1.0 / 21);
+    p = p * z + 1.0 / 19;
+    p = p * z + 1.0 / 17;
+    p = p * z + 1.0 / 15;
+    p = p * z + 1.0 / 13;
+    p = p * z + 1.0 / 11;
+    p = p * z + 1.0 / 9;
+    p = p * z + 1.0 / 7;
+    p = p * z + 1.0 / 5;
+    p = p * z + 1.0 / 3;
+    return p;
+}
+
+#define SQRT2 1.4142135623730951
+
+/* log(x) for positive normal float64 x (KL-2 (L)): x = m 2^e, m in [sqrt(1/2), sqrt 2), f = m - 1 exact,
+ * log(x) = e ln2_hi + (e ln2_lo + 2 atanh(s)), s = f/(2 + f), |s| <= 0.1716. */
+static inline v4d klog(v4d x) {
+    const v4l bits = (v4l)x;
+    v4l e = ((bits >> 52) & lfill(0x7ff)) - lfill(1023);
+    v4d m = (v4d)((bits & lfill(0x000fffffffffffffLL)) | lfill(0x3ff0000000000000LL));
+    const v4l big = m > SQRT2;
+    m = vsel(big, 0.5 * m, m);
+    e = e - big; /* big lanes are -1: e + 1 */
+    const v4d f = m - 1.0;
+    const v4d s = f / (2.0 + f);
+    const v4d s2 = s * s;
+    const v4d l1p = 2.0 * s + (2.0 * s) * (s2 * katanh_p(s2));
+    const v4d ed = __builtin_convertvector(e, v4d);
+    return ed * LN2_HI + (ed * LN2_LO + l1p);
+}
+
+/* 4 lanes of KL(N(mq, sq^2) || N(mp, sp^2)) = (d^2 + g)/2, d = (mq - mp)/sp, g = t - log1p(t), t = r^2 - 1,
+ * r = sq/sp, in float64; a pointer with inc 0 is one value for every lane. */
+static inline v4d kl4(v4d mq, v4d sq, v4d mp, v4d sp) {
+    const v4d d = (mq - mp) / sp;
+    const v4d t = ((sq - sp) * (sq + sp)) / (sp * sp);
+    const v4l near = (t < 0.125) & (t > -0.125);
+    /* |t| < 1/8: g = t^2/(2+t) - 2 s^3 P(s^2), s = t/(2+t), |s| <= 1/15 (no cancellation beyond 2.5%) */
+    const v4d tn = vsel(near, t, vfill(0.0));
+    const v4d s = tn / (2.0 + tn), s2 = s * s;
+    const v4d g_near = (tn * tn) / (2.0 + tn) - (2.0 * s) * (s2 * katanh_p(s2));
+    /* |t| >= 1/8: g = t - 2 log r, g >= 0.0072 */
+    const v4d r = sq / sp;
+    const v4l r_ok = (r > 0.0) & (r < INFINITY);
+    const v4d g_far = t - 2.0 * klog(vsel(r_ok & ~near, r, vfill(1.0)));
+    v4d g = vsel(near, g_near, g_far);
+    g = vsel(g > 0.0, g, vfill(0.0));                       /* rounding guard; g >= 0 exactly (KL-2) */
+    g = vsel((sq == 0.0) | (sq == INFINITY), vfill(INFINITY), g); /* r = 0 or inf: KL = inf */
+    const v4d kl = 0.5 * (d * d + g);
+    const v4l bad = ~(sq >= 0.0) | ~(sp > 0.0);            /* NaN included */
+    return vsel(bad, vfill(NAN), kl);
+}
+
+static inline v4d kload(const float *p, i64 inc, i64 i) { return inc ? vload(p + i) : vfill((double)*p); }
+
+/* out[i] = KL(mq, sq, mp, sp)[i] for n elements; inc 1: a plane of n floats, inc 0: one float for all. */
+int rln_kl_normal_fwd_f32(const float *mq, const float *sq, const float *mp, const float *sp, i64 n, i64 i_mq,
+                          i64 i_sq, i64 i_mp, i64 i_sp, float *out) {
+    if (n < 0) return 1;
+    i64 i = 0;
+    for (; i + 4 <= n; i += 4)
+        vstore(out + i, kl4(kload(mq, i_mq, i), kload(sq, i_sq, i), kload(mp, i_mp, i), kload(sp, i_sp, i)));
+    if (i < n) {
+        float a[4] = {0, 0, 0, 0}, b[4] = {1, 1, 1, 1}, c[4] = {0, 0, 0, 0}, e[4] = {1, 1, 1, 1}, o[4];
+        for (i64 j = i; j < n; ++j) {
+            a[j - i] = mq[i_mq * j];
+            b[j - i] = sq[i_sq * j];
+            c[j - i] = mp[i_mp * j];
+            e[j - i] = sp[i_sp * j];
+        }
+        vstore(o, kl4(vload(a), vload(b), vload(c), vload(e)));
+        for (i64 j = i; j < n; ++j) out[j] = o[j - i];
+    }
+    return 0;
+}
+
+/* The partials of KL-2 (B), each formed in float64 and rounded once, times the upstream gradient go:
+ * dmq = (mq - mp)/sp^2, dsq = (sq - sp)(sq + sp)/(sp^2 sq), dmp = -dmq, dsp = ((sp - sq)(sp + sq) - (mq - mp)^2)/sp^3.
+ * An output pointer may be NULL (not wanted). */
+static inline void kl_bwd4(v4d go, v4d mq, v4d sq, v4d mp, v4d sp, v4d *g_mq, v4d *g_sq, v4d *g_sp) {
+    const v4d dm = mq - mp, sp2 = sp * sp;
+    const v4l bad = ~(sq >= 0.0) | ~(sp > 0.0);
+    *g_mq = vsel(bad, vfill(NAN), go * (dm / sp2));
+    *g_sq = vsel(bad, vfill(NAN), go * (((sq - sp) * (sq + sp)) / (sp2 * sq)));
+    *g_sp = vsel(bad, vfill(NAN), go * ((((sp - sq) * (sp + sq)) - dm * dm) / (sp2 * sp)));
+}
+
+static inline void kstore(float *p, i64 i, v4d x) {
+    if (p) vstore(p + i, x);
+}
+
+int rln_kl_normal_bwd_f32(const float *go, const float *mq, const float *sq, const float *mp, const float *sp, i64 n,
+                          i64 i_go, i64 i_mq, i64 i_sq, i64 i_mp, i64 i_sp, float *g_mq, float *g_sq, float *g_mp,
+                          float *g_sp) {
+    if (n < 0) return 1;
+    i64 i = 0;
+    v4d a, b, c;
+    for (; i + 4 <= n; i += 4) {
+        kl_bwd4(kload(go, i_go, i), kload(mq, i_mq, i), kload(sq, i_sq, i), kload(mp, i_mp, i), kload(sp, i_sp, i),
+                &a, &b, &c);
+        kstore(g_mq, i, a);
+        kstore(g_sq, i, b);
+        kstore(g_mp, i, -a);
+        kstore(g_sp, i, c);
+    }
+    if (i < n) {
+        float t0[4] = {0, 0, 0, 0}, t1[4] = {0, 0, 0, 0}, t2[4] = {1, 1, 1, 1}, t3[4] = {0, 0, 0, 0};
+        float t4[4] = {1, 1, 1, 1}, o[3][4];
+        for (i64 j = i; j < n; ++j) {
+            t0[j - i] = go[i_go * j];
+            t1[j - i] = mq[i_mq * j];
+            t2[j - i] = sq[i_sq * j];
+            t3[j - i] = mp[i_mp * j];
+            t4[j - i] = sp[i_sp * j];
+        }
+        kl_bwd4(vload(t0), vload(t1), vload(t2), vload(t3), vload(t4), &a, &b, &c);
+        vstore(o[0], a);
+        vstore(o[1], b);
+        vstore(o[2], c);
+        for (i64 j = i; j < n; ++j) {
+            if (g_mq) g_mq[j] = o[0][j - i];
+            if (g_sq) g_sq[j] = o[1][j - i];
+            if (g_mp) g_mp[j] = -o[0][j - i];
+            if (g_sp) g_sp[j] = o[2][j - i];
+        }
+    }
+    return 0;
 }

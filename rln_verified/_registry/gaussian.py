@@ -37,4 +37,8 @@ CLAIMS: tuple[Claim, ...] = (
           "as t^2/(1+t) - psi(t) or psi(1/r^2 - 1): >= 0, exactly 0 for equal arguments, relative error "
           "<= 24 u + 3 eps_psi, for r = 0 or 2 M^(-1/2) <= r <= M^(1/4)/2 and |dmu/sp| <= M^(1/2)/2 (M the "
           "compute dtype's max).", _KL),
+    Claim("KL-2", "gaussian", "float32 on CPU: the fused KL kernel evaluates KL-1's g as t^2/(2+t) - 2 s^3 P(s^2) "
+          "(|t| < 1/8) or t - 2 log r in float64 and rounds once: relative error <= u32 + 2^-44, >= 0, 0 at "
+          "equality; its gradients are formed in float64 and rounded once.",
+          (*_KL, "rln_verified.BayesianLinear")),
 )
