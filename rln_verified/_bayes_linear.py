@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rln_verified import _native_gauss
-from rln_verified._dispatch import recompute_vjp, recording
+from rln_verified._dispatch import onnx_exporting, recompute_vjp, recording
 from rln_verified._gaussian import (
     crelu_moments,
     kl_normal,
@@ -705,7 +705,7 @@ class BayesianLinear(nn.Module):
             return sd.square() if square else sd
         # The same values, a shorter backward (_ExpStd); always where the fused kernel serves, whose exp is then
         # the std's exp for every use of this rho. Under compile/export/trace: the kernel as an operator.
-        if recording() and rho.dtype == torch.float32 and rho.is_cpu:
+        if recording() and not onnx_exporting() and rho.dtype == torch.float32 and rho.is_cpu:
             op_out: torch.Tensor = _native_gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
             return op_out
         if _plain(rho) and (rho.numel() >= _FUSE_MIN or _native_gauss.usable(rho)):

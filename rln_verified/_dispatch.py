@@ -19,11 +19,25 @@ from collections.abc import Callable, Sequence
 import torch
 
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_interpreters = torch._C._functorch.peek_interpreter_stack
 
 
 def under_func_transform(*tensors: torch.Tensor | None) -> bool:
-    """True when a tensor is wrapped by a ``torch.func`` transform (vmap, grad, jacrev, jvp, hessian)."""
-    return any(t is not None and _wrapped(t) for t in tensors)
+    """True when a ``torch.func`` transform (vmap, grad, jacrev, jvp, hessian) is active, whether or not it wraps
+    these tensors (a layer's parameters are not wrapped under ``vmap`` over its input). Not for use while
+    ``torch.compile`` traces (check :func:`recording` first)."""
+    if _interpreters() is not None:
+        return True
+    for t in tensors:  # a loop, not any(...): this runs on every layer call  # noqa: SIM110
+        if t is not None and _wrapped(t):
+            return True
+    return False
+
+
+def onnx_exporting() -> bool:
+    """True while ``torch.onnx.export`` traces the call: custom operators have no ONNX lowering there, so the kernels
+    run their plain formulas, or refuse where ONNX cannot express them accurately."""
+    return bool(torch.onnx.is_in_onnx_export())
 
 
 def jit_tracing() -> bool:
@@ -93,4 +107,5 @@ def recompute_vjp(
     return tuple(result)
 
 
-__all__ = ["autocast_dtype", "fused_eager_ok", "jit_tracing", "recompute_vjp", "recording", "under_func_transform"]
+__all__ = ["autocast_dtype", "fused_eager_ok", "jit_tracing", "onnx_exporting", "recompute_vjp", "recording",
+           "under_func_transform"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rln_verified import _native_gauss
-from rln_verified._dispatch import recompute_vjp, recording
+from rln_verified._dispatch import onnx_exporting, recompute_vjp, recording, under_func_transform
 from rln_verified._special import psi
 from rln_verified._validation import check_float_tensor, check_same_dtype, compute_dtype
 
@@ -124,8 +124,20 @@ def normal_logcdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) 
 # ---- relu moments --------------------------------------------------------------------------------
 
 
+def refuse_onnx(fn: str) -> None:
+    """Raise under ``torch.onnx.export``: ONNX has no erfcx, and the ``exp(y^2) erfc(y)`` an exporter puts in its
+    place overflows in the tails these kernels are accurate in, so the exported graph would be silently wrong."""
+    if onnx_exporting():
+        raise NotImplementedError(
+            f"{fn}: ONNX export is not supported: ONNX has no erfcx, and its exp(y^2) erfc(y) replacement overflows "
+            "in the Gaussian tails this kernel is accurate in; use torch.export (the program keeps the kernel), or "
+            "compute this part outside the ONNX graph"
+        )
+
+
 def _mills(y: torch.Tensor) -> torch.Tensor:
     """Mills ratio R(y) = Q(y)/phi(y) = sqrt(pi/2) erfcx(y/sqrt 2) for y >= 0; R(inf) = 0."""
+    refuse_onnx("the Gaussian tail (Mills ratio)")
     out: torch.Tensor = _SQRT_HALF_PI * torch.special.erfcx(y * _SQRT_HALF)
     return out
 
@@ -265,18 +277,6 @@ class _ReluMoments(torch.autograd.Function):
         return g_mu, g_sigma
 
 
-_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-_interpreters = torch._C._functorch.peek_interpreter_stack
-
-
-def in_func_transform(*tensors: torch.Tensor | None) -> bool:
-    """A ``torch.func`` transform is active (vmap, grad, jacrev, jvp, hessian), whether or not it wraps these
-    tensors (a layer's parameters are not wrapped under ``vmap`` over its input). Call only when not recording."""
-    if _interpreters() is not None:
-        return True
-    return any(t is not None and _wrapped(t) for t in tensors)
-
-
 def _check_pair(fn: str, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     check_float_tensor(mu, f"{fn}: mu")
     check_float_tensor(sigma, f"{fn}: sigma")
@@ -316,12 +316,13 @@ def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, t
         ValueError: shapes that do not broadcast.
     """
     mu_b, sigma_b = _check_pair("relu_moments", mu, sigma)
+    refuse_onnx("relu_moments")
     if recording() or mu_b.is_meta:
         # compile/export/jit.trace and meta tensors: the kernel as one opaque operator with a shape function
         if mu_b.dtype == torch.float32 and (mu_b.is_cpu or mu_b.is_meta):
             mean, var, _ = _native_gauss.relu_moments_op(mu_b, sigma_b)
             return mean, var
-    elif in_func_transform(mu_b, sigma_b):  # torch.func: the plain forms, which every transform understands
+    elif under_func_transform(mu_b, sigma_b):  # torch.func: the plain forms, which every transform understands
         return _native_gauss.relu_moments_plain(mu_b, sigma_b)
     elif _native_gauss.usable(mu_b, sigma_b):  # float32 on CPU: the fused kernel, same forms (RELU-6)
         return _native_gauss.relu_moments_f32(mu_b, sigma_b)
@@ -377,7 +378,7 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
     for n, t in zip(names, args):
         check_float_tensor(t, f"kl_normal: {n}")
     check_same_dtype(*((f"kl_normal: {n}", t) for n, t in zip(names, args)))
-    if (mu_q.dtype == torch.float32 and not recording() and not in_func_transform(*args)
+    if (mu_q.dtype == torch.float32 and not recording() and not under_func_transform(*args)
             and _native_gauss.usable(*args)):
         # float32 on CPU: the fused kernel, float64 inside and one rounding (KL-2), with its own backward
         try:

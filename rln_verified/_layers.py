@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rln_verified import _native
-from rln_verified._dispatch import autocast_dtype, recording, under_func_transform
+from rln_verified._dispatch import autocast_dtype, onnx_exporting, recording, under_func_transform
 from rln_verified._norm_formula import lambda_of, raw_of
 from rln_verified._rnorm import _as_shape, _check_config, _check_input, _Shape, rnorm_planes
 from rln_verified._validation import compute_dtype
@@ -83,7 +83,7 @@ class _RNormBase(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The fused float32 kernel on x viewed as (p, l_) planes, or None where it does not apply (N11).
         It takes the raw lambda parameter and the un-reshaped affine, so the graph has one node."""
-        if x.dtype != torch.float32 or torch.onnx.is_in_onnx_export():
+        if x.dtype != torch.float32 or onnx_exporting():
             return None
         if not recording() and under_func_transform(x, self.lambda_raw):
             return None

@@ -137,10 +137,10 @@ def inflation(t: torch.Tensor, alpha: float, bayes: bool) -> tuple[torch.Tensor,
     return f, 1.0 / f, torch.zeros_like(t)
 
 
-def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _centre(x: torch.Tensor, no_frexp: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scaled, centred values. One refinement step makes the mean exact for constant groups (N2):
     x s - mean is then a small exactly representable residue whose mean is computed exactly."""
-    s = group_scale(x)
+    s = group_scale_no_frexp(x) if no_frexp else group_scale(x)
     xs = x * s
     mean = xs.mean(dim=(-2, -1), keepdim=True)
     mean = mean + (xs - mean).mean(dim=(-2, -1), keepdim=True)
@@ -164,11 +164,12 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float32 else dtype
 
 
-def group_stats(x: torch.Tensor, eps: float, two_d: bool) -> dict[str, torch.Tensor]:
+def group_stats(x: torch.Tensor, eps: float, two_d: bool, no_frexp: bool = False) -> dict[str, torch.Tensor]:
     """The per-group quantities of N0 (mean, v, nu, r, s) for planes ``x`` of shape (..., P, L).
 
-    ``xc`` and ``mean`` are in x's dtype; the per-group scalars ``s, v, nu, r, eps_s`` in :func:`stat_dtype`."""
-    xc, mean, s = _centre(x)
+    ``xc`` and ``mean`` are in x's dtype; the per-group scalars ``s, v, nu, r, eps_s`` in :func:`stat_dtype`.
+    ``no_frexp``: the scale from :func:`group_scale_no_frexp` (for ONNX export)."""
+    xc, mean, s = _centre(x, no_frexp)
     m = x.shape[-2] * x.shape[-1]
     c = norm_const(two_d)
     sd = stat_dtype(x.dtype)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from rln_verified import _native
-from rln_verified._dispatch import jit_tracing, recompute_vjp, recording, under_func_transform
+from rln_verified._dispatch import jit_tracing, onnx_exporting, recompute_vjp, recording, under_func_transform
 from rln_verified._norm_formula import (
     add_edge_term,
     box_sum,
@@ -161,7 +161,7 @@ def rnorm_planes(
     A weight of shape (..., 1, 1) is per group (per channel); any other shape is elementwise.
     float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N11).
     """
-    if torch.onnx.is_in_onnx_export():  # ONNX has neither the operator nor frexp: plain operations only
+    if onnx_exporting():  # ONNX has neither the operator nor frexp: plain operations only
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d, no_frexp=True)
     if not recording() and under_func_transform(x, weight, bias, lam):
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
@@ -339,7 +339,7 @@ def noise_ratio(x: torch.Tensor, eps: float = 1e-5, two_d: bool = True) -> torch
     x = _check_input(x, "noise_ratio")
     cd = compute_dtype(x.dtype)
     planes = x.to(cd) if two_d else x.to(cd).unsqueeze(-2)
-    r = group_stats(planes, eps, two_d)["r"]
+    r = group_stats(planes, eps, two_d, no_frexp=onnx_exporting())["r"]
     return (r if two_d else r.squeeze(-2)).to(x.dtype)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rln_verified._dispatch import recording, under_func_transform
 from rln_verified._validation import check_float_tensor, compute_dtype
 
 # Below t0 the all-positive series in w = t/(2+t) is used with J terms, whose truncation is < eps/4
@@ -88,17 +89,11 @@ class _Psi(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         (t,) = inputs
         ctx.save_for_backward(t)
-        ctx.save_for_forward(t)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (t,) = ctx.saved_tensors
         return grad * _dpsi(t)  # plain torch operations: differentiable again (PSI-4)
-
-    @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
-        (t,) = ctx.saved_tensors
-        return tangent * _dpsi(t)  # forward mode, for jacfwd and torch.func.hessian
 
 
 def psi(t: torch.Tensor) -> torch.Tensor:
@@ -122,6 +117,8 @@ def psi(t: torch.Tensor) -> torch.Tensor:
     """
     check_float_tensor(t, "psi: t")
     cd = compute_dtype(t.dtype)
+    if not recording() and under_func_transform(t):  # torch.func (jacfwd, hessian): the plain forms
+        return psi_plain(t.to(cd)).to(t.dtype)
     out: torch.Tensor = _Psi.apply(t.to(cd))  # type: ignore[no-untyped-call]
     return out.to(t.dtype)
 

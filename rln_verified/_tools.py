@@ -8,6 +8,9 @@ Bayesian layers at ``alpha = 0`` the converted layers compute the same function 
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -21,6 +24,43 @@ def _bayesian_norm_types() -> tuple[type[nn.Module], ...]:
     return (BayesianRLayerNorm, BayesianRLayerNorm2d)
 
 
+def _is_compiled_wrapper(module: nn.Module) -> bool:
+    """True for the ``OptimizedModule`` that ``torch.compile(module)`` returns (its original is ``_orig_mod``).
+    Without ``torch._dynamo`` loaded nothing can have been compiled, so dynamo is never imported here."""
+    if "torch._dynamo" not in sys.modules:
+        return False
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return isinstance(module, OptimizedModule)
+
+
+def _compiled_in_place(module: nn.Module) -> bool:
+    """True for a module compiled in place by ``module.compile()``: its ``__call__`` runs the compiled call."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def _unwrap_compiled(model: nn.Module) -> nn.Module:
+    while _is_compiled_wrapper(model):
+        inner = model._orig_mod
+        assert isinstance(inner, nn.Module)
+        model = inner
+    return model
+
+
+@contextmanager
+def _eager_calls(model: nn.Module) -> Iterator[None]:
+    """Inside, every module of ``model`` compiled in place (``module.compile()``) runs its eager call; the
+    compiled calls are put back on exit, also when the body raises."""
+    saved = [(m, m._compiled_call_impl) for m in model.modules() if _compiled_in_place(m)]
+    for m, _ in saved:
+        m._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for m, impl in saved:
+            m._compiled_call_impl = impl
+
+
 def forward_with_uncertainty(model: nn.Module, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     """Run ``model(*args, **kwargs)`` and collect ``u`` from every Bayesian R-LayerNorm layer inside it.
 
@@ -29,6 +69,15 @@ def forward_with_uncertainty(model: nn.Module, *args: Any, **kwargs: Any) -> tup
     so the model sees exactly what it would see without this function. A layer that the model itself calls with
     ``return_uncertainty=True`` keeps returning ``(y, u)``. A layer called more than once gets the keys
     ``name``, ``name#1``, ``name#2``, ... in call order. Hooks are removed on return, also when the forward raises.
+
+    Compiled models: a compiled graph does not see hooks added after it was compiled (dynamo skips guards on
+    module hooks, ``torch._dynamo.config.skip_nnmodule_hook_guards``, so a cached graph would run without them and
+    report no ``u``). So on ``torch.compile(model)``
+    this function runs the original module (``_orig_mod``) eagerly, and a module compiled in place
+    (``module.compile()``) runs its eager call for this one forward: the output and every ``u`` are those of the
+    eager model with the same parameters, and the keys are the original module's names (no ``_orig_mod.``
+    prefix). A ``torch.compile``'d submodule holding Bayesian norm layers inside an uncompiled model raises
+    ``ValueError``: compile the whole model instead, or pass the uncompiled one.
 
     Args:
         model: any module; layers other than ``BayesianRLayerNorm``/``BayesianRLayerNorm2d`` are untouched.
@@ -49,6 +98,14 @@ def forward_with_uncertainty(model: nn.Module, *args: Any, **kwargs: Any) -> tup
     if not isinstance(model, nn.Module):
         raise TypeError(f"forward_with_uncertainty: expected an nn.Module, got {type(model).__name__}")
     kinds = _bayesian_norm_types()
+    model = _unwrap_compiled(model)
+    for name, module in model.named_modules():
+        if _is_compiled_wrapper(module) and any(isinstance(m, kinds) for m in module.modules()):
+            raise ValueError(
+                f"forward_with_uncertainty: submodule {name!r} is a torch.compile'd module holding Bayesian "
+                "R-LayerNorm layers, and its compiled graph cannot report their u. Compile the whole model "
+                "(torch.compile(model)) or pass the uncompiled model"
+            )
     found: dict[str, torch.Tensor] = {}
     handles: list[RemovableHandle] = []
 
@@ -81,7 +138,8 @@ def forward_with_uncertainty(model: nn.Module, *args: Any, **kwargs: Any) -> tup
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post))
     try:
-        output = model(*args, **kwargs)
+        with _eager_calls(model):
+            output = model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -125,6 +183,9 @@ def replace_norm_layers(
       copied when it has one). One that tracks running statistics normalizes with them in eval mode, which no
       R-LayerNorm does, so it raises ``ValueError``.
 
+    A compiled model (``torch.compile(model)``) is converted inside: its next call recompiles. Where
+    ``torch.compile`` was applied to a norm layer itself, ``TypeError`` is raised before anything changes.
+
     The new layers keep the device, dtype and training mode of the old ones. The 2d layers take 4-D input
     only. With ``bayesian=True`` and ``alpha=0`` every converted layer computes the function of the layer it
     replaces (N6 in proofs/norm.md).
@@ -142,6 +203,21 @@ def replace_norm_layers(
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"replace_norm_layers: expected an nn.Module, got {type(model).__name__}")
+
+    def converts(m: nn.Module) -> bool:
+        return (isinstance(m, nn.LayerNorm)
+                or (group_norm and isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels)
+                or (instance_norm and isinstance(m, nn.InstanceNorm2d)))
+
+    for name, module in model.named_modules():
+        # torch.compile(layer) calls the layer it wrapped, whatever its _orig_mod later holds: refuse before any
+        # layer is swapped. (A compiled model whose layers sit deeper recompiles on the swap: dynamo guards it.)
+        if _is_compiled_wrapper(module) and converts(module._orig_mod):
+            raise TypeError(
+                f"replace_norm_layers: {name or 'model'} is torch.compile applied to the norm layer itself, and "
+                "the compiled module would keep calling the old layer. Convert the uncompiled layer or model, then "
+                "compile it"
+            )
     extra: dict[str, Any] = {"lambda_init": lambda_init, "lambda_min": lambda_min, "lambda_max": lambda_max}
     if bayesian:
         extra["alpha"] = alpha

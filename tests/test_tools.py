@@ -171,3 +171,70 @@ def test_replace_norm_layers_options_and_errors() -> None:
         replace_norm_layers(nn.Sequential(nn.LayerNorm(1)))
     with pytest.raises(ValueError, match="alpha"):
         replace_norm_layers(nn.Sequential(nn.LayerNorm(4)), alpha=-1.0)
+
+
+def _bayes_cnn() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), rv.BayesianRLayerNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3),
+                         rv.BayesianRLayerNorm2d(4), nn.Flatten(2), rv.BayesianRLayerNorm(16))
+
+
+def _assert_same_result(got: tuple[torch.Tensor, dict[str, torch.Tensor]],
+                        want: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> None:
+    assert set(got[1]) == set(want[1]) == {"1", "4", "6"}  # the original module's names, no "_orig_mod."
+    for key, u in want[1].items():
+        assert torch.equal(got[1][key], u), key
+    assert torch.equal(got[0], want[0])
+
+
+def test_compiled_model_gives_the_eager_u() -> None:
+    """torch.compile(model): the same output and the same u per layer as the eager model, also after the compiled
+    model has run on its own (its cached graph has no hooks: before the fix this returned {})."""
+    torch.manual_seed(4)
+    model = _bayes_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x))  # the compiled graph runs, and is cached without hooks
+    want = forward_with_uncertainty(model, x)
+    _assert_same_result(forward_with_uncertainty(compiled, x), want)
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_model_compiled_in_place_gives_the_eager_u() -> None:
+    """module.compile(): the eager call runs for this forward and the compiled call is put back afterwards."""
+    torch.manual_seed(5)
+    model = _bayes_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    want = forward_with_uncertainty(model, x)
+    model.compile(backend="eager", fullgraph=True)
+    model[1].compile(backend="eager")
+    compiled_calls = (model._compiled_call_impl, model[1]._compiled_call_impl)
+    model(x)  # the compiled call runs and is cached without hooks
+    _assert_same_result(forward_with_uncertainty(model, x), want)
+    assert (model._compiled_call_impl, model[1]._compiled_call_impl) == compiled_calls
+
+
+def test_compiled_submodule_is_refused() -> None:
+    inner = _bayes_cnn()
+    model = nn.Sequential(torch.compile(inner, backend="eager"), nn.ReLU())
+    with pytest.raises(ValueError, match=r"submodule '0' is a torch.compile'd module.*Compile the whole model"):
+        forward_with_uncertainty(model, torch.randn(2, 3, 8, 8))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in inner.modules())
+    plain = nn.Sequential(torch.compile(nn.Linear(4, 4), backend="eager"), rv.BayesianRLayerNorm(4))
+    out, us = forward_with_uncertainty(plain, torch.randn(3, 4))  # nothing Bayesian inside the compiled part
+    assert set(us) == {"1"} and out.shape == (3, 4)
+
+
+def test_replace_norm_layers_on_compiled_models() -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(3, 8)
+    compiled(x)
+    assert replace_norm_layers(compiled, alpha=0.0) is compiled
+    assert isinstance(model[1], rv.BayesianRLayerNorm)
+    assert torch.equal(compiled(x), model(x))  # the swap is seen: dynamo recompiles
+    wrapped_layer = nn.Sequential(torch.compile(nn.LayerNorm(8), backend="eager"))
+    with pytest.raises(TypeError, match=r"torch\.compile applied to the norm layer itself"):
+        replace_norm_layers(wrapped_layer)
+    assert isinstance(wrapped_layer[0]._orig_mod, nn.LayerNorm)  # refused before anything changed
