@@ -13,7 +13,7 @@ STAMP := $(VENV)/.rln-installed
 TORCH_PIN ?= torch==2.13.0
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 
-.PHONY: all env test lint typecheck proofs pytest verify bench bench-quick docs clean
+.PHONY: all env test lint typecheck proofs pytest sanitize verify bench bench-quick docs clean
 
 all: test
 
@@ -46,10 +46,47 @@ typecheck: $(STAMP)
 proofs: $(STAMP)
 	@set -e; for f in proofs/*.py; do echo "[proof] $$f"; $(PY) $$f; done
 
-pytest: $(STAMP)
-	$(PY) -m pytest
+# Where a C compiler exists the C kernels must build and be in use (issue 17): under RLN_VERIFIED_REQUIRE_NATIVE=1 a
+# kernel that fails to build or load raises instead of falling back to the eager path (rln_verified/_native_build.py).
+NATIVE_CC := $(shell command -v "$${CC:-cc}" || command -v gcc || command -v clang)
+pytest sanitize: export RLN_VERIFIED_REQUIRE_NATIVE ?= $(if $(NATIVE_CC),1,0)
 
-test: lint typecheck proofs docs pytest bench-quick
+# -n 2: pytest-xdist over two processes (a crashed worker's test is reported failed and the worker restarted). The
+# transform matrix's page, docs/transforms.md, is then generated from the cells' recorded outcomes.
+pytest: $(STAMP)
+	$(PY) -m pytest -n 2; rc=$$?; $(PY) docs/gen_transforms.py || rc=1; exit $$rc
+
+test: lint typecheck proofs docs pytest sanitize bench-quick
+
+# The C kernels under AddressSanitizer and UBSan (issue 12). RLN_VERIFIED_SANITIZE=1 rebuilds them with
+# -fsanitize=address,undefined (cached apart from the normal build); Python runs with the ASan runtime preloaded, and
+# libstdc++ with it, so that ASan can intercept the C++ exceptions torch throws. Any finding aborts the run (and
+# xdist reports the worker's test as failed); --capture=sys leaves file descriptor 2 alone, so the report shows. The
+# selection: the tests that run kernel code (the kernels' own tests, the fused layers, the custom ops, the float32
+# layer claims, and the transform cells that reach C: eager, autocast, jit.trace), less those whose time goes to
+# float64 or plain-torch second-order work that never enters C. About 1.5 min of CPU time. Without a compiler there
+# is no kernel to check; a compiler without libasan fails with what to install.
+SANITIZE_TESTS ?= tests/test_native.py tests/test_native_build.py tests/test_gaussian.py tests/test_bayesian_linear.py \
+  tests/test_norm.py $(wildcard tests/test_norm_ops.py tests/test_bayes_ops.py tests/test_transforms.py)
+SANITIZE_SELECT ?= (native or std_exp or fused or norm_ops or bayes_ops or (transforms and (eager or autocast or \
+  jit_trace)) or (claims and float32 and not eager)) and not (second_order or second_derivative or gradcheck or \
+  func_transforms)
+SANITIZE_OPTS = ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  RLN_VERIFIED_SANITIZE=1 RLN_TRANSFORMS_RESULTS=build/transforms-sanitize
+
+sanitize: $(STAMP)
+	@if [ -z "$(NATIVE_CC)" ]; then \
+	  if [ "$$RLN_VERIFIED_REQUIRE_NATIVE" = 1 ]; then \
+	    echo "[sanitize] no C compiler, but RLN_VERIFIED_REQUIRE_NATIVE=1 demands the C kernels"; exit 1; fi; \
+	  echo "[sanitize] no C compiler: no C kernel to check"; exit 0; fi; \
+	asan=$$("$(NATIVE_CC)" -print-file-name=libasan.so); \
+	if [ "$${asan#/}" = "$$asan" ] || [ ! -e "$$asan" ]; then \
+	  echo "[sanitize] $(NATIVE_CC) has no AddressSanitizer runtime (libasan.so): install gcc's (Debian/Ubuntu:" \
+	    "libasan8, which the gcc package pulls in), or point CC at a gcc that has it"; exit 1; fi; \
+	cxx=$$("$(NATIVE_CC)" -print-file-name=libstdc++.so.6); \
+	echo "[sanitize] LD_PRELOAD=$$asan $$cxx"; \
+	LD_PRELOAD="$$asan $$cxx" $(SANITIZE_OPTS) $(PY) -m pytest -q -n 2 --capture=sys $(SANITIZE_TESTS) \
+	  -k "$(SANITIZE_SELECT)"
 
 # rln-verify with the default profile (dev; RLN_VERIFY_OPTS="--profile ci" for more examples).
 RLN_VERIFY_OPTS ?=

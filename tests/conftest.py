@@ -64,6 +64,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # RLN_VERIFIED_REQUIRE_NATIVE=1 with RLN_VERIFIED_NATIVE=0 would skip every kernel test: refuse the session.
+    from rln_verified._native_build import settings_problem
+
+    problem = settings_problem()
+    if problem is not None:
+        raise pytest.UsageError(problem)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Every test that takes a ``device`` argument runs on each available device.
     if "device" in metafunc.fixturenames:

@@ -15,19 +15,29 @@ from hypothesis import example, given, target
 from hypothesis import strategies as st
 
 import rln_verified as rv
-from rln_verified import _native
+from rln_verified import _native, _native_build
 from rln_verified._rnorm import bayesian_r_layer_norm, bayesian_r_layer_norm2d, r_layer_norm, r_layer_norm2d
 
 U32 = 2.0**-24 + 2.0**-40
 TINY = 2.0**-150  # rounding into float32's subnormal range is off by up to half its spacing 2^-149
 
-pytestmark = pytest.mark.skipif(
+# The tests below compare the kernel with its reference, so they need it. Whether it should be here is the next
+# test's question, which is never skipped for its absence. Under RLN_VERIFIED_REQUIRE_NATIVE=1 (make test, where a
+# compiler exists) a kernel that fails to build raises already here, at collection.
+needs_kernel = pytest.mark.skipif(
     not _native.available(), reason=f"the fused kernel is not in use here: {_native.reason()}"
 )
 
 
 def test_kernel_is_in_use_where_a_compiler_exists() -> None:
     # CI machines have a C compiler; the fused kernel must then be the one the float32 layers run.
+    if _native_build.off_by_request() and not _native_build.required():
+        pytest.skip("RLN_VERIFIED_NATIVE=0: the kernel is off by request")
+    try:
+        _native_build.compiler()
+    except RuntimeError:
+        if not _native_build.required():
+            pytest.skip("no C compiler here")
     assert _native.available(), _native.reason()
     x = torch.randn(2, 3, 4, 5)
     lam = torch.tensor(0.5)
@@ -149,6 +159,7 @@ def _margins(case: dict[str, Any]) -> float:
     return max(ratios)
 
 
+@needs_kernel
 @pytest.mark.claim("N11")
 @given(cases())
 @example(_pin(True, (2, 3, 4, 5), [1.0]))  # constant groups
@@ -169,6 +180,7 @@ def test_fused_kernel_matches_float64_formula(case: dict[str, Any]) -> None:
     assert margin <= 1.0, margin
 
 
+@needs_kernel
 @pytest.mark.claim("N11", "N9")
 def test_nan_and_inf_stay_in_their_group() -> None:
     x = torch.randn(3, 2, 4, 4)
@@ -186,6 +198,7 @@ def test_nan_and_inf_stay_in_their_group() -> None:
     assert not bool(finite_y[bad].any())
 
 
+@needs_kernel
 @pytest.mark.claim("N11")
 @pytest.mark.parametrize("two_d", [True, False])
 def test_threads_split_groups_without_changing_results(two_d: bool) -> None:
