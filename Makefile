@@ -13,7 +13,7 @@ STAMP := $(VENV)/.rln-installed
 TORCH_PIN ?= torch==2.13.0
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 
-.PHONY: all env test lint typecheck proofs pytest sanitize verify bench bench-quick docs clean
+.PHONY: all env test lint typecheck proofs pytest sanitize verify verify-thorough bench bench-quick docs clean
 
 all: test
 
@@ -53,8 +53,13 @@ pytest sanitize: export RLN_VERIFIED_REQUIRE_NATIVE ?= $(if $(NATIVE_CC),1,0)
 
 # -n 2: pytest-xdist over two processes (a crashed worker's test is reported failed and the worker restarted). The
 # transform matrix's page, docs/transforms.md, is then generated from the cells' recorded outcomes.
+# Hypothesis draws new cases per commit: the seed is the commit hash's first 8 hex digits (printed in the header);
+# `make pytest HYPOTHESIS_SEED=N` replays a run. Failing examples it finds are pinned as @example.
+HYPOTHESIS_SEED ?= $(shell h=$$(git rev-parse --short=8 HEAD 2>/dev/null) && printf "%d" "0x$$h")
+SEED_OPT = $(if $(HYPOTHESIS_SEED),--hypothesis-seed=$(HYPOTHESIS_SEED))
+
 pytest: $(STAMP)
-	$(PY) -m pytest -n 2; rc=$$?; $(PY) docs/gen_transforms.py || rc=1; exit $$rc
+	$(PY) -m pytest -n 2 $(SEED_OPT); rc=$$?; $(PY) docs/gen_transforms.py || rc=1; exit $$rc
 
 test: lint typecheck proofs docs pytest sanitize bench-quick
 
@@ -92,6 +97,12 @@ sanitize: $(STAMP)
 RLN_VERIFY_OPTS ?=
 verify: $(STAMP)
 	$(BIN)/rln-verify $(RLN_VERIFY_OPTS)
+
+# The thorough profile (10x ci's examples) over every claim, and the claim-marked tests with it. Run it before
+# resolving an issue that touches a kernel; its summary goes in the closing note.
+verify-thorough: $(STAMP)
+	$(BIN)/rln-verify --profile thorough $(if $(HYPOTHESIS_SEED),--seed $(HYPOTHESIS_SEED))
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -n 2 -q -m claim $(SEED_OPT) -p no:randomly
 
 # The site: docs/gen_site.py assembles docs/build/src, mkdocs builds docs/build/site (strict: a broken
 # link or a page missing from the nav fails).

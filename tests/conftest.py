@@ -2,8 +2,8 @@
 
 Profiles (pick with HYPOTHESIS_PROFILE; under CI the default is ``ci``):
   dev       quick local runs
-  ci        extends Hypothesis' built-in ``ci`` profile (derandomized, no database)
-  thorough  10x the examples of ``ci``
+  ci        extends Hypothesis' built-in ``ci`` profile (no database), seeded from the commit by ``make test``
+  thorough  10x the examples of ``ci`` (``make verify-thorough``)
 """
 
 from __future__ import annotations
@@ -14,33 +14,12 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
-CI_EXAMPLES = 60
+from rln_verified.verify._profiles import register_profiles
 
-try:
-    _builtin_ci = settings.get_profile("ci")
-except Exception:  # older Hypothesis has no built-in ci profile
-    _builtin_ci = settings(derandomize=True, database=None)
-
-# deadline=None: the first example of each test pays torch's kernel warm-up, so per-example
-# time is not meaningful. too_slow is suppressed for the same reason: mpmath references at 50
-# digits are slow by design.
-settings.register_profile(
-    "ci",
-    parent=_builtin_ci,
-    max_examples=CI_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile(
-    "thorough",
-    parent=settings.get_profile("ci"),
-    max_examples=10 * CI_EXAMPLES,
-)
+# The profiles are rln_verified.verify's (one registration for pytest and rln-verify).
+register_profiles()
 _default = "ci" if os.environ.get("CI") else "dev"
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
 
@@ -79,11 +58,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("device", DEVICES)
 
 
+def _seed_line(config: pytest.Config) -> str:
+    seed = config.getoption("hypothesis_seed", default=None)
+    if seed is None:
+        return "none given (derandomized profiles repeat their cases; others draw afresh)"
+    return f"{seed} (replay: make pytest HYPOTHESIS_SEED={seed})"
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     cuda = "cuda available" if torch.cuda.is_available() else "cuda NOT available: CUDA cases not generated"
     return [
         f"rln_verified: torch {torch.__version__}; devices covered: {', '.join(DEVICES)} ({cuda})",
-        f"rln_verified: hypothesis profile {settings.get_current_profile_name()}",
+        f"rln_verified: hypothesis profile {settings.get_current_profile_name()}, seed {_seed_line(config)}",
     ]
 
 
@@ -118,7 +104,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.write_line(f"devices covered: {', '.join(DEVICES)}")
     if not torch.cuda.is_available():
         tr.write_line("cuda: not available on this machine, so no CUDA cases ran (not a silent skip)")
-    tr.write_line(f"hypothesis profile: {settings.get_current_profile_name()}")
+    tr.write_line(f"hypothesis profile: {settings.get_current_profile_name()}, seed {_seed_line(config)}")
     if config.getoption("--verify-summary"):
         from rln_verified.claims import CLAIMS
 

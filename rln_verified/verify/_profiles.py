@@ -1,7 +1,9 @@
 """Hypothesis profiles shared by the pytest suite and ``rln-verify``.
 
 dev       quick local runs (25 examples)
-ci        extends Hypothesis' built-in ``ci`` profile (derandomized, no database), 60 examples
+ci        extends Hypothesis' built-in ``ci`` profile (no database), 60 examples, not derandomized: each CI run
+          takes its seed from the commit (``make test`` passes ``--hypothesis-seed``), so every commit explores new
+          cases and a failure replays with one command
 thorough  10x the examples of ``ci``
 """
 
@@ -23,7 +25,7 @@ def register_profiles() -> None:
         builtin_ci = settings(derandomize=True, database=None)
     # deadline=None: the first example pays torch's kernel warm-up, so per-example time is not
     # meaningful. too_slow is suppressed for the same reason (50-digit mpmath references are slow).
-    settings.register_profile("ci", parent=builtin_ci, max_examples=CI_EXAMPLES, deadline=None,
+    settings.register_profile("ci", parent=builtin_ci, max_examples=CI_EXAMPLES, deadline=None, derandomize=False,
                               suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("dev", max_examples=25, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])
