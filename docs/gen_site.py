@@ -28,6 +28,7 @@ DEFAULT_OUT = DOCS / "build" / "src"
 GENERATED = {
     "audit.md": "python docs/gen_audit.py",
     "verification-report.md": "rln-verify --profile ci --markdown docs/verification-report.md",
+    "transforms.md": ".venv/bin/pytest tests/test_transforms.py -n 2; .venv/bin/python docs/gen_transforms.py",
 }
 
 # Plots made by the scripts in docs/ from real runs, shown under the proofs they illustrate.
