@@ -10,6 +10,9 @@ run the fused kernel of ``_native_gauss``. Under ``torch.func`` the plain autogr
 ``torch.compile``/``torch.export``/``torch.jit.trace`` the plain forms with the kernels as ``torch.library`` operators.
 Every hand-written backward, asked for a graph (``create_graph=True``), returns the VJP of the plain forms instead
 (``_dispatch.recompute_vjp``), so second and higher derivatives are right.
+float32 on CUDA takes the compile path in eager mode too: the plain forms with the kernels as operators, whose CUDA
+kernels (``_native_gauss.exp_clamp_cuda``, ``relu_moments_cuda``) are eager torch, so CUDA eager, compile and
+autocast run one code path.
 
 Autocast: each layer computes in float32 (or its parameters' wider dtype) with autocast disabled inside, and
 returns the autocast dtype, as ``nn.Linear`` does.
@@ -134,9 +137,13 @@ _interpreters = torch._C._functorch.peek_interpreter_stack
 
 
 def _plain(*tensors: torch.Tensor | None) -> bool:
-    """Nothing records the call (compile, export, jit.trace) and no torch.func transform is active: the custom
-    autograd Functions below may be used."""
+    """Nothing records the call (compile, export, jit.trace), no torch.func transform is active and the first tensor
+    is not float32 CUDA: the custom autograd Functions below may be used. float32 CUDA takes the path compile takes
+    (plain forms with the kernels as operators, whose CUDA kernels are eager torch), in eager mode too."""
     if recording() or _interpreters() is not None:
+        return False
+    t0 = tensors[0]
+    if t0 is not None and t0.is_cuda and t0.dtype == torch.float32:  # the operator path, as under compile
         return False
     for t in tensors:  # a loop, not any(...): this runs on every layer call  # noqa: SIM110
         if t is not None and _wrapped(t):
@@ -705,9 +712,14 @@ class BayesianLinear(nn.Module):
             return sd.square() if square else sd
         # The same values, a shorter backward (_ExpStd); always where the fused kernel serves, whose exp is then
         # the std's exp for every use of this rho. Under compile/export/trace: the kernel as an operator.
-        if recording() and not onnx_exporting() and rho.dtype == torch.float32 and rho.is_cpu:
-            op_out: torch.Tensor = _native_gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
-            return op_out
+        if recording():
+            if not onnx_exporting() and rho.dtype == torch.float32 and (rho.is_cpu or rho.is_cuda):
+                op_out: torch.Tensor = _native_gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
+                return op_out
+        elif rho.is_cuda and rho.dtype == torch.float32 and _interpreters() is None and not _wrapped(rho):
+            # float32 CUDA, eager: the operator, as under compile (its CUDA kernel is torch's exp)
+            cuda_out: torch.Tensor = _native_gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
+            return cuda_out
         if _plain(rho) and (rho.numel() >= _FUSE_MIN or _native_gauss.usable(rho)):
             out: torch.Tensor = _ExpStd.apply(rho, math.log(lo), math.log(hi), square)  # type: ignore[no-untyped-call]
             return out

@@ -306,7 +306,8 @@ def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, t
     ``sigma = 0`` gives ``(relu(mu), 0)`` with finite gradients (RELU-3). The backward is closed form
     (RELU-5). ``sigma < 0`` or a NaN input gives NaN at that element only. float32 on CPU runs the fused kernel
     of ``_native/gauss.c`` (same forms, within 1 float32 ulp of the eager path, RELU-6), and the eager kernel
-    where it is not built.
+    where it is not built; float32 on CUDA runs the operator ``rln_verified::relu_moments_f32``, whose CUDA kernel
+    evaluates the eager forms.
 
     Args:
         mu, sigma: floating-point tensors of one dtype that broadcast together.
@@ -319,13 +320,16 @@ def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, t
     refuse_onnx("relu_moments")
     if recording() or mu_b.is_meta:
         # compile/export/jit.trace and meta tensors: the kernel as one opaque operator with a shape function
-        if mu_b.dtype == torch.float32 and (mu_b.is_cpu or mu_b.is_meta):
+        if mu_b.dtype == torch.float32 and (mu_b.is_cpu or mu_b.is_meta or mu_b.is_cuda):
             mean, var, _ = _native_gauss.relu_moments_op(mu_b, sigma_b)
             return mean, var
     elif under_func_transform(mu_b, sigma_b):  # torch.func: the plain forms, which every transform understands
         return _native_gauss.relu_moments_plain(mu_b, sigma_b)
     elif _native_gauss.usable(mu_b, sigma_b):  # float32 on CPU: the fused kernel, same forms (RELU-6)
         return _native_gauss.relu_moments_f32(mu_b, sigma_b)
+    elif mu_b.is_cuda and mu_b.dtype == torch.float32:  # float32 CUDA: the operator, as under compile
+        mean, var, _ = _native_gauss.relu_moments_op(mu_b, sigma_b)
+        return mean, var
     mean, var = _ReluMoments.apply(mu_b.to(torch.float64), sigma_b.to(torch.float64))  # type: ignore[no-untyped-call]
     return mean.to(mu.dtype), var.to(mu.dtype)
 

@@ -81,8 +81,9 @@ class _RNormBase(nn.Module):
     def _fused(
         self, x: torch.Tensor, two_d: bool, p: int, l_: int, u_shape: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The fused float32 kernel on x viewed as (p, l_) planes, or None where it does not apply (N11).
-        It takes the raw lambda parameter and the un-reshaped affine, so the graph has one node."""
+        """The fused float32 kernel on x viewed as (p, l_) planes (N11), or on CUDA the operator with its CUDA kernel
+        (the plain formula), or None where neither applies. It takes the raw lambda parameter and the un-reshaped
+        affine, so the graph has one node."""
         if x.dtype != torch.float32 or onnx_exporting():
             return None
         if not recording() and under_func_transform(x, self.lambda_raw):

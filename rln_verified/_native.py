@@ -75,13 +75,18 @@ _kernel_ready_const = torch.compiler.assume_constant_result(_kernel_ready)  # ty
 
 
 def usable(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam: Tensor, mode: int, p: int, l_: int) -> bool:
-    """True when the fused kernel applies to ``x`` viewed as contiguous (p, l_) planes: float32 tensors on the CPU
-    (or meta), not under a torch.func transform, with an affine of the given mode (see :class:`PlaneConfig`)."""
+    """True when the operator applies to ``x`` viewed as contiguous (p, l_) planes: float32 tensors all on the CPU
+    (or meta; the fused kernel must be built) or all on CUDA (the operator's CUDA kernel, :func:`cuda_forward`), with
+    an affine of the given mode (see :class:`PlaneConfig`). The caller has ruled out torch.func transforms."""
     if x.dtype != torch.float32 or p < 1 or l_ < 2 or lam.numel() != 1 or x.numel() == 0:
         return False
+    cpu_like = True
     for t in (x, weight, bias, lam):
         if t is not None and (t.dtype != torch.float32 or not (t.is_cpu or t.is_meta)):
-            return False
+            cpu_like = False
+            break
+    if not cpu_like and not _all_cuda_f32(x, weight, bias, lam):
+        return False
     if weight is None:
         if bias is not None or mode != 0:
             return False
@@ -94,9 +99,19 @@ def usable(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam: Tensor, m
             return False
         if mode not in (1, 2):
             return False
+    if not cpu_like:  # CUDA: the operator's CUDA kernel is plain torch, always there
+        return True
     if torch.compiler.is_compiling():
         return bool(_kernel_ready_const())
     return available()
+
+
+def _all_cuda_f32(*tensors: Tensor | None) -> bool:
+    """Every tensor given is a float32 CUDA tensor (the operator's CUDA kernel applies); None counts."""
+    for t in tensors:  # noqa: SIM110
+        if t is not None and (t.dtype != torch.float32 or not t.is_cuda):
+            return False
+    return True
 
 
 # ---- the C boundary: nothing crosses unchecked ----------------------------------------------------------
@@ -290,6 +305,82 @@ def _check_forward_shapes(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src
     return groups
 
 
+# ---- the CUDA kernels: the plain formula, eager torch on any device --------------------------------------
+#
+# CUDA has no fused kernel. The operators' CUDA kernels evaluate ``plain`` (the formula of N0 in torch operations,
+# float32 planes with float64 per-group sums), so a float32 CUDA call takes the operator path in eager mode, under
+# torch.compile and under autocast alike. ``stats`` is a placeholder there: zeros of the (groups, 4) float64 shape
+# the schema and the fake kernel promise; only the CUDA backward receives it, and it does not read it, since it
+# differentiates the formula at the saved inputs. Neither function reads a data pointer, so neither is tied to
+# CUDA: the tests call them on CPU tensors.
+
+
+def _check_formula_args(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig) -> int:
+    """The number of groups, after the checks of the C boundary that do not concern memory: dtype, sizes, the affine
+    mode, and every tensor on x's device."""
+    if cfg.mode not in (0, 1, 2):
+        raise ValueError(f"rnorm kernel: mode must be 0, 1 or 2, got {cfg.mode}")
+    groups = _check_forward_shapes(x, w, b, lam_src, cfg)
+    if lam_src.numel() != 1:
+        raise ValueError(f"rnorm kernel: lambda must have 1 elements, got {lam_src.numel()}")
+    if w is None and (b is not None or cfg.mode != 0):
+        raise ValueError("rnorm kernel: a bias or an affine mode needs a weight")
+    if w is not None and b is not None and b.numel() != w.numel():
+        raise ValueError(f"rnorm kernel: bias must have {w.numel()} elements, got {b.numel()}")
+    for name, t in (("weight", w), ("bias", b), ("lambda", lam_src)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"rnorm kernel: {name} is on {t.device}, x on {x.device}; move both to one device")
+    return groups
+
+
+@rnorm_forward.register_kernel("cuda")
+def cuda_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, lo: float | None, hi: float,
+                 eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int,
+                 l: int) -> tuple[Tensor, Tensor, Tensor]:  # noqa: E741
+    """The CUDA kernel of ``rnorm_forward``: ``(y, u, stats)`` from the plain formula (N0, same values as the fused
+    kernel up to rounding, N11); ``stats`` zeros (a placeholder only :func:`cuda_backward` receives)."""
+    cfg = PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l)
+    groups = _check_formula_args(x, weight, bias, lam_src, cfg)
+    y, u = plain(x, weight, bias, lam_src, cfg)
+    return y.contiguous(), u.contiguous(), x.new_zeros((groups, _NSTAT), dtype=torch.float64)
+
+
+@rnorm_backward.register_kernel("cuda")
+def cuda_backward(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
+                  lo: float | None, hi: float, eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int,
+                  l: int, need_w: bool, need_b: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # noqa: E741
+    """The CUDA kernel of ``rnorm_backward``: the VJP of the plain formula at ``x`` (``torch.func.vjp``, which works
+    below the dispatcher's autograd key, where a kernel runs). ``stats`` is checked for shape only and not read.
+
+    The backward op receives no bias: y is ``... + bias``, so dL/dbias does not depend on its value, and the VJP is
+    taken at a zero bias of the weight's shape."""
+    cfg = PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l)
+    groups = _check_formula_args(x, weight, None, lam_src, cfg)
+    if stats.dtype != torch.float64 or stats.numel() != groups * _NSTAT:
+        raise ValueError(f"rnorm kernel: stats must be {groups * _NSTAT} float64 values, got {stats.numel()} "
+                         f"{stats.dtype}")
+    if gy.dtype != torch.float32 or gy.shape != x.shape:
+        raise ValueError(f"rnorm kernel: grad of y must be float32 of shape {tuple(x.shape)}, got {gy.dtype} "
+                         f"{tuple(gy.shape)}")
+    if gu is not None and (gu.dtype != torch.float32 or gu.numel() != groups):
+        raise ValueError(f"rnorm kernel: grad of u must be {groups} float32 values, got {gu.numel()} {gu.dtype}")
+    gu_flat = gu.reshape(-1) if (gu is not None and bayes) else x.new_zeros(groups)
+    bias0 = torch.zeros_like(weight) if (weight is not None and need_b) else None
+
+    def formula(x_: Tensor, lam_: Tensor, *affine: Tensor) -> tuple[Tensor, Tensor]:
+        w_ = affine[0] if weight is not None else None
+        b_ = affine[1] if bias0 is not None else None
+        return plain(x_, w_, b_, lam_, cfg)
+
+    primals = [x, lam_src] + ([weight] if weight is not None else []) + ([bias0] if bias0 is not None else [])
+    vjp_fn = torch.func.vjp(formula, *primals)[1]
+    grads = vjp_fn((gy, gu_flat))
+    empty = x.new_empty(0)
+    g_w = grads[2].contiguous() if (weight is not None and need_w) else empty
+    g_b = grads[3].contiguous() if bias0 is not None else empty.clone()
+    return grads[0].contiguous(), g_w, g_b, grads[1].contiguous()
+
+
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     x, weight, bias, lam_src, *rest = inputs
     _, _, stats = output
@@ -372,5 +463,5 @@ def apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor
     return y, u.reshape(u_shape)
 
 
-__all__ = ["PlaneConfig", "apply", "available", "disabled", "library", "plain", "reason", "rnorm_backward",
-           "rnorm_forward", "usable"]
+__all__ = ["PlaneConfig", "apply", "available", "cuda_backward", "cuda_forward", "disabled", "library", "plain",
+           "reason", "rnorm_backward", "rnorm_forward", "usable"]

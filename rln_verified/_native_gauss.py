@@ -301,13 +301,12 @@ def _(g_mean: torch.Tensor, g_var: torch.Tensor, mu: torch.Tensor, s: torch.Tens
 
 def recompute_plain_relu_vjp(g_mean: torch.Tensor, g_var: torch.Tensor, mu: torch.Tensor,
                              s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VJP of :func:`relu_moments_plain` (no graph): the fallback of the backward op without a kernel."""
-    with torch.enable_grad():
-        m = mu.detach().requires_grad_(True)
-        sd = s.detach().requires_grad_(True)
-        mean, var = relu_moments_plain(m, sd)
-        g_mu, g_s = torch.autograd.grad([mean, var], [m, sd], [g_mean, g_var])
-    return g_mu, g_s
+    """The VJP of :func:`relu_moments_plain` (no graph): the backward op's CUDA kernel, and its CPU kernel where the
+    C kernel is not built. ``torch.func.vjp``, not ``torch.autograd.grad``: an operator's kernel runs below the
+    dispatcher's autograd key, where ``autograd.grad`` would see no graph."""
+    vjp_fn = torch.func.vjp(relu_moments_plain, mu, s)[1]
+    g_mu, g_s = vjp_fn((g_mean, g_var))
+    return g_mu.contiguous(), g_s.contiguous()
 
 
 def _relu_op_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -383,6 +382,56 @@ def _exp_op_backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, Non
 exp_clamp_op.register_autograd(_exp_op_backward, setup_context=_exp_op_setup)
 
 
+# ---- the CUDA kernels: the eager forms, plain torch on any device ----------------------------------------------
+#
+# CUDA has no fused kernel: the operators' CUDA kernels evaluate the same forms in plain torch, so a float32 CUDA
+# call takes the operator path in eager mode, under torch.compile and under autocast alike. ``aux`` is a placeholder
+# there (zeros of the NAUX * n float64 shape the schema and the fake kernel promise): the CUDA backward receives it
+# and does not read it, since it differentiates the forms at the saved inputs. No data pointer is read, so the tests
+# call these functions on CPU tensors.
+
+
+def _check_formula(fn: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
+    """The checks of the C boundary that do not concern memory: float32, ``ref``'s shape and device."""
+    for name, t in (("first argument", ref), *others.items()):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{fn}: {name} must be torch.float32, got {t.dtype}; cast with .float() first")
+        if t.device != ref.device:
+            raise ValueError(f"{fn}: {name} is on {t.device}, the first argument on {ref.device}")
+    _check_same_shape(fn, ref, **others)
+
+
+@relu_moments_op.register_kernel("cuda")
+def relu_moments_cuda(mu: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CUDA kernel of ``relu_moments_f32``: ``(mean, var, aux)`` from the eager forms of RELU-1/RELU-4 (float64,
+    rounded once to float32), ``aux`` zeros."""
+    _check_formula("relu_moments_f32", mu, s=s)
+    mean, var = relu_moments_plain(mu, s)
+    return mean.contiguous(), var.contiguous(), mu.new_zeros((NAUX * mu.numel(),), dtype=torch.float64)
+
+
+@relu_moments_bwd_op.register_kernel("cuda")
+def relu_moments_bwd_cuda(g_mean: torch.Tensor, g_var: torch.Tensor, mu: torch.Tensor, s: torch.Tensor,
+                          aux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA kernel of ``relu_moments_bwd_f32``: the VJP of the eager forms at ``(mu, s)`` (RELU-5 by autograd).
+    ``aux`` is checked for shape only and not read."""
+    _check_formula("relu_moments_bwd_f32", mu, s=s, g_mean=g_mean, g_var=g_var)
+    if aux.dtype != torch.float64 or aux.numel() != NAUX * mu.numel():
+        raise ValueError(f"relu_moments_bwd_f32: aux must be {NAUX * mu.numel()} float64 values, got "
+                         f"{aux.numel()} {aux.dtype}")
+    return recompute_plain_relu_vjp(g_mean, g_var, mu, s)
+
+
+@exp_clamp_op.register_kernel("cuda")
+def exp_clamp_cuda(rho: torch.Tensor, lo: float, hi: float, square: bool) -> torch.Tensor:
+    """The CUDA kernel of ``exp_clamp_f32``: torch's ``exp(clamp(rho, lo, hi))`` (squared when ``square``); its
+    gradient is the operator's autograd formula, as on the CPU."""
+    _check_formula("exp_clamp_f32", rho)
+    return exp_clamp_plain(rho, lo, hi, square).contiguous()
+
+
 class _ReluMomentsF32(torch.autograd.Function):
     """RELU-6: the moments of relu(N(mu, sigma^2)) for float32 ``mu`` and ``sigma`` of one shape. Saves mu, sigma and
     three float64 planes (mean, phi(|a|), Q(|a|)), so the backward evaluates no transcendental function."""
@@ -410,6 +459,7 @@ def relu_moments_f32(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tenso
     return out[0], out[1]
 
 
-__all__ = ["NAUX", "available", "backward_raw", "disabled", "exp_clamp", "exp_clamp_op", "exp_clamp_plain",
-           "exp_max_ulp", "forward_raw", "kl_backward_raw", "kl_forward_raw", "library", "reason",
-           "relu_moments_bwd_op", "relu_moments_f32", "relu_moments_op", "relu_moments_plain", "usable"]
+__all__ = ["NAUX", "available", "backward_raw", "disabled", "exp_clamp", "exp_clamp_cuda", "exp_clamp_op",
+           "exp_clamp_plain", "exp_max_ulp", "forward_raw", "kl_backward_raw", "kl_forward_raw", "library", "reason",
+           "relu_moments_bwd_cuda", "relu_moments_bwd_op", "relu_moments_cuda", "relu_moments_f32",
+           "relu_moments_op", "relu_moments_plain", "usable"]

@@ -159,7 +159,8 @@ def rnorm_planes(
     """Apply the kernel to ``x`` of shape (..., P, L); weight and bias broadcast against it.
 
     A weight of shape (..., 1, 1) is per group (per channel); any other shape is elementwise.
-    float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N11).
+    float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N11); float32
+    CUDA inputs through the operator ``rln_verified::rnorm_forward``, whose CUDA kernel is :func:`plain_planes`.
     """
     if onnx_exporting():  # ONNX has neither the operator nor frexp: plain operations only
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d, no_frexp=True)
