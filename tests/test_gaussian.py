@@ -304,6 +304,21 @@ def test_kl_where_the_old_kernel_overflowed(dtype: torch.dtype, r: float) -> Non
 
 
 @pytest.mark.claim("KL-1")
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_kl_where_the_ratio_underflows(dtype: torch.dtype) -> None:
+    """KL-1 has no lower limit on r = sigma_q/sigma_p: where the quotient underflows, ln r comes from log sigma_q -
+    log sigma_p. float64: KL(N(0, 1e-300^2) || N(0, 1e300^2)) = 0.5 (r^2 - 1) - ln r = 1381.05... (mpmath)."""
+    fi = torch.finfo(dtype)
+    sq, sp = (1e-300, 1e300) if dtype == torch.float64 else (float(fi.tiny), float(fi.max) / 64)
+    args = [torch.tensor([v], dtype=dtype) for v in (0.0, sq, 0.0, sp)]
+    want = kl_ref(*(float(a.double()) for a in args))
+    if dtype == torch.float64:
+        assert abs(float(want) - 1381.0511) < 1e-4  # the reference itself: -ln(1e-600) - 1/2
+    got = float(kl_normal(*args).double())
+    assert math.isfinite(got) and abs(got - float(want)) <= kl_tol(dtype) * float(want), (got, float(want))
+
+
+@pytest.mark.claim("KL-1")
 def test_kl_matches_quad() -> None:
     from scipy import integrate, stats
 
@@ -417,9 +432,17 @@ def test_native_relu_kernel_is_used_for_float32_cpu_only() -> None:
         assert not _native_gauss.usable(x, x)
     m, _ = relu_moments(x.requires_grad_(), torch.ones(3))
     assert type(m.grad_fn).__name__ == "_ReluMomentsF32Backward"
-    # torch.func keeps the eager kernel (its vmap rule), and agrees with it within RELU-6's 1 ulp.
-    vm, vv = torch.vmap(relu_moments)(torch.randn(2, 5), torch.rand(2, 5) + 0.1)
+    # torch.func keeps the eager kernel (its vmap rule): within RELU-6's 1 ulp of the fused kernel, per element.
+    g = torch.Generator().manual_seed(17)
+    mu, sigma = torch.randn(2, 5, generator=g) * 6, torch.rand(2, 5, generator=g) + 0.1
+    vm, vv = torch.vmap(relu_moments)(mu, sigma)
+    fm, fv = relu_moments(mu, sigma)
+    with _native_gauss.disabled():
+        em, ev = relu_moments(mu, sigma)
     assert vm.shape == (2, 5) and bool((vv >= 0).all())
+    for batched, fused, eager in ((vm, fm, em), (vv, fv, ev)):
+        assert float(_ulps_apart(batched, fused).max()) <= 1.0, (batched, fused)
+        assert float(_ulps_apart(batched, eager).max()) <= 1.0, (batched, eager)
 
 
 @_NATIVE_SKIP

@@ -4,12 +4,20 @@ Conventions (see proofs/README.md):
   * a theorem heading in proofs/<topic>.md reads ``### <ID>: <title>``;
   * its body has a line ``Checked by: `tests/<file>.py` ``;
   * a test that checks it carries ``@pytest.mark.claim("<ID>")``.
+
+The markers are read from the items pytest collects (an in-process ``pytest --collect-only`` with a plugin that
+records each item's ``claim`` markers), never from the source text: a marker in a comment or a string, or on a
+function pytest does not collect, does not count.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from rln_verified.claims import CLAIM_ID, CLAIMS
 
@@ -18,7 +26,31 @@ PROOFS = ROOT / "proofs"
 TESTS = ROOT / "tests"
 HEADING = re.compile(r"^#{2,4}\s+([A-Z][A-Z]*-?[0-9]+):\s", re.MULTILINE)
 CHECKED_BY = re.compile(r"Checked by:\s*(.+)")
-MARKER = re.compile(r"claim\(((?:\s*\"[^\"]+\"\s*,?)+)\)")
+
+
+class _ClaimMarkers:
+    """A pytest plugin that records, for every collected item, its file name and the IDs of its claim markers."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def pytest_collection_modifyitems(self, session: Any, config: Any, items: list[pytest.Item]) -> None:
+        for item in items:
+            ids = tuple(str(a) for mark in item.iter_markers(name="claim") for a in mark.args)
+            self.items.append((item.nodeid, Path(str(item.path)).name, ids))
+
+
+def collect_claim_markers(*paths: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(node id, file name, claim IDs) of every test item pytest collects under ``paths`` (in process)."""
+    plugin = _ClaimMarkers()
+    rc = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *map(str, paths)], plugins=[plugin])
+    assert rc == pytest.ExitCode.OK, f"collecting {paths} failed (exit {rc!r})"
+    return plugin.items
+
+
+@functools.cache
+def _suite_markers() -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    return tuple(collect_claim_markers(TESTS))
 
 
 def proof_ids() -> dict[str, tuple[str, str]]:
@@ -37,15 +69,33 @@ def proof_ids() -> dict[str, tuple[str, str]]:
 
 
 def cited_ids() -> dict[str, set[str]]:
-    """ID -> test files whose markers cite it."""
+    """ID -> test files with a collected test item whose claim markers cite it."""
     out: dict[str, set[str]] = {}
-    for py in sorted(TESTS.glob("test_*.py")):
-        if py.name == Path(__file__).name:
-            continue
-        for m in MARKER.finditer(py.read_text()):
-            for cid in re.findall(r"\"([^\"]+)\"", m.group(1)):
-                out.setdefault(cid, set()).add(py.name)
+    for _, name, ids in _suite_markers():
+        for cid in ids:
+            out.setdefault(cid, set()).add(name)
     return out
+
+
+def test_markers_are_read_from_collected_items(tmp_path: Path) -> None:
+    """A claim marker in a comment, in a string or on a function pytest does not collect cites nothing."""
+    (tmp_path / "test_probe.py").write_text(
+        "import pytest\n\n"
+        "# @pytest.mark.claim(\"PSI-2\")\n"
+        "DOC = '@pytest.mark.claim(\"PSI-4\")'\n\n\n"
+        "@pytest.mark.claim(\"N3\")\n"
+        "def helper_not_a_test() -> None:\n    pass\n\n\n"
+        "@pytest.mark.claim(\"PSI-3\")\n"
+        "@pytest.mark.parametrize(\"k\", [1, 2])\n"
+        "def test_real(k: int) -> None:\n    pass\n"
+    )
+    items = collect_claim_markers(tmp_path / "test_probe.py")
+    assert sorted(ids for _, _, ids in items) == [("PSI-3",), ("PSI-3",)], items
+
+
+def test_the_suite_collects_claim_markers() -> None:
+    items = _suite_markers()
+    assert any(ids for _, _, ids in items), "no collected test carries a claim marker"
 
 
 def test_registry_matches_proofs() -> None:

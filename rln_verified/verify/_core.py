@@ -49,6 +49,9 @@ class Check:
         metric: how to read the margin in a report, e.g. ``"rel err / 1e-13"``, ``"|grad| / K bound"``.
         dtypes: dtypes the claim is stated for.
         examples: dtype -> pinned known-bad cases, always run first.
+        calls_kernel: False for a reference self-check (the claim is checked in mpmath alone and no kernel is
+            called, e.g. PSI-1's series remainder); a report labels such a row as a self-check, never as a
+            kernel that holds in a dtype.
     """
 
     claim: str
@@ -58,6 +61,7 @@ class Check:
     metric: str
     dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES
     examples: CaseExamples = _no_examples
+    calls_kernel: bool = True
 
     @property
     def key(self) -> str:

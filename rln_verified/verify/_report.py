@@ -5,10 +5,13 @@ JSON schema, version 1 (keys are only ever added, never renamed)::
     {"schema": 1, "profile": str, "seed": int | null, "torch": str, "hypothesis": str, "devices": [str],
      "results": [{"claim": str, "subject": str, "device": str, "dtype": str, "metric": str,
                   "examples_tried": int, "worst_margin": float | null, "verdict": "holds" |
-                  "VIOLATED" | "ERROR" | "skipped", "counterexample": str | null, "reason": str | null}]}
+                  "holds (reference self-check)" | "VIOLATED" |
+                  "ERROR" | "skipped", "counterexample": str | null, "reason": str | null}]}
 
-``worst_margin`` is null when it is infinite (JSON has no infinity) and when the claim was skipped. The
-schema is documented for users in docs/cli.md.
+A check that calls no kernel (``Check.calls_kernel`` False: PSI-1's series remainder and RELU-1's identities,
+both checked in mpmath alone) is a reference self-check: when it passes, its verdict says so, and it is not
+counted among the kernels that hold. ``worst_margin`` is null when it is infinite (JSON has no infinity) and
+when the claim was skipped. The schema is documented for users in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ def verdict(r: CheckResult) -> str:
         return "VIOLATED"
     if r.error is not None:
         return "ERROR"
-    return "holds"
+    return "holds" if r.check.calls_kernel else SELF_CHECK
+
+
+#: The verdict of a passing check that calls no kernel.
+SELF_CHECK = "holds (reference self-check)"
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,14 @@ def markdown(results: list[CheckResult], info: RunInfo, title: str = "Verificati
     lines = [f"# {title}", "", f"- profile: `{info.profile}`", f"- seed: {seed}",
              f"- torch: `{torch.__version__}`, hypothesis: `{hypothesis.__version__}`",
              f"- devices: {', '.join(f'`{d}`' for d in info.devices)}",
-             f"- verdicts: {verdicts.count('holds')} hold, {verdicts.count('VIOLATED')} violated, "
+             f"- verdicts: {verdicts.count('holds')} hold, {verdicts.count(SELF_CHECK)} reference self-checks hold "
+             f"(no kernel called), {verdicts.count('VIOLATED')} violated, "
              f"{verdicts.count('ERROR')} errors, {verdicts.count('skipped')} skipped", "",
              "| claim | subject | device | dtype | examples | worst margin | verdict |",
              "|---|---|---|---|---|---|---|"]
     for d in map(_row, results):
         lines.append("| " + " | ".join(_cells(d)) + " |")
-    bad = [d for d in map(_row, results) if d["verdict"] != "holds"]
+    bad = [d for d in map(_row, results) if d["verdict"] not in ("holds", SELF_CHECK)]
     if bad:
         lines += ["", "## Findings and skips", ""]
         for d in bad:
@@ -126,4 +134,5 @@ def markdown(results: list[CheckResult], info: RunInfo, title: str = "Verificati
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SCHEMA_VERSION", "RunInfo", "findings", "markdown", "table", "to_json", "verdict", "write_json"]
+__all__ = ["SCHEMA_VERSION", "SELF_CHECK", "RunInfo", "findings", "markdown", "table", "to_json", "verdict",
+           "write_json"]

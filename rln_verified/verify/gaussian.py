@@ -22,6 +22,8 @@ from rln_verified._gaussian import (
 )
 from rln_verified._validation import compute_dtype
 from rln_verified.verify._core import ALL_DTYPES, DEFAULT_DTYPES, Check, eps, log_uniform, register
+from rln_verified.verify._margins import fold, has_nan, ratio
+from rln_verified.verify._margins import rel_err as rel_err
 
 U64 = 2.0**-53
 
@@ -67,12 +69,6 @@ def logcdf_ref(z: mpmath.mpf) -> mpmath.mpf:
     return mpmath.log1p(-mpmath.ncdf(-z)) if z > 0 else mpmath.log(mpmath.ncdf(z))
 
 
-def rel_err(got: float, ref: mpmath.mpf) -> float:
-    if ref == 0:
-        return 0.0 if got == 0 else math.inf
-    return float(abs((mpmath.mpf(got) - ref) / ref))
-
-
 def _rounded(v: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(v, dtype=torch.float64).to(dtype).double())
 
@@ -86,10 +82,14 @@ def _u(dtype: torch.dtype) -> float:
 
 
 def _below_normal(got: float, ref: mpmath.mpf, dtype: torch.dtype) -> float | None:
-    """Outside the accuracy claim (true value not a normal float): only sign and size are checked."""
+    """Outside the accuracy claim (true value not a normal float): only sign and size are checked. The computed
+    value must be 0 or of the true value's sign, and at most tiny in magnitude; NaN is a violation."""
+    if has_nan(got, ref):
+        return math.inf
     if abs(ref) >= _tiny(dtype):
         return None
-    return 0.0 if 0.0 <= got <= _tiny(dtype) else math.inf
+    same_sign = got == 0.0 or (got > 0) == (ref > 0)
+    return 0.0 if same_sign and abs(got) <= _tiny(dtype) else math.inf
 
 
 # ---- GAUSS-1: pdf / cdf / logcdf ------------------------------------------------------------------
@@ -102,14 +102,26 @@ def gauss_tol(z: float, dtype: torch.dtype) -> float:
     return (16.0 + 3.0 * z * z) * _u(cd) + extra
 
 
-_Z_MAX: dict[torch.dtype, float] = {torch.float64: 38.0, torch.float32: 14.0, torch.float16: 5.0, torch.bfloat16: 14.0}
+# |z| up to where phi(z)/sigma can still be a normal float for the smallest sigma drawn (z^2/2 <= ln(1/(tiny
+# sigma_min sqrt(2 pi)))): float64 53 (sigma = 1e-300), float32/bfloat16 17.5 (sigma = 1e-37); beyond, every
+# result is below the normal range and only its sign and size are checked.
+_Z_MAX: dict[torch.dtype, float] = {torch.float64: 53.0, torch.float32: 17.5, torch.float16: 5.0, torch.bfloat16: 17.5}
+# GAUSS-1 is stated for every sigma > 0. sigma is drawn over the dtype's range, kept a factor ~1e2 inside the ends
+# so that x = mu + z sigma (|mu| <= 100 sigma) stays finite and sigma stays normal.
+_GAUSS_SIGMA: dict[torch.dtype, tuple[float, float]] = {torch.float64: (1e-300, 1e300), torch.float32: (1e-37, 1e36),
+                                                        torch.float16: (0.1, 10.0), torch.bfloat16: (1e-37, 1e36)}
 
 
 def _gauss_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
     zmax = _Z_MAX[dtype]
-    sig = log_uniform(1e-3, 1e3) if dtype != torch.float16 else log_uniform(0.1, 10.0)
-    mus = st.floats(-100.0, 100.0) if dtype != torch.float16 else st.floats(-10.0, 10.0)
-    return st.tuples(st.floats(-zmax, zmax), mus, sig)
+    sig = log_uniform(*_GAUSS_SIGMA[dtype])
+    mu_max = 100.0 if dtype != torch.float16 else 10.0
+    # mu either of order 1 or of the order of sigma (k sigma), so that z = (x - mu)/sigma keeps its digits
+    # at every scale of sigma.
+    scaled = st.tuples(st.floats(-zmax, zmax), st.floats(-mu_max, mu_max), sig).map(
+        lambda c: (c[0], c[1] * c[2], c[2]))
+    plain = st.tuples(st.floats(-zmax, zmax), st.floats(-mu_max, mu_max), sig)
+    return st.one_of(plain, scaled)
 
 
 def _gauss_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float, float, mpmath.mpf]:
@@ -122,21 +134,24 @@ def _gauss_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float, float, m
 
 
 def _make_gauss_run(
-    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    name: str,
     ref: Callable[[mpmath.mpf, mpmath.mpf], mpmath.mpf],
 ) -> Callable[[Any, torch.device, torch.dtype], float]:
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+        fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = globals()[name]  # looked up per call
         x, m, s, z = _gauss_inputs(case, dtype)
+        if not all(math.isfinite(v) for v in (x, m, s)):
+            return 0.0  # the case does not fit the dtype: outside the claim (inputs finite)
         args = [torch.tensor([v], dtype=dtype, device=device) for v in (x, m, s)]
         got = float(fn(args[0], args[1], args[2]).double())
         with mpmath.workdps(60):
             want = ref(z, mpmath.mpf(s))
-        if math.isnan(got):
-            return math.inf
-        small = _below_normal(abs(got), want, dtype)
+        small = _below_normal(got, want, dtype)
         if small is not None:
             return small
-        return rel_err(got, want) / gauss_tol(float(z), dtype)
+        if abs(want) > float(torch.finfo(dtype).max):
+            return 0.0 if abs(got) == math.inf or abs(got) >= float(torch.finfo(dtype).max) else math.inf
+        return ratio(rel_err(got, want), gauss_tol(float(z), dtype))
 
     return run
 
@@ -147,21 +162,26 @@ def _gauss_examples(dtype: torch.dtype) -> Sequence[Any]:
     out: list[Any] = [(-zmax, 0.0, 1.0), (zmax, 0.0, 1.0), (-10.0 if zmax > 10 else -zmax, 1.0, 2.0),
                       (-1.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.0, 3.0, 0.5)]
     if dtype == torch.float64:
-        out.append((37.7, 0.0, 1e-3))  # phi(z) subnormal, phi(z)/sigma normal
+        # phi(z) subnormal, phi(z)/sigma normal: the power-of-two bookkeeping of normal_pdf (GAUSS-1).
+        out += [(37.7, 0.0, 1e-3), (38.4, 0.0, 1e-10), (38.4, 0.0, 1e-20), (52.0, 0.0, 1e-300), (1.0, 0.0, 1e300),
+                (-3.0, 1e300, 1e298)]
+    elif dtype in (torch.float32, torch.bfloat16):
+        out += [(14.0, 0.0, 1e-10), (17.0, 0.0, 1e-36), (1.0, 0.0, 1e36), (-3.0, 1e36, 1e34)]
     return out
 
 
-for _name, _fn, _ref in (
-    ("normal_pdf", normal_pdf, lambda z, s: mpmath.npdf(z) / s),
-    ("normal_cdf", normal_cdf, lambda z, s: mpmath.ncdf(z)),
-    ("normal_logcdf", normal_logcdf, lambda z, s: logcdf_ref(z)),
+_GAUSS_FUNCTIONS = (normal_pdf, normal_cdf, normal_logcdf)  # called through globals() by name (monkeypatchable)
+for _name, _ref in (
+    ("normal_pdf", lambda z, s: mpmath.npdf(z) / s),
+    ("normal_cdf", lambda z, s: mpmath.ncdf(z)),
+    ("normal_logcdf", lambda z, s: logcdf_ref(z)),
 ):
     register(
         Check(
             claim="GAUSS-1",
             subject=_name,
             strategy=_gauss_cases,
-            run=_make_gauss_run(_fn, _ref),
+            run=_make_gauss_run(_name, _ref),
             metric="rel err / ((16 + 3 z^2) u)",
             dtypes=ALL_DTYPES,
             examples=_gauss_examples,
@@ -210,12 +230,12 @@ def relu_identity_discrepancy(a: float, sigma: float) -> float:
             # x << 0, where x + n r_n is tiny; this one cancels <= 2 log10|x| digits, only for x > 0.
             *((n * r[n], 1 / r[n - 1] - xx) for n in range(1, 5)),
         ]
-        return float(max(abs(lhs - rhs) / abs(lhs) for lhs, rhs in pairs))
+        return fold([float(abs(lhs - rhs) / abs(lhs)) for lhs, rhs in pairs])
 
 
 def _relu_identities(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     a, s = (float(v) for v in case)
-    return relu_identity_discrepancy(a, s) / _RELU1_TOL
+    return ratio(relu_identity_discrepancy(a, s), _RELU1_TOL)
 
 
 register(
@@ -224,8 +244,10 @@ register(
         subject="relu_moments",
         strategy=lambda dtype: st.tuples(_ratios(), log_uniform(1e-3, 1e3)),
         run=_relu_identities,
-        metric="max relative discrepancy of the RELU-1 identities (mpmath, Hh_n from pcfd) / 1e-40",
+        metric="reference self-check (calls no kernel): max relative discrepancy of the RELU-1 identities (mpmath, "
+               "Hh_n from pcfd) / 1e-40",
         dtypes=(torch.float64,),  # exact arithmetic: the claim does not depend on a dtype
+        calls_kernel=False,
         examples=lambda dtype: [(-X_SPLIT, 1.0), (0.0, 1.0), (-1e3, 2.0), (1e3, 0.5), (-40.0, 1.0), (1e-6, 1.0)],
     )
 )
@@ -233,7 +255,12 @@ register(
 
 # ---- RELU-4: accuracy -----------------------------------------------------------------------------
 
-_RELU_TOL: dict[torch.dtype, float] = {torch.float64: 1e-12, torch.float32: 1e-5}
+# RELU-4 (proofs/gaussian.md): every dtype is computed in float64 and rounded once. The float64 error is
+# <= (1.5 a^2 + 25) u64 + 2e-15 for a < -4.5, <= 3300 u64 for -4.5 <= a < 0, <= (2 min(a, 40)^2 + 30) u64 for
+# a >= 0 (relu_tol_at); the stated uniform 1e-12 covers |a| <= 77, past where the moments underflow (|a| ~ 53).
+# float32: the result is a normal float32 only for a >= -19 (sigma phi(a)/a^2 >= 2^-126 with sigma <= 2^128), where
+# the float64 error is <= 3300 u64 = 3.7e-13; rounding once to float32 adds u32: u32 + 3300 u64 (1 + u32) = 5.96e-8.
+_RELU_TOL: dict[torch.dtype, float] = {torch.float64: 1e-12, torch.float32: 2.0**-24 + 3300 * U64 * (1 + 2.0**-24)}
 _SIGMA_RANGE: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-300, 1e300),
     torch.float32: (1e-30, 1e30),
@@ -243,8 +270,24 @@ _SIGMA_RANGE: dict[torch.dtype, tuple[float, float]] = {
 
 
 def relu_tol(dtype: torch.dtype) -> float:
-    """RELU-4: 1e-12 (float64), 1e-5 (float32); float16/bfloat16 get one rounding of a float64 result."""
+    """RELU-4's uniform bounds: 1e-12 (float64), u32 + 3300 u64 (float32, over the range where the result is a normal
+    float32); float16/bfloat16 get one rounding of a float64 result: 1e-12 + u_d (looser than float32's derivation,
+    kept as stated: their normal range is not derived separately)."""
     return _RELU_TOL.get(dtype, 1e-12 + _u(dtype))
+
+
+def relu_tol_at(a: float, dtype: torch.dtype) -> float:
+    """RELU-4's bound at a = mu/sigma (proofs/gaussian.md): the float64 error of the branch, plus one rounding to a
+    narrower dtype (u_d (1 + e64))."""
+    if a < -4.5:
+        e64 = (1.5 * a * a + 25.0) * U64 + 2e-15
+    elif a < 0:
+        e64 = 3300.0 * U64
+    else:
+        e64 = (2.0 * min(a, 40.0) ** 2 + 30.0) * U64
+    if dtype == torch.float64:
+        return e64
+    return e64 + _u(dtype) * (1.0 + e64)
 
 
 def _ratios() -> st.SearchStrategy[float]:
@@ -271,15 +314,17 @@ def _relu_accuracy(case: Any, device: torch.device, dtype: torch.dtype) -> float
                              torch.tensor([s], dtype=dtype, device=device))
     got = (float(mean.detach().double()), float(var.detach().double()))
     want = relu_moments_ref(mu, s)
-    worst = 0.0
+    if has_nan(got, want):
+        return math.inf
+    margins: list[float] = []
     for g, w in zip(got, want):
-        if math.isnan(g) or g < 0:
+        if g < 0:
             return math.inf
         if w > float(torch.finfo(dtype).max):
             continue  # the true value overflows the dtype: outside the claim
         small = _below_normal(g, w, dtype)
-        worst = max(worst, small if small is not None else rel_err(g, w) / relu_tol(dtype))
-    return worst
+        margins.append(small if small is not None else ratio(rel_err(g, w), relu_tol_at(mu / s, dtype)))
+    return fold(margins)
 
 
 def _relu_examples(dtype: torch.dtype) -> Sequence[Any]:
@@ -298,7 +343,7 @@ register(
         subject="relu_moments",
         strategy=_relu_cases,
         run=_relu_accuracy,
-        metric="max rel err (mean, var) / (1e-12 f64, 1e-5 f32, 1e-12+u f16/bf16)",
+        metric="max rel err (mean, var) / RELU-4's bound at a (f64 branch bound, + u_d once rounded)",
         dtypes=ALL_DTYPES,
         examples=_relu_examples,
     )
@@ -359,7 +404,7 @@ def _relu_sigma_zero(case: Any, device: torch.device, dtype: torch.dtype) -> flo
     want = [dm_dmu, dm_ds, 0.0, 0.0]
     # 1/2 and phi(0) are float64 products of rounded constants (<= 4 u64), then cast once (u of the dtype).
     tol = 4 * U64 + (_u(dtype) if dtype != torch.float64 else 0.0)
-    bad = any(not math.isfinite(v) or abs(v - w) > tol * abs(w) for v, w in zip(g, want))
+    bad = has_nan(g) or any(not math.isfinite(v) or abs(v - w) > tol * abs(w) for v, w in zip(g, want))
     return math.inf if bad else 0.0
 
 
@@ -399,15 +444,17 @@ def _relu_grad(case: Any, device: torch.device, dtype: torch.dtype) -> float:
         got += [float(gm.double()), float(gs.double())]
     want = relu_grads_ref(mu, s)
     a = mu / s
-    worst = 0.0
+    if has_nan(got, want):
+        return math.inf
+    margins: list[float] = []
     for g, w in zip(got, want):
         if not math.isfinite(g):
             return math.inf
         if w > float(torch.finfo(dtype).max):
             continue
-        small = _below_normal(abs(g), w, dtype)
-        worst = max(worst, small if small is not None else rel_err(g, w) / relu_grad_tol(a, dtype))
-    return worst
+        small = _below_normal(g, w, dtype)  # every partial is >= 0 (RELU-5): the sign is checked too
+        margins.append(small if small is not None else ratio(rel_err(g, w), relu_grad_tol(a, dtype)))
+    return fold(margins)
 
 
 register(
@@ -436,6 +483,8 @@ def _crelu(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     cm, cv = crelu_moments(m_t, s_t)
     pm, pv = relu_moments(m_t, s_t)
     nm, nv = neg_relu_moments(m_t, s_t)
+    if has_nan(cm, cv, pm, pv, nm, nv):
+        return math.inf
     same = torch.equal(cm, torch.cat([pm, nm], -1)) and torch.equal(cv, torch.cat([pv, nv], -1))
     if cm.shape != (1, 4) or not same:
         return math.inf
@@ -448,7 +497,7 @@ def _crelu(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     if scale == 0 or scale > float(torch.finfo(dtype).max) or (min(mp_, mn_) < _tiny(dtype) and min(mp_, mn_) != 0):
         return 0.0
     err = abs((mp_ - mn_) - mu)
-    return err / ((relu_tol(dtype) + 2 * _u(dtype)) * scale + _tiny(dtype))
+    return ratio(err, (relu_tol(dtype) + 2 * _u(dtype)) * scale + _tiny(dtype))
 
 
 register(
@@ -477,34 +526,69 @@ def kl_tol(dtype: torch.dtype) -> float:
 
 
 def _kl_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
-    lo, hi = (1e-3, 1e3) if dtype != torch.float16 else (0.1, 10.0)
+    """A case is (mu_q, sigma_q, d, sigma_p) with mu_p = mu_q + d sigma_p. sigma_p over the dtype's whole range;
+    sigma_q either a ratio r = sigma_q/sigma_p of [1e-3, 1e3] or near 1, or independent of sigma_p over the whole
+    range, so that r reaches KL-1's ends: ratios that underflow (KL-1 has no lower limit) and r up to M^(1/2)/2."""
+    fi = torch.finfo(dtype)
+    lo, hi = float(fi.tiny), float(fi.max) / 64
     mus = st.floats(-10.0, 10.0)
-    ratio = st.one_of(log_uniform(1e-3, 1e3), st.floats(0.999, 1.001), st.just(1.0))
-    return st.tuples(mus, log_uniform(lo, hi), st.one_of(mus, st.just(0.0)), ratio)
+    ds = st.one_of(mus, st.just(0.0))
+    sps = log_uniform(lo, hi)
+    near = st.tuples(mus, st.one_of(log_uniform(1e-3, 1e3), st.floats(0.999, 1.001), st.just(1.0)), ds, sps).map(
+        lambda c: (c[0], c[1] * c[3], c[2], c[3]))
+    apart = st.tuples(mus, log_uniform(lo, hi), ds, sps)
+    return st.one_of(near, apart)
 
 
 def _kl_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float, float, float]:
-    mq, sp_, dm, ratio = (float(v) for v in case)
+    mq, sq, dm, sp_ = (float(v) for v in case)
     sp_ = _rounded(sp_, dtype)
-    sq = _rounded(sp_ * ratio, dtype)
+    sq = _rounded(sq, dtype)
     mq = _rounded(mq, dtype)
     mp_ = _rounded(mq + dm * sp_, dtype) if dm != 0.0 else mq
     return mq, sq, mp_, sp_
 
 
+def _in_kl_domain(vals: tuple[float, float, float, float], dtype: torch.dtype) -> bool:
+    """KL-1's assumptions: finite arguments, sigma_p > 0, sigma_q >= 0, r <= M^(1/2)/2 and |d| <= M^(1/2)/2 (M of
+    the compute dtype), r = 0 and underflowing ratios included."""
+    mq, sq, mp_, sp_ = vals
+    if not all(math.isfinite(v) for v in vals) or not (sp_ > 0 and sq >= 0):
+        return False
+    _, r_hi = kl_ratio_range(dtype)
+    with mpmath.workdps(30):
+        r = mpmath.mpf(sq) / mpmath.mpf(sp_)
+        d = abs(mpmath.mpf(mq) - mpmath.mpf(mp_)) / mpmath.mpf(sp_)
+    return bool(r <= r_hi and d <= kl_mean_range(dtype))
+
+
 def _kl_accuracy(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     vals = _kl_inputs(case, dtype)
+    if not _in_kl_domain(vals, dtype):
+        return 0.0  # outside KL-1's assumptions
     ts = [torch.tensor([v], dtype=dtype, device=device) for v in vals]
     got = float(kl_normal(ts[0], ts[1], ts[2], ts[3]).double())
     want = kl_ref(*vals)
-    if math.isnan(got) or got < 0:
+    if has_nan(got, want) or got < 0:
         return math.inf
     if want == 0:
         return 0.0 if got == 0.0 else math.inf  # exactly 0 when the distributions are equal
     if want > float(torch.finfo(dtype).max):
         return 0.0 if got >= float(torch.finfo(dtype).max) else math.inf  # overflows the dtype
     small = _below_normal(got, want, dtype)
-    return small if small is not None else rel_err(got, want) / kl_tol(dtype)
+    return small if small is not None else ratio(rel_err(got, want), kl_tol(dtype))
+
+
+def _kl_examples(dtype: torch.dtype) -> Sequence[Any]:
+    out: list[Any] = [(0.5, 1.0, 0.0, 1.0), (0.0, 2.0000002, 0.0, 2.0), (0.0, 1.0, 1.0, 1.0), (0.0, 1e-3, 0.0, 1.0),
+                      (0.0, 1e3, 0.0, 1.0)]
+    # Ratios that underflow: ln r from log sq - log sp (KL-1). float64: KL(0, 1e-300 || 0, 1e300) = 1381.05...
+    if dtype == torch.float64:
+        out += [(0.0, 1e-300, 0.0, 1e300), (0.0, 5e-324, 0.0, 1.0), (1.0, 1e-200, 0.0, 1e200)]
+    else:
+        fi = torch.finfo(dtype)
+        out += [(0.0, float(fi.tiny), 0.0, float(fi.max) / 64), (0.0, float(fi.tiny) * 4, 0.0, 1.0)]
+    return out
 
 
 register(
@@ -515,8 +599,7 @@ register(
         run=_kl_accuracy,
         metric="rel err / (24 u + 3 eps_psi), inf if negative or nonzero at equality",
         dtypes=ALL_DTYPES,
-        examples=lambda dtype: [(0.5, 1.0, 0.0, 1.0), (0.0, 2.0, 0.0, 1.0000001), (0.0, 1.0, 1.0, 1.0),
-                                (0.0, 1.0, 0.0, 1e-3), (0.0, 1.0, 0.0, 1e3)],
+        examples=_kl_examples,
     )
 )
 
