@@ -771,6 +771,14 @@ class BayesianLinear(nn.Module):
                       device: torch.device) -> torch.Tensor:
         stored: torch.Tensor | None = getattr(self, attr)
         if self._manual_reset and stored is not None:
+            if tuple(stored.shape) != shape and _interpreters() is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: manual_reset keeps noise of shape {tuple(stored.shape)}, but under a "
+                    f"torch.func transform (vmap over samples: per-sample gradients) each call needs {shape}, and "
+                    "which stored row belongs to which sample is unknown; for per-sample gradients use "
+                    "manual_reset=False (fresh noise per call), map mode, or vmap over a leading dimension that "
+                    "keeps the batch shape"
+                )
             if tuple(stored.shape) != shape:
                 raise ValueError(
                     f"{type(self).__name__}: manual_reset keeps noise of shape {tuple(stored.shape)}, but this call "

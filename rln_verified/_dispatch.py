@@ -15,6 +15,7 @@ Three paths compute the same formulas:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -34,9 +35,19 @@ def under_func_transform(*tensors: torch.Tensor | None) -> bool:
     return False
 
 
+_onnx_flags: Any
+try:  # the dynamo exporter's flag, read directly: dynamo folds torch.onnx.is_in_onnx_export() to False
+    from torch.onnx._internal.exporter import _flags as _onnx_flags
+except ImportError:  # older torch: only the TorchScript exporter, which is_in_onnx_export() covers
+    _onnx_flags = None
+
+
 def onnx_exporting() -> bool:
-    """True while ``torch.onnx.export`` traces the call: custom operators have no ONNX lowering there, so the kernels
-    run their plain formulas, or refuse where ONNX cannot express them accurately."""
+    """True while ``torch.onnx.export`` traces the call (either exporter, strict or not): custom operators have no
+    ONNX lowering there, so the kernels run their plain formulas, or refuse where ONNX cannot express them
+    accurately."""
+    if _onnx_flags is not None and bool(getattr(_onnx_flags, "_is_onnx_exporting", False)):
+        return True
     return bool(torch.onnx.is_in_onnx_export())
 
 

@@ -42,9 +42,22 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
               pytest.mark.filterwarnings("ignore:Exporting a model while it is in training mode")]
 
-#: (subject, column) -> a fragment of the error message the cell must raise. Empty until the lead decides which
-#: cells may refuse; every cell must then be right.
-REFUSED: dict[tuple[str, str], str] = {}
+#: (subject, column) -> a fragment of the error message the cell must raise. Every other cell must be right.
+#: ONNX: ONNX has no erfcx, and the exp(y^2) erfc(y) an exporter puts in its place overflows in the Gaussian tails
+#: these kernels are accurate in (an earlier tree exported normal_logcdf and onnxruntime returned -inf at x = -5.6,
+#: where the value is -18.4), so everything built on the Gaussian tail refuses to export.
+#: Per-sample gradients of LR: it draws one noise row per sample, and under vmap a stored (manual_reset) noise of the
+#: batch's shape cannot be matched to the samples.
+_ONNX_TAIL = "ONNX export is not supported: ONNX has no erfcx"
+_LR_PER_SAMPLE = "under a torch.func transform (vmap over samples: per-sample gradients)"
+REFUSED: dict[tuple[str, str], str] = {
+    **{(s, "onnx"): _ONNX_TAIL for s in (
+        "CLTLinear", "CLTLinearDet", "BayesianMLP[clt]", "CLTLinear[64x96]", "CLTLinearDet[64x96]",
+        "BayesianMLP[clt][64x96]", "F.normal_cdf", "F.normal_logcdf", "F.relu_moments", "F.neg_relu_moments",
+        "F.crelu_moments")},
+    **{(s, "per_sample_grad"): _LR_PER_SAMPLE for s in (
+        "LRLinear", "BayesianMLP[lr]", "LRLinear[64x96]", "BayesianMLP[lr][64x96]")},
+}
 
 
 def _record(subject: str, column: str, outcome: str, detail: str, seconds: float) -> None:
