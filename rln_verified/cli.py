@@ -5,7 +5,12 @@
     rln-verify audit MODULE:FACTORY --shape 8,64 [--kwargs name=value ...] [--groups last:K|channels|groups:G]
                [--gradient-constant K] [--no-centring] [same options]
 
-Exit status: 0 when every claim holds, 1 on a violation (the shrunk counterexample is printed as a
+Verdicts: "holds" (a kernel was called and the claim held on every case), "holds (reference self-check)" (the claim
+was checked in mpmath alone, no kernel called: counted apart), "skipped" (not applicable here, e.g. the fused kernel is
+unavailable or the device is not its; never counted as holding), "VIOLATED", "ERROR". The ``thorough`` profile also
+runs each check's sweep exhaustively (EXP-1: every float32 of the std's range).
+
+Exit status: 0 when no claim is violated (skips included), 1 on a violation (the shrunk counterexample is printed as a
 ready-to-paste ``@example``), 2 on bad input (one line on stderr, no traceback).
 """
 
@@ -26,7 +31,7 @@ import torch
 from rln_verified.verify._audit import UsageError, audit_subject, parse_kwargs, parse_shape
 from rln_verified.verify._core import Check, CheckResult, _one_line, registered_checks, run_check
 from rln_verified.verify._profiles import PROFILES, run_settings
-from rln_verified.verify._report import RunInfo, findings, markdown, table, verdict, write_json
+from rln_verified.verify._report import RunInfo, findings, markdown, table, tally, verdict, write_json
 
 _DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -135,19 +140,22 @@ def _run(checks: Sequence[Check], args: argparse.Namespace, title: str) -> int:
     t0 = time.monotonic()
     for i, (c, dev, dt) in enumerate(jobs):
         progress.step(i, f"{c.key} {dev} {_dt(dt)}")
-        results.append(run_check(c, dev, dt, settings_=cfg, seed_=seed))
+        results.append(run_check(c, dev, dt, settings_=cfg, seed_=seed, exhaustive=args.profile == "thorough"))
     progress.finish()
     info = RunInfo(profile=args.profile, seed=seed, devices=tuple(str(d) for d in devices))
     verdicts = [verdict(r) for r in results]
-    n_bad, n_err, n_skip = verdicts.count("VIOLATED"), verdicts.count("ERROR"), verdicts.count("skipped")
+    n_bad, n_err = verdicts.count("VIOLATED"), verdicts.count("ERROR")
     print(table(results))
-    print(f"\n{verdicts.count('holds')} hold, {n_bad} violated, {n_err} errors, {n_skip} skipped "
-          f"({time.monotonic() - t0:.1f}s; profile {args.profile}, seed {seed}, torch {torch.__version__}, "
-          f"hypothesis {hypothesis.__version__})")
+    print(f"\n{tally(results)} ({time.monotonic() - t0:.1f}s; profile {args.profile}, seed {seed}, "
+          f"torch {torch.__version__}, hypothesis {hypothesis.__version__})")
     skipped = [f"{r.check.key} [{r.device}, {_dt(r.dtype)}]: {(r.error or '').removeprefix('NotApplicable: ')}"
                for r, v in zip(results, verdicts, strict=True) if v == "skipped"]
     if skipped:
-        print("\nSkipped (the claim does not apply):\n  " + "\n  ".join(skipped))
+        print("\nSkipped (not checked here, so not counted as holding):\n  " + "\n  ".join(skipped))
+    swept = [f"{r.check.key} [{r.device}, {_dt(r.dtype)}]: {r.extra['sweep']}" for r, v in
+             zip(results, verdicts, strict=True) if "sweep" in r.extra and v != "skipped"]
+    if swept:
+        print("\nSweeps (run once, before the search):\n  " + "\n  ".join(swept))
     bad = findings(results)
     if bad:
         print("\nCounterexamples (shrunk by Hypothesis; pinned examples are reported as given):\n" + bad)

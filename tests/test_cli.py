@@ -94,7 +94,7 @@ def test_audit_of_rmsnorm_skips_the_centring_claims_with_reason(capsys: pytest.C
                       "eps=1e-5", "--dtype", "float64", "--device", "cpu", "--claims", "N1[0]", "--quiet")
     assert rc == 0, out
     assert "N10/torch.nn:RMSNorm [cpu, float64]: N10 follows from centring" in out
-    assert "0 hold, 0 violated, 0 errors, 1 skipped" in out
+    assert "0 hold, 0 reference self-checks hold (no kernel called), 0 violated, 0 errors, 1 skipped" in out
 
 
 class _Unknown(nn.Module):
@@ -246,3 +246,70 @@ def test_margin_inf_is_null_in_json() -> None:
                     counterexample=11)
     row = to_json([r], RunInfo("dev", None, ("cpu",)))["results"][0]
     assert row["worst_margin"] is None and row["verdict"] == "VIOLATED" and row["counterexample"] == "@example(11)"
+
+
+def _self_check() -> Check:
+    # A claim checked without calling any kernel (as PSI-1's series remainder): a reference self-check.
+    return Check(claim="TOY-3", subject="reference", strategy=lambda dt: st.just(0), run=lambda c, d, t: 0.5,
+                 metric="-", dtypes=(torch.float64,), calls_kernel=False)
+
+
+def _inapplicable_check() -> Check:
+    def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+        raise _core.NotApplicable("the toy kernel is not built here")
+
+    return Check(claim="TOY-4", subject="toy", strategy=lambda dt: st.just(0), run=run, metric="-",
+                 dtypes=(torch.float64,), examples=lambda dt: [0])
+
+
+def test_self_checks_and_skips_are_never_counted_as_holding(capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The CLI line, the JSON and the Markdown count a reference self-check apart from the kernels that hold, and a
+    skipped claim as skipped (with its reason), never as holding; the run still exits 0."""
+    _core.registered_checks()
+    for check in (_self_check(), _inapplicable_check()):
+        monkeypatch.setitem(_core._REGISTRY, check.key, check)
+    js, md = tmp_path / "r.json", tmp_path / "r.md"
+    rc, out, _ = _run(capsys, "--claims", "TOY-[34]", "--device", "cpu", "--json", str(js), "--markdown", str(md),
+                      "--quiet")
+    assert rc == 0, out
+    tally = "0 hold, 1 reference self-checks hold (no kernel called), 0 violated, 0 errors, 1 skipped"
+    assert tally in out
+    assert "holds (reference self-check)" in out
+    assert "TOY-4/toy [cpu, float64]: the toy kernel is not built here" in out
+    rows = {r["claim"]: r for r in json.loads(js.read_text())["results"]}
+    assert rows["TOY-3"]["verdict"] == "holds (reference self-check)"
+    assert rows["TOY-4"]["verdict"] == "skipped" and rows["TOY-4"]["worst_margin"] is None
+    assert rows["TOY-4"]["reason"] == "the toy kernel is not built here" and rows["TOY-4"]["examples_tried"] == 0
+    text = md.read_text()
+    assert f"- verdicts: {tally}" in text
+    assert "| TOY-4 | toy | cpu | float64 | - | - | skipped |" in text
+    assert "- **TOY-4 / toy** (cpu, float64): skipped; the toy kernel is not built here" in text
+
+
+def test_fused_kernel_checks_report_skipped_where_the_kernel_is_off(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path) -> None:
+    """N11, RELU-6 and EXP-1 with the fused kernels switched off: skipped with the reason, 0 hold, exit 0."""
+    from rln_verified import _native, _native_gauss
+
+    js = tmp_path / "r.json"
+    with _native.disabled(), _native_gauss.disabled():
+        for pattern in ("N11/RLayerNorm", "RELU-6", "EXP-1"):
+            rc, out, _ = _run(capsys, "--claims", pattern, "--device", "cpu", "--json", str(js), "--quiet")
+            assert rc == 0 and "0 hold," in out and "0 violated, 0 errors, 1 skipped" in out, out
+            (row,) = json.loads(js.read_text())["results"]
+            assert row["verdict"] == "skipped" and "not in use here" in row["reason"], row
+
+
+def test_exp1_sweep_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """EXP-1's sweep of the std's range is named in the output and the Markdown: every 257th float32 outside the
+    thorough profile (the thorough profile, ``make verify-thorough``, enumerates every one)."""
+    from rln_verified import _native_gauss
+
+    if not _native_gauss.available():
+        pytest.skip(f"the fused float32 kernel is not in use here: {_native_gauss.reason()}")
+    md = tmp_path / "r.md"
+    rc, out, _ = _run(capsys, "--claims", "EXP-1", "--device", "cpu", "--markdown", str(md), "--quiet")
+    assert rc == 0, out
+    assert "every 257th float32 of [-21.834136962890625, 11.090354919433594]" in out
+    assert "## Sweeps" in md.read_text() and "every one under --profile thorough" in md.read_text()

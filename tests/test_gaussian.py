@@ -531,9 +531,43 @@ def test_native_activation_from_the_variance() -> None:
 
 
 @_NATIVE_SKIP
+@pytest.mark.claim("RELU-6", "RELU-4", "RELU-5")
+def test_native_relu_check() -> None:
+    """RELU-6 as the registered check (rln_verified/verify/gaussian.py::_relu_fused, also run by ``rln-verify``): the
+    kernel's moments and partials within 1 float32 ulp of the eager kernel's, and within RELU-4's and RELU-5's float32
+    bounds of the 90-digit references for |a| <= 1e3, over float32's range and the branch switches."""
+    assert_check("RELU-6", "relu_moments", "cpu", torch.float32)
+
+
+@_NATIVE_SKIP
+@pytest.mark.claim("EXP-1", "C6")
+def test_std_exp_check() -> None:
+    """EXP-1 as the registered check (verify/gaussian.py::_exp1, also run by ``rln-verify``): a float32 layer's std()
+    within 0.99 ulp of e^clamp(rho), var() = std()**2 and clamp's gradients bit for bit, after a sweep of every 257th
+    float32 of the std's range (every one under the thorough profile: ``make verify-thorough``)."""
+    assert_check("EXP-1", "BayesianLinear.std", "cpu", torch.float32)
+
+
+def test_fused_checks_skip_without_the_kernel() -> None:
+    """Where the fused kernel is off, RELU-6, EXP-1 and N11 report skipped with the reason, never holding."""
+    from rln_verified import _native, _native_gauss
+    from rln_verified.verify._core import get_check, run_check
+    from rln_verified.verify._profiles import profile_settings
+    from rln_verified.verify._report import verdict
+
+    cfg = profile_settings("dev")
+    with _native_gauss.disabled(), _native.disabled():
+        for key in ("RELU-6/relu_moments", "EXP-1/BayesianLinear.std", "N11/RLayerNorm2d"):
+            r = run_check(get_check(key), "cpu", torch.float32, settings_=cfg, seed_=1)
+            assert verdict(r) == "skipped" and r.examples_tried == 0, (key, r.error)
+            assert r.error is not None and "not in use here: switched off" in r.error, r.error
+
+
+@_NATIVE_SKIP
 @pytest.mark.claim("EXP-1")
 def test_std_exp_within_one_ulp() -> None:
-    """EXP-1 on every 257th float32 of the std's range and at its ends (the proof script enumerates every one)."""
+    """EXP-1 on every 257th float32 of the std's range and at its ends (every one: the EXP-1 check under the thorough
+    profile, ``make verify-thorough``)."""
     from rln_verified import _native_gauss
 
     lo32, hi32 = _std_log_range()

@@ -25,7 +25,7 @@ import rln_verified.verify.gaussian as gaussian_checks
 import rln_verified.verify.special as special_checks
 from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified._bayes_linear import BayesianMLP, BBBLinear, CLTLinear, CLTLinearDet, LRLinear
-from rln_verified.verify._core import Check, registered_checks
+from rln_verified.verify._core import Check, NotApplicable, registered_checks
 from rln_verified.verify._margins import fold, guarded, has_nan, ratio, rel_err
 
 NAN = float("nan")
@@ -101,6 +101,8 @@ def _poison(mp: pytest.MonkeyPatch, check: Check) -> None:
         _poison_attr(mp, special_checks, subject)
         if subject == "inv_softplus":  # the round trips call both
             _poison_attr(mp, special_checks, "softplus")
+    elif claim == "EXP-1":  # the std's exp, through the layers (std() and var() both call _std_of)
+        _poison_attr(mp, bayes_mod.BayesianLinear, "_std_of")
     elif claim.startswith(("GAUSS-", "RELU-", "CRELU-", "KL-")):
         _poison_attr(mp, gaussian_checks, subject)
     elif claim == "C1":
@@ -130,7 +132,10 @@ def test_every_check_reports_a_nan_kernel_as_a_violation(key: str, monkeypatch: 
     dtype = torch.float64 if torch.float64 in check.dtypes else check.dtypes[0]
     case = _first_case(check, dtype)
     # The unpoisoned check passes on this case, so the violation below is the NaN's doing.
-    assert check.run(case, torch.device("cpu"), dtype) <= 1.0
+    try:
+        assert check.run(case, torch.device("cpu"), dtype) <= 1.0
+    except NotApplicable as exc:  # the fused kernels' checks (N11, RELU-6, EXP-1) where the kernel is off
+        pytest.skip(f"{key} does not apply here: {exc}")
     with monkeypatch.context() as mp:
         _poison(mp, check)
         try:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import rln_verified as rv
 from rln_verified import _native, _native_build
 from rln_verified._rnorm import bayesian_r_layer_norm, bayesian_r_layer_norm2d, r_layer_norm, r_layer_norm2d
+from rln_verified.verify import assert_check
 
 U32 = 2.0**-24 + 2.0**-40
 TINY = 2.0**-150  # rounding into float32's subnormal range is off by up to half its spacing 2^-149
@@ -178,6 +179,16 @@ def test_fused_kernel_matches_float64_formula(case: dict[str, Any]) -> None:
     margin = _margins(case)
     target(margin, label="N11 error / bound")
     assert margin <= 1.0, margin
+
+
+@needs_kernel
+@pytest.mark.claim("N11")
+@pytest.mark.parametrize("layer", ["RLayerNorm", "BayesianRLayerNorm", "RLayerNorm2d", "BayesianRLayerNorm2d"])
+def test_fused_layers_match_float64_layers(layer: str) -> None:
+    """N11 through the layers, as the registered check ``N11/<layer>`` (rln_verified/verify/norm.py, which
+    ``rln-verify`` runs too): y, u and every gradient (lambda's through its raw parameter) within N11's bound of the
+    float64 layer with the same parameters. The test above checks the functional forms (lambda given directly)."""
+    assert_check("N11", layer, "cpu", torch.float32)
 
 
 @needs_kernel

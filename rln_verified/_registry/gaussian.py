@@ -31,7 +31,8 @@ CLAIMS: tuple[Claim, ...] = (
           "eager kernel, and the CLT activation is relu_moments(m, sqrt(clamp_min(v, tiny))) bit for bit.",
           (*_RELU, "rln_verified.functional.crelu_moments", "rln_verified.CLTLinear")),
     Claim("EXP-1", "gaussian", "float32 on CPU: the posterior std is E(clamp(rho, lo, hi)) with the kernel's float32 "
-          "exp E within 0.99 ulp of e^x on [lo, hi] (exhaustive); var is std^2 bit for bit; the rho gradient is "
+          "exp E within 0.99 ulp of e^x on [lo, hi] (every float32 there enumerated by make verify-thorough); var is "
+          "std^2 bit for bit; the rho gradient is "
           "clamp's.", ("rln_verified.BayesianLinear", "rln_verified.BBBLinear", "rln_verified.LRLinear",
                        "rln_verified.CLTLinear")),
     Claim("KL-1", "gaussian", "kl_normal equals 0.5((dmu/sp)^2 + g(sq/sp)), g(r) = r^2 - 1 - 2 ln r, evaluated "

@@ -23,6 +23,8 @@ from hypothesis.errors import Found
 CaseStrategy = Callable[[torch.dtype], st.SearchStrategy[Any]]
 CaseRunner = Callable[[Any, torch.device, torch.dtype], float]
 CaseExamples = Callable[[torch.dtype], Sequence[Any]]
+#: (device, dtype, exhaustive) -> (margin, where, what was swept): a deterministic sweep run once per check.
+CaseSweep = Callable[[torch.device, torch.dtype, bool], tuple[float, Any, str]]
 
 ALL_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 DEFAULT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32)
@@ -52,6 +54,9 @@ class Check:
         calls_kernel: False for a reference self-check (the claim is checked in mpmath alone and no kernel is
             called, e.g. PSI-1's series remainder); a report labels such a row as a self-check, never as a
             kernel that holds in a dtype.
+        sweep: an optional deterministic sweep run once before the search (EXP-1's enumeration of float32
+            values), told whether the run is exhaustive (the ``thorough`` profile); it returns its worst margin,
+            where that was, and a description of what it covered (recorded in ``CheckResult.extra["sweep"]``).
     """
 
     claim: str
@@ -62,6 +67,7 @@ class Check:
     dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES
     examples: CaseExamples = _no_examples
     calls_kernel: bool = True
+    sweep: CaseSweep | None = None
 
     @property
     def key(self) -> str:
@@ -143,6 +149,7 @@ def run_check(
     settings_: settings | None = None,
     raise_on_failure: bool = False,
     seed_: int | None = None,
+    exhaustive: bool = False,
 ) -> CheckResult:
     """Search for a case with ``margin > 1``; return the worst margin seen and any counterexample.
 
@@ -150,7 +157,8 @@ def run_check(
     ``Falsifying example`` report, propagates. Otherwise the shrunk counterexample is returned, and
     anything the checked code raises is a finding on that case, not a crash. A check that raises
     :class:`NotApplicable` is reported as skipped, with its reason. ``seed_`` fixes the search's seed
-    (for settings that are not derandomized).
+    (for settings that are not derandomized). ``exhaustive`` is passed to the check's sweep, if it has one
+    (the ``thorough`` profile sets it).
     """
     dev = torch.device(device)
     result = CheckResult(check=check, device=str(dev), dtype=dtype)
@@ -176,6 +184,22 @@ def run_check(
 
     strategy = check.strategy(dtype)
     examples = list(check.examples(dtype))
+    if check.sweep is not None:
+        try:
+            sweep_margin, where, covered = check.sweep(dev, dtype, exhaustive)
+        except NotApplicable as exc:
+            if raise_on_failure:
+                raise
+            return _skipped(result, str(exc))
+        sweep_margin = math.inf if math.isnan(sweep_margin) else float(sweep_margin)
+        result.extra["sweep"] = covered
+        result.examples_tried += 1
+        result.worst_margin, result.worst_case = sweep_margin, where
+        if sweep_margin > 1.0:
+            if raise_on_failure:
+                raise AssertionError(fail_message(sweep_margin, where) + f" (sweep: {covered})")
+            result.counterexample = where
+            return result
     if raise_on_failure:
         test: Callable[..., None] = given(strategy)(body)
         for ex in reversed(examples):
@@ -260,7 +284,8 @@ def assert_check(claim: str, subject: str, device: str | torch.device, dtype: to
     check = get_check(f"{claim}/{subject}")
     if dtype not in check.dtypes:
         raise ValueError(f"{check.key} is not stated for {dtype}; it is stated for {check.dtypes}")
-    return run_check(check, device, dtype, raise_on_failure=True)
+    exhaustive = settings.get_current_profile_name() == "thorough"
+    return run_check(check, device, dtype, raise_on_failure=True, exhaustive=exhaustive)
 
 
 # ---- helpers shared by check modules -------------------------------------------------------------

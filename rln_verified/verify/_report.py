@@ -110,19 +110,29 @@ def findings(results: list[CheckResult]) -> str:
     return "\n".join(out)
 
 
+def tally(results: list[CheckResult]) -> str:
+    """The verdict counts: kernels that hold, reference self-checks that hold (no kernel called), violations, errors
+    and skips (not applicable here; never counted as holding)."""
+    v = [verdict(r) for r in results]
+    return (f"{v.count('holds')} hold, {v.count(SELF_CHECK)} reference self-checks hold (no kernel called), "
+            f"{v.count('VIOLATED')} violated, {v.count('ERROR')} errors, {v.count('skipped')} skipped")
+
+
 def markdown(results: list[CheckResult], info: RunInfo, title: str = "Verification report") -> str:
     seed = f"`{info.seed}`" if info.seed is not None else "none (the profile is derandomized)"
-    verdicts = [d["verdict"] for d in map(_row, results)]
     lines = [f"# {title}", "", f"- profile: `{info.profile}`", f"- seed: {seed}",
              f"- torch: `{torch.__version__}`, hypothesis: `{hypothesis.__version__}`",
              f"- devices: {', '.join(f'`{d}`' for d in info.devices)}",
-             f"- verdicts: {verdicts.count('holds')} hold, {verdicts.count(SELF_CHECK)} reference self-checks hold "
-             f"(no kernel called), {verdicts.count('VIOLATED')} violated, "
-             f"{verdicts.count('ERROR')} errors, {verdicts.count('skipped')} skipped", "",
+             f"- verdicts: {tally(results)}", "",
              "| claim | subject | device | dtype | examples | worst margin | verdict |",
              "|---|---|---|---|---|---|---|"]
     for d in map(_row, results):
         lines.append("| " + " | ".join(_cells(d)) + " |")
+    swept = [r for r in results if "sweep" in r.extra and verdict(r) != "skipped"]
+    if swept:
+        lines += ["", "## Sweeps", ""]
+        lines += [f"- **{r.check.claim} / {r.check.subject}** ({r.device}, {str(r.dtype).removeprefix('torch.')}): "
+                  f"{r.extra['sweep']}" for r in swept]
     bad = [d for d in map(_row, results) if d["verdict"] not in ("holds", SELF_CHECK)]
     if bad:
         lines += ["", "## Findings and skips", ""]
@@ -134,5 +144,5 @@ def markdown(results: list[CheckResult], info: RunInfo, title: str = "Verificati
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SCHEMA_VERSION", "SELF_CHECK", "RunInfo", "findings", "markdown", "table", "to_json", "verdict",
-           "write_json"]
+__all__ = ["SCHEMA_VERSION", "SELF_CHECK", "RunInfo", "findings", "markdown", "table", "tally", "to_json",
+           "verdict", "write_json"]

@@ -512,16 +512,30 @@ def _run_reset(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -
 # ---- C6: finite gradients, positive finite std --------------------------------------------------------
 
 
+def c6_input_bound(dtype: torch.dtype) -> float:
+    """C6's bound on |x| and v_h, and on the prior std's range [1/b, b]: max^(1/8) of the dtype, rounded down to it
+    (float32 6.5e4, float64 1.3e38)."""
+    b = float(torch.finfo(dtype).max) ** 0.125
+    r = float(torch.tensor(b, dtype=torch.float64).to(dtype).double())
+    return r if r <= b else float(torch.nextafter(torch.tensor(r, dtype=dtype), torch.tensor(0.0, dtype=dtype)))
+
+
 def _grad_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    """C6's whole domain: every finite rho, inputs and input variances up to max^(1/8) (both signs, every order of
+    magnitude), prior std in [max^(-1/8), max^(1/8)] (None: the default N(0, 1))."""
     fmax = float(torch.finfo(dtype).max)
+    b = c6_input_bound(dtype)
     rho = st.one_of(finite_floats(dtype), st.sampled_from([-fmax, fmax, 0.0, -1e4, 1e4, -100.0, 100.0]))
-    xs = st.one_of(st.just(0.0), st.floats(-1e3, 1e3), st.sampled_from([1e-30, -1e-20, 1e3]))
+    mag = st.one_of(st.floats(0.0, b), log_uniform(1e-30, b))
+    xs = st.one_of(st.just(0.0), st.tuples(mag, st.booleans()).map(lambda t: -t[0] if t[1] else t[0]),
+                   st.sampled_from([1e-30, -1e-20, b, -b]))
+    priors = st.one_of(st.none(), log_uniform(1.0 / b, b), st.sampled_from([1.0 / b, b]))
     return st.fixed_dictionaries({
         "kind": st.sampled_from(["bbb", "lr", "clt", "clt_out", "clt_var", "cltdet", "cltdet_var"]),
         "act": st.sampled_from(["relu", "crelu"]), "softplus": st.booleans(), "bias": st.booleans(),
         "rho": st.lists(rho, min_size=1, max_size=6), "x": st.lists(xs, min_size=1, max_size=6),
-        "v": st.lists(st.one_of(st.just(0.0), log_uniform(1e-30, 6e4)), min_size=1, max_size=6),
-        "seed": st.integers(0, 2**31 - 1),
+        "v": st.lists(st.one_of(st.just(0.0), log_uniform(1e-30, b), st.just(b)), min_size=1, max_size=6),
+        "prior": priors, "seed": st.integers(0, 2**31 - 1),
     })
 
 
@@ -534,7 +548,8 @@ def _run_grads(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -
     n_in, n_out = 3, 2
     base = {"n_in": n_in, "n_out": n_out, "bias": case["bias"], "softplus": case["softplus"], "seed": case["seed"],
             "act": case["act"], "is_input": kind in ("clt", "clt_out", "cltdet"), "is_output": kind == "clt_out"}
-    layer = _make(kind.split("_")[0], base, device, dtype)
+    prior = case.get("prior")
+    layer = _make(kind.split("_")[0], base, device, dtype, **({} if prior is None else {"prior_std": prior}))
     with torch.no_grad():
         for name, p in layer.named_parameters():
             if name.endswith("_rho"):
@@ -567,6 +582,7 @@ def _run_grads(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -
 
 def _grad_examples(dtype: torch.dtype) -> Sequence[dict[str, Any]]:
     fmax = float(torch.finfo(dtype).max)
+    b = c6_input_bound(dtype)
     base = {"act": "relu", "softplus": False, "bias": False, "x": [0.0], "v": [0.0], "seed": 0}
     return [
         {**base, "kind": "lr", "rho": [-4.6]},  # ObjectRL: NaN rho gradient at a zero input
@@ -574,6 +590,12 @@ def _grad_examples(dtype: torch.dtype) -> Sequence[dict[str, Any]]:
         {**base, "kind": "bbb", "rho": [-fmax], "softplus": True},
         {**base, "kind": "cltdet_var", "rho": [0.0], "x": [1.0], "v": [0.0]},  # zero variance into the moments
         {**base, "kind": "clt", "rho": [-fmax, fmax], "x": [0.0, 1e3]},
+        # the ends of C6's domain: |x| = v_h = max^(1/8) with the largest and smallest std and prior std
+        {**base, "kind": "lr", "rho": [fmax], "x": [b, -b], "prior": b, "bias": True},
+        {**base, "kind": "bbb", "rho": [fmax, -fmax], "x": [-b], "prior": 1.0 / b, "softplus": True},
+        {**base, "kind": "clt_var", "rho": [fmax], "x": [b], "v": [b], "prior": b, "act": "crelu"},
+        {**base, "kind": "cltdet_var", "rho": [-fmax, fmax], "x": [-b, b], "v": [b, 0.0], "prior": 1.0 / b},
+        {**base, "kind": "clt_out", "rho": [fmax], "x": [b], "bias": True},
     ]
 
 

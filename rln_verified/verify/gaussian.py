@@ -21,8 +21,17 @@ from rln_verified._gaussian import (
     relu_moments,
 )
 from rln_verified._validation import compute_dtype
-from rln_verified.verify._core import ALL_DTYPES, DEFAULT_DTYPES, Check, eps, log_uniform, register
-from rln_verified.verify._margins import fold, has_nan, ratio
+from rln_verified.verify._core import (
+    ALL_DTYPES,
+    DEFAULT_DTYPES,
+    Check,
+    NotApplicable,
+    eps,
+    finite_floats,
+    log_uniform,
+    register,
+)
+from rln_verified.verify._margins import fold, guarded, has_nan, ratio
 from rln_verified.verify._margins import rel_err as rel_err
 
 U64 = 2.0**-53
@@ -457,18 +466,24 @@ def _relu_grad(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     return fold(margins)
 
 
+def _relu_grad_examples(dtype: torch.dtype) -> Sequence[Any]:
+    lo, hi = _SIGMA_RANGE[dtype]
+    # the branch switch, the clamp of |a| at 40 and past it, |a| = 1e3, and sigma at the ends of the dtype's range
+    return [(-10.0, 1.0), (-40.0, 1.0), (0.0, 1.0), (-X_SPLIT, 1.0), (3.0, 2.0), (40.0, 1.0), (41.0, hi),
+            (-45.0, hi), (-1e3, 1.0), (1e3, 1.0), (1e3, hi), (-2.0, lo), (2.0, lo), (60.0, lo)]
+
+
 register(
     Check(
         claim="RELU-5",
         subject="relu_moments",
-        strategy=lambda dtype: st.tuples(
-            st.tuples(st.floats(0.0, 40.0), st.booleans()).map(lambda t: -t[0] if t[1] else t[0]),
-            log_uniform(*{torch.float64: (1e-100, 1e100)}.get(dtype, (1e-3, 1e3))),
-        ),
+        # RELU-5 assumes only sigma >= 0 (sigma = 0 is RELU-3's): a over every order of magnitude up to 1e3 (and
+        # [0, 60] densely), sigma over the dtype's range (RELU-4's), as for the forward.
+        strategy=_relu_cases,
         run=_relu_grad,
         metric="max rel err of the 4 partials / ((420 + 7 a^2) u64 + u)",
         dtypes=DEFAULT_DTYPES,
-        examples=lambda dtype: [(-10.0, 1.0), (-40.0, 1.0), (0.0, 1.0), (-X_SPLIT, 1.0), (3.0, 2.0)],
+        examples=_relu_grad_examples,
     )
 )
 
@@ -604,7 +619,234 @@ register(
 )
 
 
+# ---- RELU-6 and EXP-1: the fused float32 CPU kernel (rln_verified/_native/gauss.c) ---------------------------
+
+_F32 = torch.float32
+_TINY32 = float(torch.finfo(torch.float32).tiny)
+
+
+def fused_kernel_ready(claim: str, device: torch.device) -> None:
+    """Raise :class:`NotApplicable` unless the fused float32 CPU kernel of ``_native_gauss`` serves ``device``."""
+    from rln_verified import _native_gauss
+
+    if device.type != "cpu":
+        raise NotApplicable(f"{claim} is the fused CPU kernel's claim; float32 on {device.type} runs the operator's "
+                            "eager kernel, which RELU-2..5 and C6 cover")
+    if not _native_gauss.available():
+        why = "switched off (disabled())" if _native_gauss.library() is not None else _native_gauss.reason()
+        raise NotApplicable(f"the fused float32 kernel is not in use here: {why}")
+
+
+def f32_ulps(got: float, want: float | mpmath.mpf) -> float:
+    """``|got - want|`` in units of float32's spacing at ``max(|got|, |want|)`` (2^-149 below tiny); 0 when they are
+    equal (infinities included), inf when either is NaN or only one is infinite."""
+    if has_nan(got, want):
+        return math.inf
+    w = mpmath.mpf(want)
+    if w == got:
+        return 0.0
+    if math.isinf(got) or mpmath.isinf(w):
+        return math.inf
+    mag = max(abs(mpmath.mpf(got)), abs(w))
+    spacing = mpmath.ldexp(1, math.frexp(float(mag))[1] - 24) if mag >= _TINY32 else mpmath.ldexp(1, -149)
+    return float(abs(mpmath.mpf(got) - w) / spacing)
+
+
+def _relu_values_and_partials(mu: float, s: float, device: torch.device) -> list[float]:
+    """(mean, var, dmean/dmu, dmean/dsigma, dvar/dmu, dvar/dsigma) of ``relu_moments`` (looked up per call, so
+    that a test can replace it) on one float32 element."""
+    m_t = torch.tensor([mu], dtype=_F32, device=device, requires_grad=True)
+    s_t = torch.tensor([s], dtype=_F32, device=device, requires_grad=True)
+    mean, var = relu_moments(m_t, s_t)
+    out = [float(mean.detach().double()), float(var.detach().double())]
+    for t in (mean, var):
+        gm, gs = torch.autograd.grad(t.sum(), (m_t, s_t), retain_graph=True)
+        out += [float(gm.double()), float(gs.double())]
+    return out
+
+
+def _accuracy_margin(got: Sequence[float], want: Sequence[mpmath.mpf], tols: Sequence[float]) -> float:
+    """RELU-4/RELU-5's float32 accuracy of each value where its true value is a normal float32 (sign and size
+    below, as ``_below_normal``; skipped where the true value overflows float32)."""
+    margins: list[float] = []
+    for g, w, tol in zip(got, want, tols, strict=True):
+        if has_nan(g, w) or g < 0:
+            return math.inf  # every moment and partial of RELU-2/RELU-5 is >= 0
+        if w > float(torch.finfo(_F32).max):
+            continue
+        small = _below_normal(g, w, _F32)
+        margins.append(small if small is not None else ratio(rel_err(g, w), tol))
+    return fold(margins)
+
+
+def _relu_fused(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    """RELU-6 (2) and (3) on one element: the fused kernel's moments and four partials are within 1 float32 ulp of
+    the eager kernel's, and (for |a| <= 1e3, RELU-4's assumption) within RELU-4's float32 bound at a (moments) and
+    RELU-5's (420 + 7 a^2) u64 + u32 (partials) of the 90-digit references. NaN anywhere is a violation: every input
+    drawn is finite with sigma >= 0, where RELU-2 and RELU-5 promise finite values."""
+    from rln_verified import _native_gauss
+
+    fused_kernel_ready("RELU-6", device)
+    mu, s = (_rounded(float(v), _F32) for v in case)
+    probe = torch.tensor([mu, s], dtype=_F32, device=device)
+    if not _native_gauss.usable(probe[:1], probe[1:]):
+        raise NotApplicable(f"the fused float32 kernel does not serve these tensors here: {_native_gauss.reason()}")
+    fused = _relu_values_and_partials(mu, s, device)
+    with _native_gauss.disabled():
+        eager = _relu_values_and_partials(mu, s, device)
+    if has_nan(fused, eager):
+        return math.inf
+    ulp_margin = fold([f32_ulps(f, e) for f, e in zip(fused, eager, strict=True)])  # (3): <= 1 ulp
+    if s == 0 or abs(mu / s) > 1e3:
+        return ulp_margin  # outside RELU-4's |a| <= 1e3 (sigma = 0 is RELU-3's, where (3) pins both kernels)
+    a = mu / s
+    want_m = relu_moments_ref(mu, s)
+    want_g = relu_grads_ref(mu, s)
+    tols = [relu_tol_at(a, _F32)] * 2 + [relu_grad_tol(a, _F32)] * 4
+    return fold(ulp_margin, _accuracy_margin(fused, [*want_m, *want_g], tols))
+
+
+def _relu_fused_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
+    # (a, sigma) over RELU-4's range and float32's sigmas, as (mu, sigma); and any finite float32 mu, sigma >= 0.
+    ratio_cases = _relu_cases(_F32).map(lambda c: _relu_inputs(c, _F32))
+    return st.one_of(ratio_cases, st.tuples(_any_finite(_F32), _any_finite(_F32, 0.0)))
+
+
+def _relu_fused_examples(dtype: torch.dtype) -> Sequence[Any]:
+    # Both sides of each branch switch of gauss.c: the tail at a = -4.5, the flush of phi below 2^-1022 (|a| > 37.5),
+    # the clamp of |a| at 40; sigma at float32's ends; sigma = 0; a past RELU-4's 1e3.
+    out: list[Any] = []
+    for a in (-X_SPLIT, -37.5, -40.0, 37.5, 40.0, 0.0):
+        t = torch.tensor(a, dtype=_F32)
+        for v in (t, torch.nextafter(t, torch.tensor(math.inf)), torch.nextafter(t, torch.tensor(-math.inf))):
+            out.append(_relu_inputs((float(v), 1.0), _F32))
+    out += [(-19.0, 1.0), (-60.0, 1.0), (1e-30 * 3.0, 1e-30), (-3e30, 1e30), (1.0, 0.0), (-1.0, 0.0),
+            (1e38, 1e-38), (-1e38, 1e-38), (float(torch.finfo(_F32).max), 1.0), (2.0, 1e30)]
+    return out
+
+
+register(
+    Check(
+        claim="RELU-6",
+        subject="relu_moments",
+        strategy=_relu_fused_cases,
+        run=_relu_fused,
+        metric="max of (ulps from the eager kernel over moments and partials) and (rel err / RELU-4, RELU-5 float32 "
+               "bounds at a, for |a| <= 1e3)",
+        dtypes=(torch.float32,),
+        examples=_relu_fused_examples,
+    )
+)
+
+
+# EXP-1's range: C6's std bounds as logs, rounded to float32 as torch.clamp rounds them for a float32 tensor.
+def exp1_range() -> tuple[float, float]:
+    from rln_verified._bayes_linear import std_bounds
+
+    lo, hi = std_bounds(_F32)
+    return _rounded(math.log(lo), _F32), _rounded(math.log(hi), _F32)
+
+
+# EXP-1's bound: 0.99 ulp of float32 at e^x (the kernel's measured worst is 0.9801, proofs/gaussian.md).
+_EXP1_ULPS = 0.99
+# Every 257th float32 of the range in dev and ci (0.16 s); every one under the thorough profile (about 40 s).
+EXP1_STRIDE = 257
+
+
+def _f32_order(x: float) -> int:
+    """The position of float32 ``x`` on the number line of float32 values (0 and -0 both at 0)."""
+    bits = int(torch.tensor([abs(x)], dtype=_F32).view(torch.int32).item())
+    return bits if x >= 0 else -bits
+
+
+def _exp1_sweep(device: torch.device, dtype: torch.dtype, exhaustive: bool) -> tuple[float, Any, str]:
+    from rln_verified import _native_gauss
+
+    fused_kernel_ready("EXP-1", device)
+    lo, hi = exp1_range()
+    stride = 1 if exhaustive else EXP1_STRIDE
+    worst, where = _native_gauss.exp_max_ulp(lo, hi, stride)
+    n = _f32_order(hi) - _f32_order(lo) + 1
+    covered = (f"every float32 in [{lo}, {hi}] ({n:,} values)" if stride == 1 else
+               f"every {stride}th float32 of [{lo}, {hi}] ({(n - 1) // stride + 2:,} of {n:,} values, both ends; "
+               "every one under --profile thorough)")
+    return ratio(worst, _EXP1_ULPS), [where], covered
+
+
+def _exp1(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    """EXP-1 through a float32 layer on the CPU: std() = E(clamp(rho, lo, hi)) within 0.99 ulp of e^clamp (mpmath at
+    30 digits), var() = std()**2 bit for bit, and the rho gradients sigma and 2 sigma^2 (bit for bit: the backward
+    multiplies by sigma, and by 2, exactly) inside [lo, hi] and 0 outside."""
+    from rln_verified import _native_gauss
+    from rln_verified._bayes_linear import BBBLinear
+
+    fused_kernel_ready("EXP-1", device)
+    vals = [_rounded(float(v), _F32) for v in case]
+    layer = BBBLinear(len(vals), 1, bias=False, device=device, dtype=_F32)
+    rho = layer.weight_rho
+    assert rho is not None
+    with torch.no_grad():
+        rho.copy_(torch.tensor([vals], dtype=_F32))
+    if not _native_gauss.usable(rho):
+        raise NotApplicable(f"the fused float32 kernel does not serve this layer here: {_native_gauss.reason()}")
+    ws, _ = layer.std()
+    wv, _ = layer.var()
+    (g_s,) = torch.autograd.grad(ws.sum(), rho)
+    (g_v,) = torch.autograd.grad(wv.sum(), rho)
+    if has_nan(ws, wv, g_s, g_v):
+        return math.inf  # rho is finite: sigma, its square and the gradients are finite (C6)
+    sd, sq = ws.detach(), wv.detach()
+    if not torch.equal(sq, sd * sd):
+        return math.inf
+    lo, hi = exp1_range()
+    inside = torch.tensor([[lo <= v <= hi for v in vals]])
+    zero = torch.zeros_like(sd)
+    if not (torch.equal(g_s, torch.where(inside, sd, zero)) and torch.equal(g_v, torch.where(inside, 2 * sq, zero))):
+        return math.inf
+    margins = []
+    with mpmath.workdps(30):
+        for got, v in zip(sd.reshape(-1).tolist(), vals, strict=True):
+            margins.append(f32_ulps(got, mpmath.exp(mpmath.mpf(min(max(v, lo), hi)))) / _EXP1_ULPS)
+    return guarded(fold(margins), sd, sq)
+
+
+def _exp1_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
+    lo, hi = exp1_range()
+    near = st.floats(lo - 1.0, hi + 1.0, width=32)
+    return st.lists(st.one_of(near, finite_floats(_F32)), min_size=1, max_size=8)
+
+
+def _exp1_examples(dtype: torch.dtype) -> Sequence[Any]:
+    lo, hi = exp1_range()
+    fmax = float(torch.finfo(_F32).max)
+    t_lo, t_hi = torch.tensor(lo, dtype=_F32), torch.tensor(hi, dtype=_F32)
+    edges = [float(torch.nextafter(t_lo, torch.tensor(-math.inf))),
+             float(torch.nextafter(t_hi, torch.tensor(math.inf)))]
+    # the ends and just outside, 0 and -0, the default rho's neighbourhood, the measured worst point, saturation
+    return [[lo, hi, 0.0, -0.0, _rounded(math.log(0.01), _F32), -5.8573437], edges, [-1e30, 1e30, -30.0, 12.0],
+            [fmax, -fmax]]
+
+
+register(
+    Check(
+        claim="EXP-1",
+        subject="BayesianLinear.std",
+        strategy=_exp1_cases,
+        run=_exp1,
+        metric="ulps of std() from e^clamp(rho) / 0.99 (and over the sweep of the range); inf unless var = std^2 and "
+               "the rho gradients are clamp's, bit for bit",
+        dtypes=(torch.float32,),
+        examples=_exp1_examples,
+        sweep=_exp1_sweep,
+    )
+)
+
+
 __all__ = [
+    "EXP1_STRIDE",
+    "exp1_range",
+    "f32_ulps",
+    "fused_kernel_ready",
     "gauss_tol",
     "kl_ref",
     "kl_tol",

@@ -1045,6 +1045,197 @@ def _n10(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], fl
     return run
 
 
+# ---- N11: the fused float32 CPU kernel against the float64 formula ---------------------------------------
+
+# N11 (proofs/norm.md): the kernel rounds once to float32 at the end, so each value is within (u32 + 2^-40)|ref| plus a
+# float64-sized term 2^-46 (n + 8)^k (1 + A/sigma) S of the float64 evaluation of the same layer on the same values.
+_N11_U = 2.0**-24 + 2.0**-40
+_N11_TINY = 2.0**-150  # rounding into float32's subnormal range is off by up to half its spacing 2^-149
+_N11_EPS = 1e-5
+_N11_LAMBDA = (1e-3, 1.0)  # the layers' default [lambda_min, lambda_max]
+
+
+def n11_ready(device: torch.device) -> None:
+    """Raise :class:`NotApplicable` unless the fused float32 CPU kernel of ``_native`` serves ``device``."""
+    from rln_verified import _native
+
+    if device.type != "cpu":
+        raise NotApplicable(f"N11 is the fused CPU kernel's claim; float32 on {device.type} runs the operator's "
+                            "plain formula, which N0-N10 cover")
+    if not _native.available():
+        why = "switched off (disabled())" if _native.library() is not None else _native.reason()
+        raise NotApplicable(f"the fused kernel is not in use here: {why}")
+
+
+def _n11_cases(two_d: bool) -> Callable[[torch.dtype], st.SearchStrategy[Any]]:
+    @st.composite
+    def cases(draw: Any) -> dict[str, Any]:
+        p = draw(st.integers(2, 6)) if two_d else draw(st.integers(1, 3))
+        l_ = draw(st.sampled_from([2, 3, 4, 5, 7, 16, 19]))
+        n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        shape = (n, c, p, l_) if two_d else (n, p, l_)
+        size = math.prod(shape)
+        return {"shape": shape, "scale": 2.0 ** draw(st.integers(-140, 120)),
+                "offset": draw(st.sampled_from([0.0, 1.0, 1e4, 1e20])),
+                "vals": draw(st.lists(st.floats(-4, 4, width=32), min_size=size, max_size=size)),
+                "affine": draw(st.sampled_from(["none", "weight", "both"])),
+                "alpha": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
+                "raw": draw(st.floats(-1.5707963705062866, 1.5707963705062866, width=32)),
+                "seed": draw(st.integers(0, 2**16))}
+
+    return lambda dtype: cases()
+
+
+def _n11_pin(shape: tuple[int, ...], vals: list[float], scale: float = 1.0, offset: float = 0.0,
+             **kw: Any) -> dict[str, Any]:
+    size = math.prod(shape)
+    base = {"shape": shape, "scale": scale, "offset": offset, "vals": (vals * size)[:size], "affine": "both",
+            "alpha": 1.0, "raw": 0.0, "seed": 0}
+    return {**base, **kw}
+
+
+def _n11_examples(two_d: bool) -> Callable[[torch.dtype], Sequence[Any]]:
+    if two_d:
+        pins = [
+            _n11_pin((2, 3, 4, 5), [1.0]),  # constant groups
+            _n11_pin((2, 2, 4, 4), [1.0, -1.0]),  # alternating signs
+            _n11_pin((1, 2, 5, 5), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 0.0]),  # spikes
+            _n11_pin((1, 2, 3, 4), [1.0, -1.0, 0.5, 0.25], scale=3e38),  # float32 max
+            _n11_pin((1, 2, 2, 3), [1.0, -0.5, 0.25], scale=2.0**-140),  # subnormals
+            # long rows take the 5-tap form of B^T B with computed pads (rnorm.c): spikes on the end rows and columns
+            _n11_pin((1, 2, 4, 16), [9.0] + [0.0] * 14 + [-5.0] + [0.0] * 32 + [3.0] + [0.0] * 14 + [2.0]),
+            _n11_pin((1, 1, 5, 17), [0.0, 4.0] + [0.0] * 14 + [2.0, -1.0]),
+            _n11_pin((2, 2, 3, 3), [1.0, 2.0, -3.0], raw=-1.5707963705062866, alpha=3.0),  # lambda at its ends
+            _n11_pin((2, 2, 3, 3), [1.0, 2.0, -3.0], raw=1.5707963705062866, affine="none"),
+        ]
+    else:
+        pins = [
+            _n11_pin((2, 3, 6), [0.5, -0.5, 0.0], offset=1e6),  # huge offset
+            _n11_pin((2, 1, 2), [1.0, 2.0]),  # the smallest window
+            _n11_pin((3, 2, 7), [1.0, -1.0, 2.0], affine="none"),
+            _n11_pin((2, 2, 16), [7.0, -3.0] + [0.0] * 12 + [1.0, 5.0]),
+            _n11_pin((1, 2, 4), [1.0, -1.0, 0.5, 0.25], scale=3e38),
+            _n11_pin((2, 3, 5), [1.0], offset=1e20),  # constant groups far from 0
+        ]
+    return lambda dtype: pins
+
+
+def _n11_run_layer(cls: type[nn.Module], case: dict[str, Any], bayes: bool, two_d: bool, x: torch.Tensor,
+                   params: dict[str, torch.Tensor], gy: torch.Tensor, gu: torch.Tensor) -> list[torch.Tensor]:
+    """(y, u, dL/dx, dL/dweight, dL/dbias, dL/dlambda_raw) of a fresh layer of ``cls`` in x's dtype, with the given
+    parameter values, for L = sum(y gy) + sum(u gu) (u = 0 and no u term for the plain layers)."""
+    dt = x.dtype
+    affine, shape = case["affine"], case["shape"]
+    kw: dict[str, Any] = {"eps": _N11_EPS, "bias": affine == "both", "dtype": dt}
+    kw["affine" if two_d else "elementwise_affine"] = affine != "none"
+    if bayes:
+        kw["alpha"] = case["alpha"]
+    mod = cls(shape[1] if two_d else tuple(shape[1:]), **kw)
+    with torch.no_grad():
+        for name, p in mod.named_parameters():
+            p.copy_(params[name].to(dt).reshape(p.shape))
+    xs = x.detach().clone().requires_grad_(True)
+    if bayes:
+        y, u = mod(xs, return_uncertainty=True)
+        loss = (y * gy.to(dt)).sum() + (u * gu.to(dt)).sum()
+    else:
+        y = mod(xs)
+        u = torch.zeros(gu.shape, dtype=dt)
+        loss = (y * gy.to(dt)).sum()
+    names = [n for n, _ in mod.named_parameters()]
+    leaves = [xs, *mod.parameters()]
+    grads = dict(zip(["x", *names], torch.autograd.grad(loss, leaves), strict=True))
+    zero = torch.zeros((), dtype=dt)
+    return [y.detach(), u.detach(), grads["x"], grads.get("weight", zero), grads.get("bias", zero),
+            grads["lambda_raw"]]
+
+
+def _n11(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], float]:
+    cls = subject.info["cls"]
+    two_d, bayes = subject.info["two_d"], subject.info["bayes"]
+
+    def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+        """Largest ratio |kernel - float64 formula| / N11's bound over y, u and every gradient (NaN: inf)."""
+        from rln_verified import _native
+
+        n11_ready(device)
+        shape = tuple(case["shape"])
+        x32 = (torch.tensor(case["vals"], dtype=torch.float64).reshape(shape) * case["scale"] + case["offset"])
+        x32 = x32.clamp(-3e38, 3e38).float()
+        g = torch.Generator().manual_seed(case["seed"])
+        kshape = (shape[1],) if two_d else tuple(shape[1:])
+        params = {"weight": 1 + 0.5 * torch.randn(kshape, generator=g), "bias": 0.3 * torch.randn(kshape, generator=g),
+                  "lambda_raw": torch.tensor([case["raw"]], dtype=torch.float32)}
+        params = {k: v.float() for k, v in params.items()}
+        gy = torch.randn(shape, generator=g)
+        ushape = (*shape[:2], 1, 1) if two_d else shape[:1] + (1,) * (len(shape) - 1)
+        gu = torch.randn(ushape, generator=g)
+        mode = 0 if case["affine"] == "none" else (1 if two_d else 2)
+        p_, l_ = shape[-2], shape[-1]
+        w_, b_ = (params["weight"] if mode else None), (params["bias"] if case["affine"] == "both" else None)
+        if not _native.usable(x32, w_, b_, params["lambda_raw"], mode, p_, l_):
+            raise NotApplicable(f"the fused kernel does not serve these tensors here: {_native.reason()}")
+        got = _n11_run_layer(cls, case, bayes, two_d, x32, params, gy, gu)
+        ref = _n11_run_layer(cls, case, bayes, two_d, x32.double(), params, gy.double(), gu.double())
+        if has_nan(got, ref):
+            return math.inf  # finite inputs: every value and gradient is finite (N2, N3)
+        alpha = case["alpha"] if bayes else 0.0
+        lo, hi = _N11_LAMBDA
+        lam = lo + (hi - lo) * 0.5 * (1.0 + math.sin(case["raw"]))
+        dlam = (hi - lo) * 0.5 * abs(math.cos(case["raw"]))  # |d lambda / d raw|: the raw gradient's scale
+
+        # group statistics of the float64 input, per element
+        xd = x32.double()
+        dims = (-2, -1) if two_d else tuple(range(1, len(shape)))
+        m = math.prod(shape[-2:]) if two_d else math.prod(shape[1:])
+        mean = xd.mean(dim=dims, keepdim=True)
+        sigma = torch.sqrt(((xd - mean) ** 2).mean(dim=dims, keepdim=True) + _N11_EPS)
+        amp = 1 + xd.abs().amax(dim=dims, keepdim=True) / sigma
+        wd = params["weight"].double()
+        wmax = float(wd.abs().max()) if mode else 1.0
+        wel = wd.reshape((1, -1, 1, 1) if two_d else (1, *kshape)) if mode else torch.ones((), dtype=torch.float64)
+        margins: list[float] = []
+
+        def bound(err: torch.Tensor, tol: torch.Tensor) -> None:
+            margins.append(fold(err / (tol + _N11_TINY)))
+
+        y, u, gx, gw, gb, gl = (t.double() for t in got)
+        yr, ur, gxr, gwr, gbr, glr = ref
+        bound((y - yr).abs(), _N11_U * yr.abs() + wel.abs() * 2.0**-46 * (m + 8) * amp)
+        bound((u - ur).abs(), _N11_U * ur.abs() + 2.0**-46 * (m + 8) * amp.reshape(ur.shape))
+        s_x = (wmax * gy.double().abs().amax(dim=dims, keepdim=True) + alpha * lam * gu.double().abs()) / sigma
+        bound((gx - gxr).abs(), _N11_U * gxr.abs() + 2.0**-46 * (m + 8) ** 2 * amp * s_x)
+        n_all = x32.numel()
+        amp_all = float(amp.max())
+        xhat = ((xd - mean) / sigma).abs()
+        gyd = gy.double().abs()
+        red = (0, 2, 3) if two_d else (0,)
+        if mode:
+            s_w = (gyd * xhat).sum(dim=red).reshape(kshape)
+            bound((gw - gwr).abs(), _N11_U * gwr.abs() + 2.0**-46 * (n_all + 8) ** 2 * amp_all * s_w)
+        if case["affine"] == "both":
+            s_b = gyd.sum(dim=red).reshape(kshape)
+            bound((gb - gbr).abs(), _N11_U * gbr.abs() + 2.0**-46 * (n_all + 8) ** 2 * s_b)
+        s_l = float((gyd * wel.abs() * xhat).sum() + 2 * gu.double().abs().sum())
+        bound((gl - glr).abs(), _N11_U * glr.abs() + 2.0**-46 * (n_all + 8) ** 2 * amp_all * s_l * dlam)
+        return fold(margins)
+
+    return run
+
+
+def _n11_checks() -> tuple[Check, ...]:
+    out = []
+    for s in our_subjects():
+        s_info = {**s.info, "cls": {c.__name__: c for c in (RLayerNorm, BayesianRLayerNorm, RLayerNorm2d,
+                                                              BayesianRLayerNorm2d)}[s.name]}
+        subject = LayerSubject(s.name, s.factory, s.shape, s.groups, s.eps, s_info)
+        two_d = bool(s.info["two_d"])
+        out.append(Check(claim="N11", subject=s.name, strategy=_n11_cases(two_d), run=_n11(subject),
+                         metric="max over y, u, every gradient of |kernel - float64 formula| / N11 bound",
+                         dtypes=(torch.float32,), examples=_n11_examples(two_d)))
+    return tuple(out)
+
+
 # ---- registration ---------------------------------------------------------------------------------------
 
 _FACTORIES: dict[str, tuple[Callable[[LayerSubject], Callable[[Any, torch.device, torch.dtype], float]], str]] = {
@@ -1090,3 +1281,4 @@ def make_checks(subject: LayerSubject, claims: Sequence[str] | None = None) -> t
 for _s in our_subjects():
     _claims = [c for c in _FACTORIES if c not in ("N6", "N7") or _s.info["bayes"]]
     register(*make_checks(_s, _claims))
+register(*_n11_checks())
