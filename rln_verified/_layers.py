@@ -84,9 +84,12 @@ class _RNormBase(nn.Module):
         """The fused float32 kernel on x viewed as (p, l_) planes (N11), or on CUDA the operator with its CUDA kernel
         (the plain formula), or None where neither applies. It takes the raw lambda parameter and the un-reshaped
         affine, so the graph has one node."""
-        if x.dtype != torch.float32 or onnx_exporting():
+        if x.dtype != torch.float32:
             return None
-        if not recording() and under_func_transform(x, self.lambda_raw):
+        if recording():
+            if onnx_exporting():  # ONNX has no lowering of the operator: the plain formula
+                return None
+        elif under_func_transform(x, self.lambda_raw):
             return None
         mode = 0 if self.weight is None else (1 if two_d else 2)
         if not _native.usable(x, self.weight, self.bias, self.lambda_raw, mode, p, l_):

@@ -118,6 +118,8 @@ def _all_cuda_f32(*tensors: Tensor | None) -> bool:
 
 
 def _require(t: Tensor, name: str, dtype: torch.dtype, numel: int) -> None:
+    if isinstance(t, Tensor) and t.dtype == dtype and t.is_cpu and t.is_contiguous() and t.numel() == numel:
+        return  # the common case in one test; the messages below say what is wrong otherwise
     if not isinstance(t, Tensor):
         raise TypeError(f"rnorm kernel: {name} must be a tensor, got {type(t).__name__}")
     if t.dtype != dtype:
@@ -191,16 +193,16 @@ def _lambda(lam_src: Tensor, cfg: PlaneConfig) -> tuple[float, float]:
     return lo + (hi - lo) * 0.5 * (1.0 + math.sin(src)), (hi - lo) * 0.5 * math.cos(src)
 
 
-def _run_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor,
-                 cfg: PlaneConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """y, u (one per group, flat) and the per-group stats, from the C kernel."""
+def _run_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig,
+                 u_shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """y, u (one per group: flat, or ``u_shape``) and the per-group stats, from the C kernel."""
     groups = _check_forward(x, w, b, lam_src, cfg)
     lib = library()
     if lib is None:
         raise RuntimeError(f"the fused R-LayerNorm kernel is not available: {reason()}")
     lam, _ = _lambda(lam_src, cfg)
     y = torch.empty_like(x)
-    u = torch.empty(groups, dtype=torch.float32)
+    u = torch.empty(groups if u_shape is None else u_shape, dtype=torch.float32)
     stats = torch.empty(groups, _NSTAT, dtype=torch.float64)
     rc = lib.rln_forward_f32(x.data_ptr(), groups, cfg.p, cfg.l, cfg.two_d, cfg.bayes, cfg.eps, lam, cfg.alpha,
                              cfg.mode, _p(w), _p(b), _channels(x, cfg), y.data_ptr(), u.data_ptr(), stats.data_ptr(),
@@ -420,8 +422,8 @@ class _NativeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor,
-                cfg: PlaneConfig) -> tuple[Tensor, Tensor]:
-        y, u, stats = _run_forward(x, weight, bias, lam_src, cfg)
+                cfg: PlaneConfig, u_shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
+        y, u, stats = _run_forward(x, weight, bias, lam_src, cfg, u_shape)
         ctx.save_for_backward(x, weight, bias, lam_src, stats)
         ctx.cfg = cfg
         if not cfg.bayes:
@@ -435,11 +437,11 @@ class _NativeFn(torch.autograd.Function):
         cfg: PlaneConfig = ctx.cfg
         need = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph: differentiate the plain formula (every order)
-            return (*_differentiable_vjp(x, w, b, lam_src, cfg, need, gy, gu), None)
+            return (*_differentiable_vjp(x, w, b, lam_src, cfg, need, gy, gu), None, None)
         gy_c = torch.zeros_like(x) if gy is None else gy.to(torch.float32).contiguous()
         gu_c = gu.to(torch.float32).contiguous() if (gu is not None and cfg.bayes) else None
         gx, g_w, g_b, g_l = _run_backward(x, w, lam_src, stats, gy_c, gu_c, cfg, need[1], need[2])
-        return gx, g_w, g_b, (g_l if need[3] else None), None
+        return gx, g_w, g_b, (g_l if need[3] else None), None, None
 
 
 def apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, cfg: PlaneConfig,
@@ -455,10 +457,10 @@ def apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor
         if torch.is_grad_enabled() and (x.requires_grad or lam_src.requires_grad
                                         or (weight is not None and weight.requires_grad)
                                         or (bias is not None and bias.requires_grad)):
-            out = _NativeFn.apply(x, weight, bias, lam_src, cfg)  # type: ignore[no-untyped-call]
-            return out[0], out[1].reshape(u_shape)
-        y, u, _ = _run_forward(x, weight, bias, lam_src, cfg)  # no graph to record: no autograd node
-        return y, u.reshape(u_shape)
+            out = _NativeFn.apply(x, weight, bias, lam_src, cfg, u_shape)  # type: ignore[no-untyped-call]
+            return out[0], out[1]
+        y, u, _ = _run_forward(x, weight, bias, lam_src, cfg, u_shape)  # no graph to record: no autograd node
+        return y, u
     y, u, _ = torch.ops.rln_verified.rnorm_forward(x, weight, bias, lam_src, *cfg)
     return y, u.reshape(u_shape)
 

@@ -162,9 +162,10 @@ def rnorm_planes(
     float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N11); float32
     CUDA inputs through the operator ``rln_verified::rnorm_forward``, whose CUDA kernel is :func:`plain_planes`.
     """
-    if onnx_exporting():  # ONNX has neither the operator nor frexp: plain operations only
-        return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d, no_frexp=True)
-    if not recording() and under_func_transform(x, weight, bias, lam):
+    if recording():
+        if onnx_exporting():  # ONNX has neither the operator nor frexp: plain operations only
+            return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d, no_frexp=True)
+    elif under_func_transform(x, weight, bias, lam):
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
     mode = 0 if weight is None else (1 if tuple(weight.shape[-2:]) == (1, 1) else 2)
     p, l_ = x.shape[-2], x.shape[-1]
