@@ -419,6 +419,31 @@ def test_init_follows_objectrl(use_softplus: bool) -> None:
     assert float(layer.weight_mu.abs().max()) <= bound and float(layer.bias_mu.abs().max()) <= bound  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
+def test_tensor_prior_std_must_be_positive_and_finite(bad: float) -> None:
+    """A weight-shaped tensor prior std with one bad element is refused, as a number is."""
+    std = torch.ones(3, 4)
+    std[1, 2] = bad
+    with pytest.raises(ValueError, match="prior_std must be > 0 and finite"):
+        BBBLinear(4, 3, prior_std=std)
+    layer = BBBLinear(4, 3)
+    with pytest.raises(ValueError, match="prior_std must be > 0 and finite"):
+        layer.update_prior(0.0, std)
+
+
+def test_bias_means_fill_the_objectrl_interval() -> None:
+    """Bias means are uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)] (nn.Linear's rule): none outside, and with 4096 draws
+    the largest |b| exceeds 0.9/sqrt(fan_in) (probability of not doing so: 0.9^4096 < 1e-187), so a narrower
+    interval such as 1/fan_in fails."""
+    torch.manual_seed(0)
+    fan_in = 64
+    layer = BBBLinear(fan_in, 4096, dtype=torch.float64)
+    assert layer.bias_mu is not None
+    bound = 1.0 / math.sqrt(fan_in)
+    top = float(layer.bias_mu.abs().max())
+    assert top <= bound and top > 0.9 * bound
+
+
 @pytest.mark.claim("C6")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_std_bounds_keep_std_positive_and_finite(dtype: torch.dtype) -> None:

@@ -1,0 +1,146 @@
+"""mutmut 3 over the Python kernels, one module at a time with the module's fast test selection
+(``tests/mutation/selection.toml``), in a scratch copy of the working tree.
+
+    .venv/bin/python tests/mutation/run_mutmut.py                   # special, gaussian, norm, bayes_linear
+    .venv/bin/python tests/mutation/run_mutmut.py special --max-children 2
+
+mutmut 3 reads its configuration from ``[tool.mutmut]`` of the ``pyproject.toml`` in the folder it runs in and writes
+its mutated copy to ``mutants/`` there. The checkout is never that folder: each module gets a scratch copy whose
+``pyproject.toml`` gains a ``[tool.mutmut]`` section naming the module (``only_mutate``) and its selection
+(``pytest_add_cli_args_test_selection``). ``process_isolation = "forkserver"``: torch is not fork-safe once its
+thread pools exist. Results (``mutmut results --all true``) go to ``build/mutation/mutmut-<module>.txt`` and a
+summary to ``build/mutation/mutmut.json``.
+
+Outcomes as mutmut names them: killed, survived, timeout, suspicious, no tests (not covered by the selection),
+skipped, segfault. A timeout is a survivor unless ``mutmut run <name>`` on it shows a failing test. mutmut's
+count is not the score of the target (tests/mutation/README.md): its operators (string literals, error-message
+text, keyword arguments, ``x + 1`` for integer constants) make many mutants that change no number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from run_scripted import ROOT, snapshot
+
+HERE = Path(__file__).resolve().parent
+PYTHON_MODULES = ("special", "gaussian", "norm", "bayes_linear")
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def mutmut_section(sel: dict[str, object], profile: str) -> str:
+    tests = [str(t) for t in sel["tests"]]  # type: ignore[union-attr]
+    k = str(sel.get("k", ""))
+    selection = tests + (["-k", k] if k else [])
+    return "\n".join([
+        "", "[tool.mutmut]",
+        'source_paths = ["rln_verified/"]',
+        f"only_mutate = {toml_list(list(sel['sources']))}",  # type: ignore[call-overload]
+        f"pytest_add_cli_args = {toml_list(['-p', 'no:randomly', '--hypothesis-seed=0', '-q'])}",
+        f"pytest_add_cli_args_test_selection = {toml_list(selection)}",
+        f"also_copy = {toml_list(['proofs/', 'docs/', 'benchmarks/', 'README.md', 'CHANGELOG.md'])}",
+        'process_isolation = "forkserver"',
+        "use_git_change_detection = false",
+        "timeout_multiplier = 5.0",
+        "timeout_constant = 10.0",
+        "",
+    ]) + f"# HYPOTHESIS_PROFILE={profile}\n"
+
+
+def count(results: str) -> dict[str, int]:
+    tally: dict[str, int] = {}
+    for line in results.splitlines():
+        m = re.match(r"\s*(\S+):\s*(.+?)\s*$", line)
+        if m and "__mutmut_" in m.group(1):
+            tally[m.group(2)] = tally.get(m.group(2), 0) + 1
+    return tally
+
+
+def run_module(mod: str, sel: dict[str, object], profile: str, max_children: int, limit: float,
+               out: Path) -> dict[str, object]:
+    scratch = Path(tempfile.mkdtemp(prefix=f"rln-mutmut-{mod}-"))
+    try:
+        snapshot(scratch)
+        with (scratch / "pyproject.toml").open("a") as f:
+            f.write(mutmut_section(sel, profile))
+        env = dict(os.environ)
+        env.update({"HYPOTHESIS_PROFILE": profile, "RLN_VERIFIED_REQUIRE_NATIVE": "1",
+                    "RLN_VERIFIED_CACHE": str(scratch / "native-cache")})
+        env.pop("PYTHONPATH", None)
+        mutmut = [sys.executable, "-m", "mutmut"]
+        t0 = time.monotonic()
+        # its own process group, so that the time limit stops mutmut's forkserver and workers with it
+        log = scratch / "mutmut-run.log"
+        with log.open("w") as f:
+            proc = subprocess.Popen([*mutmut, "run", "--max-children", str(max_children)], cwd=scratch, env=env,
+                                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                proc.wait(timeout=limit)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                timed_out = True
+        run_tail = log.read_text(errors="replace")[-3000:]
+        wall = time.monotonic() - t0
+        res = subprocess.run([*mutmut, "results", "--all", "true"], cwd=scratch, env=env, capture_output=True,
+                             text=True)
+        (out / f"mutmut-{mod}.txt").write_text(res.stdout + res.stderr)
+        tally = count(res.stdout)
+        # the diff of every survivor and timeout, kept after the scratch copy is gone
+        shown = []
+        for line in res.stdout.splitlines():
+            name, _, state = line.strip().partition(": ")
+            if "__mutmut_" in name and state in ("survived", "timeout", "suspicious"):
+                diff = subprocess.run([*mutmut, "show", name], cwd=scratch, env=env, capture_output=True, text=True)
+                shown.append(f"# {name}: {state}\n{diff.stdout}")
+        (out / f"mutmut-{mod}-survivors.diff").write_text("\n".join(shown))
+        print(f"[mutmut] {mod}: {tally} in {wall:.0f} s{' (stopped at the time limit)' if timed_out else ''}",
+              flush=True)
+        if not tally:
+            print(run_tail)
+        return {"wall_s": wall, "stopped_at_limit": timed_out, "counts": tally, "log_tail": run_tail[-1500:]}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", default=list(PYTHON_MODULES), help="modules of selection.toml")
+    ap.add_argument("--max-children", type=int, default=2, help="mutmut's parallel workers")
+    ap.add_argument("--limit", type=float, default=3600.0, help="seconds per module before mutmut is stopped")
+    ap.add_argument("--out", default=str(ROOT / "build" / "mutation"))
+    args = ap.parse_args(argv)
+    cfg = tomllib.loads((HERE / "selection.toml").read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {mod: run_module(mod, cfg["modules"][mod], str(cfg.get("profile", "dev")), args.max_children,
+                               args.limit, out) for mod in args.modules}
+    (out / "mutmut.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
