@@ -415,7 +415,8 @@ def not_applicable(s: Subject, column: str) -> str | None:
     return None
 
 
-_CAUSES = ("No ONNX function found", "Error when translating", "Could not find an implementation")
+_CAUSES = ("No ONNX function found", "Error when translating", "Could not find an implementation",
+           "NotImplementedError")
 
 
 def describe(exc: BaseException) -> str:
