@@ -113,8 +113,8 @@ def normal_logcdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) 
         TypeError: a non-float tensor, or tensors of different dtypes.
     """
     z, _ = _standardize("normal_logcdf", x, mu, sigma)
-    # z > 1: log1p(-Q(z)) with Q from the erfcx form (log_ndtr's erfc loses ~1e-12 near z = 15);
-    # below 1 log_ndtr is accurate and Q is not small enough for log1p(-Q) to be sharper.
+    # z > 1: log1p(-Q(z)) with Q from the erfcx form, the form GAUSS-1's proof bounds; z <= 1: log_ndtr (8u, an
+    # external bound). torch 2.13's log_ndtr happens to meet GAUSS-1 above 1 as well (tests/mutation/equivalent.toml).
     pos = z > 1
     upper = torch.log1p(-_phi_cdf(torch.where(pos, z, torch.ones_like(z)))[2])
     lower = torch.special.log_ndtr(torch.where(pos, torch.zeros_like(z), z))

@@ -370,6 +370,38 @@ def inv_softplus_error_bound(y: float, dtype: torch.dtype) -> float:
     return delta_c + ud * abs(x) + ud * delta_c + ud * td
 
 
+def inv_softplus_error_bound_t(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`inv_softplus_error_bound` for a float64 tensor of positive normal ``y``, with (l, x) from float64
+    instead of mpmath: for the exhaustive sweeps. The float64 l and x are off by <= 4 u_64 (|l| + |y|), under
+    1e-8 of Delta (Delta >= eps_c 1.02 absolute), so the bound and the reference move by less than that."""
+    uc, ec, _, ud, td = _units(dtype)
+    l_val = torch.log(-torch.expm1(-y))
+    x = y + l_val
+    delta_c = (1 + uc) * ec * (l_val.abs() + K_INV) + uc * x.abs()
+    return delta_c + ud * x.abs() + ud * delta_c + ud * td
+
+
+def inv_softplus_exhaustive(device: str | torch.device, dtype: torch.dtype, lo: float, hi: float,
+                            chunk: int = 1 << 22) -> tuple[float, float]:
+    """SP-2 (a) at every float of ``dtype`` in [lo, hi) (positive normals): the largest |x~ - x| / Delta and the y
+    where it occurs. x is the float64 y + log(-expm1(-y)) (see :func:`inv_softplus_error_bound_t`). NaN is inf."""
+    bits = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[dtype]
+    ends = torch.tensor([max(lo, _tiny(dtype)), hi], dtype=torch.float64).to(dtype).view(bits).long().tolist()
+    worst, where = 0.0, math.nan
+    for start in range(ends[0], ends[1], chunk):
+        ints = torch.arange(start, min(start + chunk, ends[1]), dtype=torch.int64)
+        y = ints.to(bits).view(dtype)
+        got = inv_softplus(y.to(device)).double().cpu()
+        y64 = y.double()
+        ref = y64 + torch.log(-torch.expm1(-y64))
+        r = (got - ref).abs() / inv_softplus_error_bound_t(y64, dtype)
+        r = torch.where(torch.isnan(r), torch.full_like(r, math.inf), r)
+        i = int(r.argmax())
+        if float(r[i]) > worst:
+            worst, where = float(r[i]), float(y64[i])
+    return worst, where
+
+
 def round_trip_y_bound(y: float, dtype: torch.dtype) -> float:
     """SP-2 bound on |softplus(inv_softplus(y)) - y| / y (proofs/special.md, SP-2).
 
