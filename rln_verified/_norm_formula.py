@@ -153,6 +153,13 @@ def _scaled_eps(eps: float, s: torch.Tensor) -> torch.Tensor:
     return torch.clamp(eps * (s * s), min=float(torch.finfo(s.dtype).tiny))
 
 
+def unscaled_inverse(a: torch.Tensor, s: torch.Tensor, v: torch.Tensor, f: torch.Tensor, eps: float) -> torch.Tensor:
+    """1/(sigma f) of the unscaled group, a s with a = 1/(sigma_s f) of the scaled one, except at v = 0 (a constant
+    group, or one whose variance is below the smallest normal), where it is 1/(sqrt(eps) f) exactly. Where eps s^2
+    underflows (float64 groups above ~2^503), a s would be s/sqrt(tiny) instead (N2, N3)."""
+    return torch.where(v == 0, 1.0 / (math.sqrt(eps) * f), a * s)
+
+
 def norm_const(two_d: bool) -> float:
     """B = box_sum / c with c = 9 (3x3) or 3 (width 3)."""
     return 9.0 if two_d else 3.0
@@ -265,6 +272,14 @@ def plain_planes(
         f = 1.0 + t
         u = torch.zeros_like(t)
     y = xc * (1.0 / (torch.sqrt(var_eps) * f))
+    # A group with v = 0 has x_c = 0: y does not change, but autograd's dy/dx = s/(sigma_s f) P is wrong where eps s^2
+    # underflowed (see unscaled_inverse). There the centring is redone unscaled, x - x_0 (exactly 0), so that
+    # dy/dx = P/(sqrt(eps) f) at every magnitude; elsewhere the masked difference carries no value and no gradient.
+    flat = v == 0
+    x0 = x.detach()[..., :1, :1]
+    d = torch.where(flat, x - x0, torch.zeros_like(x))
+    d = (d - d.mean(dim=(-2, -1), keepdim=True)).to(sd)
+    y = torch.where(flat, d * (1.0 / (math.sqrt(eps) * f)), y)
     if weight is not None:
         y = y * weight.to(sd)
     if bias is not None:

@@ -30,6 +30,7 @@ from rln_verified._norm_formula import (
     plane_dot,
     reduce_to,
     saturating_cast,
+    unscaled_inverse,
 )
 from rln_verified._validation import compute_dtype
 
@@ -57,6 +58,7 @@ class _RNormFn(torch.autograd.Function):
         sigma = torch.sqrt(st["v"] + st["eps_s"])
         f, dlogf, u = inflation(lam.to(sd) * st["r"], alpha, bayes)
         a = 1.0 / (sigma * f)
+        a_s = unscaled_inverse(a, st["s"], st["v"], f, eps)
         if weight is not None and weight.shape[-2:] == (1, 1):
             # per-channel weight folds into the per-group scalar
             scale, xcs = saturating_cast(a * weight.to(sd), cd), st["xc"]
@@ -70,21 +72,21 @@ class _RNormFn(torch.autograd.Function):
             y = y + bias
         # The user-facing u and the saved one must be distinct tensors (the saved one is non-differentiable).
         u_out = u.to(cd) if u.dtype != cd else u.clone()
-        return y, u_out, st["mean"], st["s"], sigma, st["r"], f, dlogf, u
+        return y, u_out, st["mean"], st["s"], sigma, st["r"], f, dlogf, u, a_s
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         x, weight, bias, lam, eps, alpha, bayes, two_d = inputs
-        _, _, mean, s, sigma, r, f, dlogf, u = output
+        _, _, mean, s, sigma, r, f, dlogf, u, a_s = output
         ctx.eps, ctx.alpha, ctx.bayes, ctx.two_d = eps, alpha, bayes, two_d
         ctx.bias_shape = bias.shape if bias is not None else None
         ctx.lam_dtype = lam.dtype
-        ctx.save_for_backward(x, weight, bias, lam, mean, s, sigma, r, f, dlogf, u)
-        ctx.mark_non_differentiable(mean, s, sigma, r, f, dlogf, u)
+        ctx.save_for_backward(x, weight, bias, lam, mean, s, sigma, r, f, dlogf, u, a_s)
+        ctx.mark_non_differentiable(mean, s, sigma, r, f, dlogf, u, a_s)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor, gu: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
-        x, weight, bias, lam, mean, s, sigma, r, f, dlogf, u = ctx.saved_tensors
+        x, weight, bias, lam, mean, s, sigma, r, f, dlogf, u, a_s = ctx.saved_tensors
         two_d, bayes = ctx.two_d, ctx.bayes
         if torch.is_grad_enabled():  # create_graph: differentiate the plain formula instead (every order)
             eps, alpha = ctx.eps, ctx.alpha
@@ -125,17 +127,17 @@ class _RNormFn(torch.autograd.Function):
         coef = (g_t * lam) * (2.0 / m) / var_eps
         # gx/s = gg a - a mean(gg) - xh a mean(gg xh) + coef [w x_c - B^T B x_c - r x_c]  (proofs/norm.md, N3)
         k_xc = -(a_sum / m) * a / sigma + coef * (1.0 - r)
-        k_0 = -(gg_sum / m) * a
+        k_0_s = -(gg_sum / m) * a_s
         btb = box_sum_adjoint(box_sum(xc, two_d), two_d)
         if weight is None:
-            gx = gy * saturating_cast(a * s, cd)
+            gx = gy * saturating_cast(a_s, cd)
         elif w_sd is not None:
-            gx = gy * saturating_cast(a * w_sd * s, cd)
+            gx = gy * saturating_cast(a_s * w_sd, cd)
         else:
-            gx = gg * saturating_cast(a * s, cd)
+            gx = gg * saturating_cast(a_s, cd)
         gx.addcmul_(xc, saturating_cast(k_xc * s, cd))
         gx.addcmul_(btb, saturating_cast(-(coef * s) / (c * c), cd))
-        gx.add_(saturating_cast(k_0 * s, cd))
+        gx.add_(saturating_cast(k_0_s, cd))
         add_edge_term(gx, xc, saturating_cast(coef * s, cd), two_d)
         g_lam = (g_t * r).sum().reshape(lam.shape).to(ctx.lam_dtype) if ctx.needs_input_grad[3] else None
         g_w = None

@@ -12,9 +12,12 @@ thread pools exist. Results (``mutmut results --all true``) go to ``build/mutati
 summary to ``build/mutation/mutmut.json``.
 
 Outcomes as mutmut names them: killed, survived, timeout, suspicious, no tests (not covered by the selection),
-skipped, segfault. A timeout is a survivor unless ``mutmut run <name>`` on it shows a failing test. mutmut's
-count is not the score of the target (tests/mutation/README.md): its operators (string literals, error-message
-text, keyword arguments, ``x + 1`` for integer constants) make many mutants that change no number.
+skipped, segfault. A timeout is a survivor unless ``mutmut run <name>`` on it shows a failing test.
+
+Score per module, as for the scripted mutants: killed / (mutants - equivalent survivors), where a survivor is
+equivalent only when ``tests/mutation/mutmut-equivalent.toml`` lists it with a reason. "no tests" (the selection
+never reaches the mutated function) and timeouts count as survivors; mutants left unchecked at the time limit are
+reported and make the run fail. The exit status is 1 when a module scores below 90%.
 """
 
 from __future__ import annotations
@@ -136,10 +139,46 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tomllib.loads((HERE / "selection.toml").read_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {mod: run_module(mod, cfg["modules"][mod], str(cfg.get("profile", "dev")), args.max_children,
-                               args.limit, out) for mod in args.modules}
-    (out / "mutmut.json").write_text(json.dumps(summary, indent=1))
-    return 0
+    summary_path = out / "mutmut.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    rc = 0
+    for mod in args.modules:
+        res = run_module(mod, cfg["modules"][mod], str(cfg.get("profile", "dev")), args.max_children, args.limit, out)
+        res["score"] = score(mod, (out / f"mutmut-{mod}.txt").read_text())
+        summary[mod] = res
+        print(f"[mutmut] {mod}: {res['score']['line']}", flush=True)
+        rc |= 0 if res["score"]["ok"] else 1
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return rc
+
+
+TARGET = 0.90
+
+
+def score(mod: str, results: str) -> dict[str, object]:
+    """The target's score of one module from ``mutmut results --all true``: killed / (mutants - equivalent
+    survivors). Survivors, "no tests" and timeouts that mutmut-equivalent.toml does not list are the failures."""
+    listed: dict[str, str] = tomllib.loads((HERE / "mutmut-equivalent.toml").read_text()).get(mod, {})
+    states: dict[str, str] = {}
+    for line in results.splitlines():
+        name, _, state = line.strip().partition(": ")
+        if "__mutmut_" in name:
+            states[name] = state
+    killed = sum(1 for st in states.values() if st == "killed")
+    unchecked = sorted(n for n, st in states.items() if st in ("not checked", "skipped"))
+    lost = {n: st for n, st in states.items() if st not in ("killed", "not checked", "skipped")}
+    equivalent = sorted(n for n in lost if n in listed)
+    failures = sorted(n for n in lost if n not in listed)
+    stale = sorted(n for n in listed if states.get(n) == "killed")
+    denom = len(states) - len(equivalent) - len(unchecked)
+    frac = killed / denom if denom else 1.0
+    ok = frac >= TARGET and not unchecked
+    line = (f"{len(states)} mutants, {killed} killed, {len(equivalent)} equivalent survivors, {len(failures)} "
+            f"non-equivalent survivors, {len(unchecked)} unchecked: score {100 * frac:.1f}% "
+            f"({'meets' if ok else 'MISSES'} the {100 * TARGET:.0f}% target)")
+    return {"mutants": len(states), "killed": killed, "equivalent": equivalent, "failures": failures,
+            "failure_states": {n: lost[n] for n in failures}, "unchecked": unchecked,
+            "listed_but_killed": stale, "score": frac, "ok": ok, "line": line}
 
 
 if __name__ == "__main__":
