@@ -382,3 +382,38 @@ def test_saved_bytes_ratio(ours: nn.Module, base: nn.Module, shape: tuple[int, .
     # Target (issue 5): <= 1.1x; the input itself plus per-group scalars only.
     assert mine <= 1.1 * theirs, (mine, theirs)
     assert mine >= x.numel() * x.element_size()  # the input is saved (recomputation), nothing bigger
+
+
+@pytest.mark.claim("N3")
+@pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("value", [0.75, 1e200, -1e300, 1.7976931348623157e308], ids=["1", "1e200", "-1e300", "max"])
+def test_huge_constant_group_gradient_on_every_path(cls: type[nn.Module], value: float) -> None:
+    """N3's other side in float64 at every magnitude: a constant group's Jacobian is diag(gamma) P / sqrt(eps)
+    exactly, through the eager backward, torch.func (the plain formula) and a double-backward graph alike. Above
+    ~2^503 eps s^2 underflows float64, and a kernel that forms 1/sigma from the scaled group gives s/sqrt(tiny)."""
+    two_d = cls in (RLayerNorm2d, BayesianRLayerNorm2d)
+    m = cls(2 if two_d else (2, 3), dtype=torch.float64)
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 1.5)
+    shape = (1, 2, 2, 3) if two_d else (1, 2, 3)
+    x = torch.full(shape, value, dtype=torch.float64)
+
+    def first(t: torch.Tensor) -> torch.Tensor:
+        y = m(t)
+        return (y[0] if isinstance(y, tuple) else y).flatten()
+
+    # Exact Jacobian of one group (6 elements): diag(gamma) (I - 11^T/6) / sqrt(eps), independent of the value.
+    gamma = m.weight.detach().reshape(-1)
+    gamma = gamma.repeat_interleave(6) if two_d else gamma
+    proj = torch.eye(6, dtype=torch.float64) - 1.0 / 6
+    exact = (torch.diag(gamma[:6]) @ proj) / (1e-5**0.5)
+    jac_eager = torch.autograd.functional.jacobian(first, x).reshape(x.numel(), x.numel())[:6, :6]
+    jac_func = torch.func.jacrev(first)(x).reshape(x.numel(), x.numel())[:6, :6]
+    xg = x.clone().requires_grad_()
+    y = first(xg)
+    rows = [torch.autograd.grad(y[i], xg, create_graph=True)[0].flatten()[:6] for i in range(6)]
+    jac_graph = torch.stack(rows)
+    # A few float64 roundings of 1/sqrt(eps) and of gamma P: 64 u_64 relative, far below any wrong scale.
+    tol = 64 * 2.0**-53 * float(exact.abs().max())
+    for name, jac in (("eager", jac_eager), ("torch.func", jac_func), ("create_graph", jac_graph)):
+        assert torch.allclose(jac, exact, rtol=0.0, atol=tol), (name, float((jac - exact).abs().max()))

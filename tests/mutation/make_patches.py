@@ -109,6 +109,10 @@ m("nf-norm-const-1d", "norm", NF, "    return 9.0 if two_d else 3.0", "    retur
   "width-3 window normalized by 2")
 m("nf-nu-no-clamp", "norm", NF, "    nu = torch.clamp((ssw - sbx) / m, min=0.0)\n    return {",
   "    nu = (ssw - sbx) / m\n    return {", "nu not clamped at 0 (eager stats)")
+m("nf-no-unscaled-inverse", "norm", NF, "    return torch.where(v == 0, 1.0 / (math.sqrt(eps) * f), a * s)",
+  "    return a * s", "eager backward forms 1/sigma from the scaled group also where eps s^2 underflowed (float64 > 2^503)")
+m("nf-plain-no-unscaled-recentre", "norm", NF, "    y = torch.where(flat, d * (1.0 / (math.sqrt(eps) * f)), y)\n", "",
+  "plain formula (torch.func, double backward) keeps the scaled 1/sigma at a huge float64 constant group")
 m("nf-plain-dlogf", "norm", NF, "    return f, 1.0 / f, torch.zeros_like(t)", "    return f, 1.0 / (f * f), torch.zeros_like(t)",
   "plain inflation's d log f/dt = 1/f^2")
 m("nf-weighted-edge-rows", "norm", NF, "            out = out + d * (row * row * wl).sum(dim=(-2, -1), keepdim=True)",
