@@ -15,14 +15,17 @@ Outcomes as mutmut names them: killed, survived, timeout, suspicious, no tests (
 skipped, segfault. A timeout is a survivor unless ``mutmut run <name>`` on it shows a failing test.
 
 Score per module, as for the scripted mutants: killed / (mutants - equivalent survivors), where a survivor is
-equivalent only when ``tests/mutation/mutmut-equivalent.toml`` lists it with a reason. "no tests" (the selection
-never reaches the mutated function) and timeouts count as survivors; mutants left unchecked at the time limit are
-reported and make the run fail. The exit status is 1 when a module scores below 90%.
+equivalent only when ``tests/mutation/mutmut-equivalent/<module>.toml`` lists it with a reason. "no tests" (the
+selection never reaches the mutated function) and timeouts count as survivors; mutants left unchecked at the time
+limit are reported and make the run fail. The exit status is 1 when a module scores below 90%. ``--recheck`` reruns
+only the mutants the last full run did not kill (after tests were added, the kernel source unchanged).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import hashlib
 import json
 import os
 import re
@@ -77,8 +80,17 @@ def count(results: str) -> dict[str, int]:
     return tally
 
 
+def sources_digest(sel: dict[str, object]) -> str:
+    """A digest of the module's code (its syntax tree: comments and layout do not change mutmut's mutants)."""
+    h = hashlib.sha256()
+    for src in sel["sources"]:  # type: ignore[attr-defined]
+        h.update(ast.dump(ast.parse((ROOT / str(src)).read_text())).encode())
+    return h.hexdigest()[:16]
+
+
 def run_module(mod: str, sel: dict[str, object], profile: str, max_children: int, limit: float,
-               out: Path) -> dict[str, object]:
+               out: Path, names: list[str] | None = None) -> dict[str, object]:
+    """mutmut over one module; ``names``: only these mutants (a recheck), else all."""
     scratch = Path(tempfile.mkdtemp(prefix=f"rln-mutmut-{mod}-"))
     try:
         snapshot(scratch)
@@ -93,7 +105,8 @@ def run_module(mod: str, sel: dict[str, object], profile: str, max_children: int
         # its own process group, so that the time limit stops mutmut's forkserver and workers with it
         log = scratch / "mutmut-run.log"
         with log.open("w") as f:
-            proc = subprocess.Popen([*mutmut, "run", "--max-children", str(max_children)], cwd=scratch, env=env,
+            proc = subprocess.Popen([*mutmut, "run", "--max-children", str(max_children), *(names or [])],
+                                    cwd=scratch, env=env,
                                     stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 proc.wait(timeout=limit)
@@ -135,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-children", type=int, default=2, help="mutmut's parallel workers")
     ap.add_argument("--limit", type=float, default=3600.0, help="seconds per module before mutmut is stopped")
     ap.add_argument("--out", default=str(ROOT / "build" / "mutation"))
+    ap.add_argument("--recheck", action="store_true",
+                    help="rerun only the mutants that were not killed in the last full run in --out, and merge: for "
+                         "test additions while the kernel source is unchanged (its digest is compared)")
     args = ap.parse_args(argv)
     cfg = tomllib.loads((HERE / "selection.toml").read_text())
     out = Path(args.out)
@@ -143,7 +159,28 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     rc = 0
     for mod in args.modules:
-        res = run_module(mod, cfg["modules"][mod], str(cfg.get("profile", "dev")), args.max_children, args.limit, out)
+        sel = cfg["modules"][mod]
+        digest = sources_digest(sel)
+        names = None
+        if args.recheck:
+            prev_txt = (out / f"mutmut-{mod}.txt").read_text()
+            prev = summary.get(mod, {})
+            if prev.get("sources_digest") != digest:
+                print(f"[mutmut] {mod}: the kernel source changed since the last full run: run it in full", flush=True)
+                rc = 1
+                continue
+            names = [n for n, st in states_of(prev_txt).items() if st != "killed"]
+            print(f"[mutmut] {mod}: rechecking {len(names)} mutants not killed in the last full run", flush=True)
+        res = run_module(mod, sel, str(cfg.get("profile", "dev")), args.max_children, args.limit, out, names)
+        res["sources_digest"] = digest
+        if names is not None:
+            # mutmut lists every mutant again; those not rerun keep their state from the full run
+            merged = states_of(prev_txt)
+            merged.update({n: st for n, st in states_of((out / f"mutmut-{mod}.txt").read_text()).items()
+                           if n in names})
+            (out / f"mutmut-{mod}.txt").write_text("".join(f"    {n}: {st}\n" for n, st in merged.items()))
+            res["rechecked"] = len(names)
+            res["full_run"] = {k: prev.get(k) for k in ("wall_s", "counts")}
         res["score"] = score(mod, (out / f"mutmut-{mod}.txt").read_text())
         summary[mod] = res
         print(f"[mutmut] {mod}: {res['score']['line']}", flush=True)
@@ -155,15 +192,21 @@ def main(argv: list[str] | None = None) -> int:
 TARGET = 0.90
 
 
-def score(mod: str, results: str) -> dict[str, object]:
-    """The target's score of one module from ``mutmut results --all true``: killed / (mutants - equivalent
-    survivors). Survivors, "no tests" and timeouts that mutmut-equivalent.toml does not list are the failures."""
-    listed: dict[str, str] = tomllib.loads((HERE / "mutmut-equivalent.toml").read_text()).get(mod, {})
+def states_of(results: str) -> dict[str, str]:
     states: dict[str, str] = {}
     for line in results.splitlines():
         name, _, state = line.strip().partition(": ")
         if "__mutmut_" in name:
             states[name] = state
+    return states
+
+
+def score(mod: str, results: str) -> dict[str, object]:
+    """The target's score of one module from ``mutmut results --all true``: killed / (mutants - equivalent
+    survivors). Survivors, "no tests" and timeouts that mutmut-equivalent.toml does not list are the failures."""
+    path = HERE / "mutmut-equivalent" / f"{mod}.toml"
+    listed: dict[str, str] = tomllib.loads(path.read_text()).get("equivalent", {}) if path.exists() else {}
+    states = states_of(results)
     killed = sum(1 for st in states.values() if st == "killed")
     unchecked = sorted(n for n, st in states.items() if st in ("not checked", "skipped"))
     lost = {n: st for n, st in states.items() if st not in ("killed", "not checked", "skipped")}
