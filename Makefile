@@ -13,7 +13,8 @@ STAMP := $(VENV)/.rln-installed
 TORCH_PIN ?= torch==2.13.0
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,dev)
 
-.PHONY: all env test lint typecheck proofs pytest sanitize verify verify-thorough bench bench-quick docs clean
+.PHONY: all env test lint typecheck proofs pytest sanitize verify verify-thorough bench bench-quick docs clean \
+  robustness robustness-quick
 
 all: test
 
@@ -130,6 +131,17 @@ bench-quick: $(STAMP)
 	@mkdir -p $(BENCH_DIR)
 	$(BENCH_ENV) RLN_BENCH_WINDOWS=$(BENCH_QUICK_WINDOWS) $(PY) -m pytest benchmarks $(BENCH_COMMON) $(BENCH_QUICK_OPTS) --benchmark-json=$(BENCH_DIR)/quick.json
 	$(PY) -m rln_verified.bench $(BENCH_DIR)/quick.json --margin quick
+
+# The robustness and uncertainty study (issue 13; docs/robustness.md): the full mode (10 seeds per cell, under 30 min
+# on 2 cores) writes benchmarks/robustness/results.json, and the page and its plots are made from it. The quick mode
+# (under 60 s) also runs in `make test`, as tests/test_robustness.py::test_robustness_quick_end_to_end.
+robustness: $(STAMP)
+	$(PY) -m benchmarks.robustness.study --mode full --out benchmarks/robustness/results.json
+	$(PY) -m benchmarks.robustness.report benchmarks/robustness/results.json --md docs/robustness.md
+
+robustness-quick: $(STAMP)
+	$(PY) -m benchmarks.robustness.study --mode quick --out build/robustness-quick.json
+	$(PY) -m benchmarks.robustness.report build/robustness-quick.json --md build/robustness-quick/robustness.md
 
 # Mutation testing (issue 17; tests/mutation/README.md): the scripted mutants, each patch applied alone to a scratch
 # copy of the tree, then mutmut over the Python kernels. Not part of `make test` (14-24 min for the scripted set on
