@@ -4,6 +4,7 @@ rln_verified/verify/gaussian.py; the tests here are thin, plus errors, gradcheck
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from hypothesis import example, given, settings, target
 from hypothesis import strategies as st
 
+from rln_verified._validation import compute_dtype
 from rln_verified.functional import (
     crelu_moments,
     kl_normal,
@@ -607,3 +609,382 @@ def test_std_exp_clamp_and_saturation() -> None:
     assert torch.equal(inside, out[1:5] * out[1:5])  # squared in float32, as torch.square
     nan_out, sat_nan, _ = _native_gauss.exp_clamp(torch.tensor([0.0, math.nan]), lo, hi, False)
     assert sat_nan and bool(torch.isnan(nan_out[1])) and float(nan_out[0]) == 1.0
+
+
+# ---- argument contracts, dtypes, dispatch and the float32 KL backward --------------------------------------------
+# Each test below states a documented behaviour that the accuracy checks above never look at: the messages a user
+# reads, the dtype of the result, which path a dtype or a tracer takes, and the float32 KL's hand-written backward.
+
+_FLOAT_MSG = "expected a floating-point tensor (float64, float32, float16 or bfloat16), got torch.int64"
+
+
+def _raises_exactly(exc: type[Exception], message: str, fn: Any, *args: Any) -> None:
+    """fn(*args) raises exc whose message is exactly ``message`` (anchored at both ends)."""
+    with pytest.raises(exc, match="^" + re.escape(message) + "$"):
+        fn(*args)
+
+
+@pytest.mark.parametrize("fn", [normal_pdf, normal_cdf, normal_logcdf])
+def test_gauss_messages_name_the_function_and_the_argument(fn: Any) -> None:
+    name = fn.__name__
+    f32, i64 = torch.ones(3), torch.ones(3, dtype=torch.int64)
+    _raises_exactly(TypeError, f"{name}: x: {_FLOAT_MSG}", fn, i64)
+    _raises_exactly(TypeError, f"{name}: mu: {_FLOAT_MSG}", fn, f32, i64)
+    _raises_exactly(TypeError, f"{name}: sigma: {_FLOAT_MSG}", fn, f32, 0.0, i64)
+    _raises_exactly(TypeError, f"{name}: mu: expected a float or a floating-point tensor, got str", fn, f32, "0")
+    _raises_exactly(TypeError, f"{name}: sigma: expected a float or a floating-point tensor, got bool", fn, f32,
+                    0.0, True)
+    # "tensors of different dtypes" (the docstring): mu or sigma of another dtype than x is refused, never cast.
+    _raises_exactly(TypeError, f"expected tensors of one floating dtype, got x=torch.float32, {name}: mu=torch.float64",
+                    fn, f32, torch.zeros(3, dtype=torch.float64))
+    _raises_exactly(TypeError,
+                    f"expected tensors of one floating dtype, got x=torch.float32, {name}: sigma=torch.float64",
+                    fn, f32, 0.0, torch.ones((), dtype=torch.float64))
+
+
+def test_moment_messages_name_the_function_and_the_argument() -> None:
+    f32, i64 = torch.ones(3), torch.ones(3, dtype=torch.int64)
+    for fn in (relu_moments, crelu_moments):
+        name = fn.__name__
+        _raises_exactly(TypeError, f"{name}: mu: {_FLOAT_MSG}", fn, i64, f32)
+        _raises_exactly(TypeError, f"{name}: sigma: {_FLOAT_MSG}", fn, f32, i64)
+        _raises_exactly(TypeError, f"expected tensors of one floating dtype, got {name}: mu=torch.float32, "
+                        f"{name}: sigma=torch.float64", fn, f32, f32.double())
+        _raises_exactly(ValueError, f"{name}: mu and sigma must broadcast together, got shapes (3,) and (2,)", fn,
+                        f32, torch.ones(2))
+    _raises_exactly(TypeError, f"neg_relu_moments: mu: {_FLOAT_MSG}", neg_relu_moments, i64, f32)
+    _raises_exactly(ValueError, "crelu_moments: needs at least one dimension to concatenate on, got 0-d tensors",
+                    crelu_moments, torch.tensor(1.0), torch.tensor(1.0))
+
+
+def test_kl_messages_name_the_argument() -> None:
+    names = ("mu_q", "sigma_q", "mu_p", "sigma_p")
+    for i, name in enumerate(names):
+        args = [torch.ones(3) for _ in names]
+        args[i] = torch.ones(3, dtype=torch.int64)
+        _raises_exactly(TypeError, f"kl_normal: {name}: {_FLOAT_MSG}", kl_normal, *args)
+    args = [torch.ones(3) for _ in names]
+    args[3] = args[3].double()
+    got = ", ".join(f"kl_normal: {n}={t.dtype}" for n, t in zip(names, args))
+    _raises_exactly(TypeError, f"expected tensors of one floating dtype, got {got}", kl_normal, *args)
+
+
+@_NATIVE_SKIP
+def test_kl_float32_broadcast_message() -> None:
+    """The fused float32 path broadcasts the four arguments itself; shapes that do not broadcast get a ValueError
+    naming every shape."""
+    args = (torch.ones(2), torch.ones(3), torch.ones(2), torch.ones(1))
+    _raises_exactly(ValueError, "kl_normal: the arguments must broadcast together, got shapes [(2,), (3,), (2,), (1,)]",
+                    kl_normal, *args)
+
+
+@pytest.mark.claim("GAUSS-1")
+def test_gauss_defaults_and_python_float_arguments() -> None:
+    """mu = 0 and sigma = 1 by default (the standard normal), and a Python float argument is taken in x's dtype:
+    the same result, bit for bit, as a tensor of x's dtype holding that float."""
+    z = torch.linspace(-9.0, 9.0, 73, dtype=torch.float64)
+    u = 2.0**-53
+    ref = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)  # z^2/2 exact-ish here: a few u, inside GAUSS-1's bound
+    assert bool(((normal_pdf(z) - ref).abs() <= (16 + 3 * z * z) * u * ref).all())
+    for fn in (normal_pdf, normal_cdf, normal_logcdf):
+        assert torch.equal(fn(z), fn(z, torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)))
+        for dtype in (torch.float64, torch.float32):
+            x = z.to(dtype)
+            want = fn(x, torch.tensor(0.3, dtype=dtype), torch.tensor(1.7, dtype=dtype))
+            assert torch.equal(fn(x, 0.3, 1.7), want), (fn.__name__, dtype)
+
+
+@pytest.mark.claim("GAUSS-1")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gauss_low_precision_is_computed_in_float32(dtype: torch.dtype) -> None:
+    """float16/bfloat16 are computed in float32 (the docstrings): the result is the float32 result on the same
+    (exactly upcast) values, rounded once to the input dtype, whichever argument carries the shape."""
+    g = torch.Generator().manual_seed(23)
+    n = 400
+    x = (torch.randn(n, generator=g) * 4).to(dtype)
+    mu = (torch.randn(n, generator=g) * 2).to(dtype)
+    sigma = (torch.rand(n, generator=g) * 3 + 0.05).to(dtype)
+    x0, mu0, s0 = x[7].clone(), mu[11].clone(), sigma[5].clone()  # 0-d tensors
+    for fn in (normal_pdf, normal_cdf, normal_logcdf):
+        for args in ((x, mu, sigma), (x0, mu, sigma), (x, mu0, s0), (x0, mu0, sigma), (x0, mu, s0)):
+            out = fn(*args)
+            want = fn(*(a.float() for a in args)).to(dtype)
+            assert out.dtype == dtype
+            assert torch.equal(out.nan_to_num(7.0), want.nan_to_num(7.0)), (fn.__name__, [a.dim() for a in args])
+
+
+@pytest.mark.claim("CRELU-1")
+def test_crelu_concatenates_on_the_last_dimension() -> None:
+    g = torch.Generator().manual_seed(29)
+    mu = torch.randn(2, 3, 4, dtype=torch.float64, generator=g)
+    sigma = torch.rand(3, 1, dtype=torch.float64, generator=g) + 0.1
+    m, v = crelu_moments(mu, sigma)
+    pm, pv = relu_moments(mu, sigma)
+    nm, nv = neg_relu_moments(mu, sigma)
+    assert m.shape == v.shape == (2, 3, 8)
+    assert torch.equal(m, torch.cat([pm, nm], dim=-1)) and torch.equal(v, torch.cat([pv, nv], dim=-1))
+
+
+def test_onnx_export_is_refused_with_the_reason(tmp_path: Any) -> None:
+    """Under torch.onnx.export the tail kernels refuse (ONNX has no erfcx): the message names the kernel, says why,
+    and what to do instead."""
+    reason = ("ONNX export is not supported: ONNX has no erfcx, and its exp(y^2) erfc(y) replacement overflows in the "
+              "Gaussian tails this kernel is accurate in; use torch.export (the program keeps the kernel), or compute "
+              "this part outside the ONNX graph")
+
+    class Cdf(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return normal_cdf(x)
+
+    class Relu(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return relu_moments(x, torch.ones_like(x))[1]
+
+    import warnings
+
+    for mod, who in ((Cdf(), "the Gaussian tail (Mills ratio)"), (Relu(), "relu_moments")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(NotImplementedError, match="^" + re.escape(f"{who}: {reason}") + "$"):
+                torch.onnx.export(mod, (torch.ones(3),), tmp_path / "refused.onnx", dynamo=False)
+
+
+@pytest.mark.claim("RELU-6")
+def test_traced_moments_keep_the_kernel_as_one_operator() -> None:
+    """Under torch.jit.trace, float32 relu_moments is recorded as the one operator rln_verified::relu_moments_f32
+    (the fused kernel, RELU-6), so the trace computes on new inputs exactly what eager float32 does; float64 is
+    recorded as the eager forms (no such operator) and also reproduces eager float64 on new inputs."""
+    g = torch.Generator().manual_seed(31)
+    a = [torch.randn(6, generator=g) * 5, torch.rand(6, generator=g) + 0.1]
+    b = [torch.randn(6, generator=g) * 5, torch.rand(6, generator=g) + 0.1]
+    for dtype, has_op in ((torch.float32, True), (torch.float64, False)):
+        tr = torch.jit.trace(relu_moments, tuple(t.to(dtype) for t in a), check_trace=False)  # type: ignore[no-untyped-call]
+        assert ("rln_verified::relu_moments_f32" in str(tr.graph)) == has_op, dtype
+        got = tr(*(t.to(dtype) for t in b))
+        want = relu_moments(*(t.to(dtype) for t in b))
+        assert all(torch.equal(x, y) for x, y in zip(got, want)), dtype
+
+
+@pytest.mark.claim("KL-1")
+def test_traced_kl_recomputes_on_new_inputs() -> None:
+    """A torch.jit.trace of float32 kl_normal records torch operations (the plain forms), so the trace run on new
+    inputs gives their KL, within KL-1's float32 bound of the 100-digit reference."""
+    g = torch.Generator().manual_seed(37)
+
+    def draw() -> list[torch.Tensor]:
+        return [torch.randn(5, generator=g), torch.rand(5, generator=g) + 0.2, torch.randn(5, generator=g),
+                torch.rand(5, generator=g) + 0.2]
+
+    a, b = draw(), draw()
+    tr = torch.jit.trace(kl_normal, tuple(a), check_trace=False)  # type: ignore[no-untyped-call]
+    got = tr(*b).double()
+    for i in range(5):
+        want = float(kl_ref(*(float(t[i]) for t in b)))
+        assert abs(float(got[i]) - want) <= kl_tol(torch.float32) * want, i
+
+
+@pytest.mark.claim("KL-1")
+def test_kl_under_vmap_and_grad_float32() -> None:
+    """torch.func runs KL-1's plain forms (the fused kernel has no batching rule): vmap gives each element's KL within
+    KL-1's float32 bound, and grad of it matches the closed-form partial dKL/dmu_q = (mu_q - mu_p)/sigma_p^2."""
+    g = torch.Generator().manual_seed(41)
+    mq, mp = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    sq, sp = torch.rand(3, 4, generator=g) + 0.3, torch.rand(3, 4, generator=g) + 0.3
+    out = torch.vmap(kl_normal)(mq, sq, mp, sp).double()
+    for i, j in ((0, 0), (1, 2), (2, 3)):
+        want = float(kl_ref(float(mq[i, j]), float(sq[i, j]), float(mp[i, j]), float(sp[i, j])))
+        assert abs(float(out[i, j]) - want) <= kl_tol(torch.float32) * want
+    d = torch.func.grad(lambda m: kl_normal(m, sq[0, 0], mp[0, 0], sp[0, 0]))(mq[0, 0])
+    want_d = (mq[0, 0].double() - mp[0, 0].double()) / sp[0, 0].double() ** 2
+    # Plain float32 forms: a few roundings of d/sp (each <= u32), far inside 1e-5 relative.
+    assert abs(float(d) - float(want_d)) <= 1e-5 * abs(float(want_d))
+
+
+@pytest.mark.claim("KL-1")
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_kl_domain_edges(dtype: torch.dtype) -> None:
+    """sigma_q = 0 is inside the domain (a point mass: KL = +inf); sigma_p < 0 is outside (NaN) even where the
+    formula would give a finite number (sigma_q = -2 sigma_p makes t finite); the result has the input dtype."""
+    def kl(*v: float) -> torch.Tensor:
+        return kl_normal(*(torch.tensor([x], dtype=dtype) for x in v))
+
+    point = kl(0.0, 0.0, 0.5, 1.0)
+    assert point.dtype == dtype and float(point) == math.inf
+    assert math.isnan(float(kl(0.0, 2.0, 0.0, -1.0))) and math.isnan(float(kl(1.0, 1.0, 0.0, -1.0)))
+    assert math.isnan(float(kl(0.0, -1.0, 0.0, 1.0)))
+
+
+@pytest.mark.claim("KL-1")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_kl_at_the_smallest_normal_ratio(dtype: torch.dtype) -> None:
+    """At r = sigma_q/sigma_p equal to the compute dtype's smallest normal number (where ln r switches from the
+    quotient to log sigma_q - log sigma_p), KL-1's bound holds. bfloat16 is computed in float32 and holds float32's
+    smallest normal exactly."""
+    tiny = float(torch.finfo(compute_dtype(dtype)).tiny)
+    for sp in (1.0, 4.0):
+        args = [torch.tensor([v], dtype=dtype) for v in (0.0, tiny * sp, 0.0, sp)]
+        want = float(kl_ref(*(float(a.double()) for a in args)))
+        got = float(kl_normal(*args).double())
+        assert abs(got - want) <= kl_tol(dtype) * want, (sp, got, want)
+
+
+def _kl_partials(args: list[torch.Tensor]) -> list[torch.Tensor]:
+    """KL-2's closed-form partials in float64 on the float32 inputs (docstring of _KLNormalF32)."""
+    q, s, p, r = (a.detach().double() for a in args)
+    dm = q - p
+    return [dm / r**2, (s - r) * (s + r) / (r**2 * s), -dm / r**2, ((r - s) * (r + s) - dm * dm) / r**3]
+
+
+@_NATIVE_SKIP
+@pytest.mark.claim("KL-2")
+def test_kl_float32_kernel_value_and_backward() -> None:
+    """float32 on CPU runs the fused kernel (KL-2): relative error <= u32 + 2^-44 against the 100-digit reference,
+    and its hand-written backward gives each partial in float64 rounded once (relative error <= u32 + 2^-40 against
+    the float64 closed forms), for every subset of the arguments that requires grad."""
+    g = torch.Generator().manual_seed(43)
+    n = 64
+    base = [torch.randn(n, generator=g) * 2, torch.exp(torch.randn(n, generator=g)), torch.randn(n, generator=g),
+            torch.exp(torch.randn(n, generator=g))]
+    u32 = 2.0**-24
+    out = kl_normal(*base).double()
+    for i in range(0, n, 4):
+        want = float(kl_ref(*(float(t[i]) for t in base)))
+        assert abs(float(out[i]) - want) <= (u32 + 2.0**-44) * want, i
+    up = torch.randn(n, generator=g)
+    ref = _kl_partials(base)
+    for mask in range(1, 16):
+        args = [t.clone().requires_grad_(bool(mask >> k & 1)) for k, t in enumerate(base)]
+        kl = kl_normal(*args)
+        assert type(kl.grad_fn).__name__ == "_KLNormalF32Backward"
+        wanted = [a for a in args if a.requires_grad]
+        grads = torch.autograd.grad(kl, wanted, up)
+        refs = [r for a, r in zip(args, ref) if a.requires_grad]
+        for got, e in zip(grads, refs, strict=True):
+            e = e * up.double()
+            assert got.dtype == torch.float32
+            assert float(((got.double() - e).abs() / e.abs()).max()) <= u32 + 2.0**-40, mask
+
+
+@_NATIVE_SKIP
+@pytest.mark.claim("KL-2", "KL-1")
+def test_kl_float32_double_backward() -> None:
+    """create_graph=True through the fused float32 KL: the first derivatives are KL-2's partials (to float32
+    rounding of the plain forms) and differentiate again to the closed forms d2/dmu_q^2 = 1/sigma_p^2,
+    d2/dmu_q dmu_p = -1/sigma_p^2, d2/dmu_q dsigma_p = -2 (mu_q - mu_p)/sigma_p^3, d2/dsigma_q^2 = 1/sigma_p^2 +
+    1/sigma_q^2."""
+    g = torch.Generator().manual_seed(47)
+    n = 16
+    args = [torch.randn(n, generator=g), torch.rand(n, generator=g) + 0.5, torch.randn(n, generator=g),
+            torch.rand(n, generator=g) + 0.5]
+    args = [a.requires_grad_() for a in args]
+    kl = kl_normal(*args)
+    assert type(kl.grad_fn).__name__ == "_KLNormalF32Backward"
+    first = torch.autograd.grad(kl.sum(), args, create_graph=True)
+    tol = 1e-5  # plain float32 forms: a handful of roundings (each <= 2^-24) on quantities of size ~1
+    for got, e in zip(first, _kl_partials(args), strict=True):
+        assert float(((got.detach().double() - e).abs() / e.abs().clamp_min(1e-3)).max()) <= tol
+    q, s, p, r = (a.detach().double() for a in args)
+    d_mq = torch.autograd.grad(first[0].sum(), [args[0], args[2], args[3]], retain_graph=True)
+    d_sq = torch.autograd.grad(first[1].sum(), args[1])[0]
+    want = [1 / r**2, -1 / r**2, -2 * (q - p) / r**3]
+    for got, e in zip(d_mq, want, strict=True):
+        assert float(((got.detach().double() - e).abs() / e.abs().clamp_min(1e-3)).max()) <= tol
+    assert float(((d_sq.double() - (1 / r**2 + 1 / s**2)).abs() / (1 / r**2 + 1 / s**2)).max()) <= tol
+
+
+@pytest.mark.claim("RELU-3", "RELU-5")
+def test_relu_torch_func_gradients_match_the_eager_backward() -> None:
+    """torch.func differentiates the plain forms; its gradients agree with the eager closed-form backward (RELU-5)
+    everywhere, including sigma = 0 (RELU-3: dmean/dmu = Phi(a) with a = +-inf or 0, so 1, 0 or 1/2 at mu = 0)."""
+    mu = torch.tensor([0.0, -0.0, 1.0, -1.0, 0.3, -2.0, -7.0, 0.0, 25.0], dtype=torch.float64)
+    sigma = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.5, 1.0, 2.0, 1.0], dtype=torch.float64)
+    m_ = mu.clone().requires_grad_()
+    s_ = sigma.clone().requires_grad_()
+    mean, var = relu_moments(m_, s_)
+    for k, out in enumerate((mean, var)):
+        eager = torch.autograd.grad(out.sum(), (m_, s_), retain_graph=True)
+
+        def f(m: torch.Tensor, s: torch.Tensor, k: int = k) -> torch.Tensor:
+            return relu_moments(m, s)[k]
+
+        for i in range(len(mu)):
+            fg = torch.func.grad(f, argnums=(0, 1))(mu[i], sigma[i])
+            for got, want in zip(fg, eager):
+                # both evaluate RELU-5's quantities in float64: within RELU-5's (420 + 7 a^2) u64 of each other
+                # (a <= 25 here), plus an absolute u64 for partials that are 0.
+                w = float(want[i])
+                assert abs(float(got) - w) <= 5e-13 * abs(w) + 2.0**-53, (k, float(mu[i]), float(sigma[i]), got, w)
+    assert float(torch.func.grad(lambda m: relu_moments(m, sigma[0])[0])(mu[0])) == 0.5
+
+
+@pytest.mark.claim("GAUSS-1")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pdf_at_infinite_sigma_is_zero_with_zero_gradients(device: str, dtype: torch.dtype) -> None:
+    """sigma = inf gives density 0 (the sigma -> inf limit), and the gradients of that constant are 0, not NaN, so an
+    infinite scale does not poison a backward pass."""
+    x = torch.tensor([0.0, 1.0, -3.0], dtype=dtype, device=device, requires_grad=True)
+    mu = torch.tensor(0.25, dtype=dtype, device=device, requires_grad=True)
+    sigma = torch.full((3,), math.inf, dtype=dtype, device=device, requires_grad=True)
+    out = normal_pdf(x, mu, sigma)
+    assert bool((out == 0).all())
+    for gr in torch.autograd.grad(out.sum(), (x, mu, sigma)):
+        assert bool((gr == 0).all()), gr
+
+
+@pytest.mark.claim("RELU-4", "GAUSS-1")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_path_on_the_device(device: str, dtype: torch.dtype) -> None:
+    """On each device: relu_moments within RELU-4's bound of the CPU float64 result (float32 on CUDA runs the
+    operator), and the Gaussian functions give the same values, on x's device, for Python-float and 0-d tensor mu and
+    sigma."""
+    g = torch.Generator().manual_seed(53)
+    mu = torch.randn(64, generator=g, dtype=torch.float64) * 6
+    sigma = torch.rand(64, generator=g, dtype=torch.float64) + 0.05
+    mean, var = relu_moments(mu.to(device, dtype), sigma.to(device, dtype))
+    assert mean.device.type == torch.device(device).type and mean.dtype == dtype
+    rm, rv = relu_moments(mu.to(dtype).double(), sigma.to(dtype).double())  # on the rounded inputs
+    tiny = float(torch.finfo(dtype).tiny)
+    for got, want in ((mean, rm), (var, rv)):
+        normal = want >= tiny  # RELU-4's bound is stated where the true value is a normal float
+        err = (got.cpu().double() - want).abs() / want.clamp_min(tiny)
+        assert float(err[normal].max()) <= relu_tol(dtype)
+    x = mu.to(device, dtype)
+    for fn in (normal_pdf, normal_cdf, normal_logcdf):
+        out = fn(x, 0.3, 1.7)
+        assert out.device == x.device and out.dtype == dtype
+        want = fn(x, torch.tensor(0.3, dtype=dtype, device=device), torch.tensor(1.7, dtype=dtype, device=device))
+        assert torch.equal(out, want)
+
+
+@_NATIVE_SKIP
+@pytest.mark.claim("RELU-4", "RELU-5")
+def test_relu_float32_without_the_kernel_is_float64_rounded_once() -> None:
+    """Where the fused kernel is off, float32 runs the eager kernel: computed in float64 and cast back (the
+    docstring), so values and gradients are bit for bit the float64 results on the same inputs, rounded to float32."""
+    from rln_verified import _native_gauss
+
+    mu, sigma = _relu_grid()
+    g = torch.Generator().manual_seed(59)
+    gm, gv = torch.randn(mu.shape, generator=g), torch.randn(mu.shape, generator=g)
+    with _native_gauss.disabled():
+        got = _relu_both(mu, sigma, gm, gv, True)
+    want = _relu_both(mu.double(), sigma.double(), gm.double(), gv.double(), True)
+    for name, a, b in zip(("mean", "var", "dmu", "dsigma"), got, want):
+        assert a.dtype == torch.float32
+        assert torch.equal(a.nan_to_num(7.0), b.float().nan_to_num(7.0)), name
+
+
+@pytest.mark.claim("RELU-6")
+def test_relu_meta_tensors_match_the_cpu_layout() -> None:
+    """Meta tensors (shape inference) get what a CPU float32 call returns: the broadcast shape, float32, and the
+    same strides, also for a transposed input."""
+    for shapes in (((3, 4), (4,)), ((2, 1, 5), (1, 3, 1)), ((), ())):
+        cpu = relu_moments(torch.ones(shapes[0]), torch.ones(shapes[1]))
+        meta = relu_moments(torch.empty(shapes[0], device="meta"), torch.empty(shapes[1], device="meta"))
+        for c, m in zip(cpu, meta):
+            assert m.is_meta and (m.shape, m.dtype, m.stride()) == (c.shape, c.dtype, c.stride())
+    t = torch.ones(4, 3).t()
+    cpu = relu_moments(t, t)
+    meta = relu_moments(torch.empty(4, 3, device="meta").t(), torch.empty(4, 3, device="meta").t())
+    for c, m in zip(cpu, meta):
+        assert (m.shape, m.stride()) == (c.shape, c.stride())
