@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 
 import mpmath
 import pytest
 import torch
 
 from rln_verified import functional as Fn
-from rln_verified._special import _PSI_SPLIT
+from rln_verified._special import _PSI_SPLIT, psi_and_dpsi
 from rln_verified.verify import assert_check
 from rln_verified.verify._core import ALL_DTYPES
 from rln_verified.verify.special import (
+    dpsi_ref,
     inv_softplus_error_bound,
     inv_softplus_exhaustive,
     inv_softplus_sweep,
@@ -227,12 +229,18 @@ def test_round_trip_x(dtype: torch.dtype, device: str) -> None:
     assert_check("SP-3", "inv_softplus", device, dtype)
 
 
-@pytest.mark.parametrize("fn", [Fn.psi, Fn.softplus, Fn.inv_softplus], ids=["psi", "softplus", "inv_softplus"])
-def test_non_float_input_raises_type_error(fn: object) -> None:
+@pytest.mark.parametrize(
+    ("fn", "arg"), [(Fn.psi, "psi: t"), (Fn.softplus, "softplus: x"), (Fn.inv_softplus, "inv_softplus: y")],
+    ids=["psi", "softplus", "inv_softplus"],
+)
+def test_non_float_input_raises_type_error(fn: object, arg: str) -> None:
+    """The whole message, anchored: it names the function and argument, what is accepted and what arrived."""
     assert callable(fn)
-    with pytest.raises(TypeError, match=r"expected a floating-point tensor .* got torch.int64"):
+    name = re.escape(arg)
+    accepted = r"\(float64, float32, float16 or bfloat16\)"
+    with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point tensor {accepted}, got torch\.int64$"):
         fn(torch.tensor([1, 2]))
-    with pytest.raises(TypeError, match=r"got list"):
+    with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point torch\.Tensor, got list$"):
         fn([1.0])
 
 
@@ -241,3 +249,96 @@ def test_inv_softplus_domain(device: str) -> None:
     out = Fn.inv_softplus(y).cpu().tolist()
     assert math.isnan(out[0]) and out[1] == -math.inf and out[2] == math.inf and math.isnan(out[3])
     assert math.isfinite(out[4])
+
+
+@pytest.mark.claim("PSI-3", "SP-1", "SP-2")
+@ALL
+@pytest.mark.parametrize("fn", [Fn.psi, Fn.softplus, Fn.inv_softplus], ids=["psi", "softplus", "inv_softplus"])
+def test_result_has_the_input_dtype(fn: object, dtype: torch.dtype) -> None:
+    """float16 and bfloat16 are computed in float32 and cast back: the result has the input's dtype, in eager mode
+    and under torch.func (vmap runs psi's plain forms), with the same values on both paths."""
+    assert callable(fn)
+    x = torch.tensor([0.0, 1e-3, 0.5, 1.0, 3.0, 40.0], dtype=dtype)
+    eager = fn(x)
+    assert eager.dtype == dtype
+    mapped = torch.vmap(fn)(x)
+    assert mapped.dtype == dtype
+    # Both paths evaluate the same formulas on the same float32/float64 values, elementwise: bit for bit equal.
+    assert torch.equal(mapped, eager)
+
+
+@pytest.mark.claim("PSI-3", "PSI-4")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_psi_and_dpsi(dtype: torch.dtype) -> None:
+    """The layers' no-autograd pair: psi within PSI-3 of mpmath and psi' = t/(1+t)^2 within PSI-4's gamma_4, both
+    ends included (psi(0) = 0, psi(inf) = inf, psi'(0) = psi'(inf) = 0)."""
+    points = [1e-12, 1e-6, 0.05, 0.1, 0.3, 1.0, 1.5, 7.0, 1e4, 1e20]  # psi(t) normal: where PSI-3 is stated
+    t = torch.tensor([0.0, *points, math.inf], dtype=dtype)
+    p, dp = psi_and_dpsi(t)
+    assert p.dtype == dtype and dp.dtype == dtype
+    assert p[0].item() == 0.0 and p[-1].item() == math.inf
+    assert dp[0].item() == 0.0 and dp[-1].item() == 0.0
+    for tv, pv, dv in zip(t[1:-1].double().tolist(), p[1:-1].double().tolist(), dp[1:-1].double().tolist()):
+        assert rel_err(pv, psi_ref(tv)) <= psi_tol(dtype), (tv, pv)
+        assert rel_err(dv, dpsi_ref(tv)) <= psi_grad_tol(dtype), (tv, dv)
+        assert 0.0 <= dv <= 0.25
+
+
+@pytest.mark.claim("PSI-4")
+def test_psi_forward_mode() -> None:
+    """torch.func.jacfwd (forward mode, which psi's custom autograd node does not implement) runs the plain forms and
+    gives psi' = t/(1+t)^2. Tolerance on the direct branch (t > t0) in float64: forward mode computes
+    A - B with A = 1/fl(1+t) (relative error 2u) and B = (1 - q)/fl(1+t), q = t/fl(1+t) (q's 2u error grows by
+    q/(1-q) = t in 1 - q, plus 3 roundings: 2ut + 3u); relative to psi' = t/(1+t)^2, A = psi' (1+t)/t and
+    B = psi'/t, so the error is <= 2u(1+t)/t + (2ut + 3u)/t + u = (5/t + 5) u to first order."""
+    ts = [0.2, 0.5, 1.0, 3.0, 10.0, 1e3, 1e8]
+    t = torch.tensor(ts, dtype=torch.float64)
+    jac = torch.func.jacfwd(Fn.psi)(t)
+    assert torch.count_nonzero(jac - torch.diag(torch.diagonal(jac))).item() == 0  # elementwise
+    u = torch.finfo(torch.float64).eps / 2
+    for tv, dv in zip(ts, torch.diagonal(jac).tolist()):
+        tol = (5 / tv + 5) * u / (1 - 10 * u)
+        assert rel_err(dv, dpsi_ref(tv)) <= tol, (tv, dv, tol)
+
+
+@pytest.mark.claim("SP-1")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_softplus_half_second_derivative(dtype: torch.dtype) -> None:
+    """float16/bfloat16 are computed in float32 (SP-1's docstring), so is the second derivative sigmoid(x)(1 -
+    sigmoid(x)) that autograd builds, then cast once: within u_d + (k (1 + e^4) + 3) u_32 of the exact value for
+    every |x| <= 4 of the dtype (all of them), where k = 4 bounds torch's float32 sigmoid error in units of u_32
+    (measured 1.9), 1 - s inherits it times s/(1-s) <= e^4, and the products and the sum round 3 times. Computed in
+    the 16-bit dtype itself, 1 - s would carry u_d e^|x| and fail by up to 25x."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    x = bits[torch.isfinite(bits) & (bits.float().abs() <= 4)].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(Fn.softplus(x).sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(g.sum(), x)
+    assert g2.dtype == dtype
+    s = torch.sigmoid(x.detach().double())
+    exact = s * (1 - s)
+    u32 = torch.finfo(torch.float32).eps / 2
+    tol = torch.finfo(dtype).eps / 2 + (4 * (1 + math.exp(4)) + 3) * u32
+    err = (g2.double() - exact).abs() / exact
+    worst = int(err.argmax())
+    assert err[worst].item() <= tol, (float(x[worst]), err[worst].item(), tol)
+
+
+@pytest.mark.claim("SP-2")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_inv_softplus_gradient(dtype: torch.dtype) -> None:
+    """d inv_softplus/dy = 1/(1 - e^-y) on both sides of ln 2; and where the loss does not use an output (y <= 0,
+    inf, NaN) the gradient is exactly 0, not NaN (a NaN there would poison every parameter y depends on).
+    Tolerance: the autograd graph forms 1 + e/d with e = e^-y or 1 + expm1(-y) and d = -expm1(-y) or 1 - e^-y
+    (one libm call each, <= 2u, and d >= 1/2 or its argument exact by Sterbenz: d within 3u), the divide u and the
+    sum of two positives u: <= 7u relative."""
+    ln2 = math.log(2.0)
+    ys = [1e-30, 1e-6, 0.1, math.nextafter(ln2, 0.0), ln2, math.nextafter(ln2, 1.0), 1.0, 5.0, 30.0, 1e6]
+    y = torch.tensor([*ys, -1.0, 0.0, -0.0, math.inf, math.nan], dtype=dtype, requires_grad=True)
+    used = len(ys)
+    (grad,) = torch.autograd.grad(Fn.inv_softplus(y)[:used].sum(), y)
+    assert torch.equal(grad[used:], torch.zeros_like(grad[used:]))
+    u = torch.finfo(dtype).eps / 2
+    for yv, gv in zip(y.detach()[:used].double().tolist(), grad[:used].double().tolist()):
+        with mpmath.workdps(40):
+            exact = 1 / -mpmath.expm1(-mpmath.mpf(yv))
+        assert rel_err(gv, exact) <= 7 * u, (yv, gv)
