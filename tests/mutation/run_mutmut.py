@@ -182,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             res["rechecked"] = len(names)
             res["full_run"] = {k: prev.get(k) for k in ("wall_s", "counts")}
         res["score"] = score(mod, (out / f"mutmut-{mod}.txt").read_text())
-        summary[mod] = res
         print(f"[mutmut] {mod}: {res['score']['line']}", flush=True)
         rc |= 0 if res["score"]["ok"] else 1
-    summary_path.write_text(json.dumps(summary, indent=1))
+        # re-read before writing: another module's run may have written the file meanwhile
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary[mod] = res
+        summary_path.write_text(json.dumps(summary, indent=1))
     return rc
 
 
