@@ -6,7 +6,10 @@ the Monte Carlo halves of C2 and C3 are here, with fixed seeds and z-bounds deri
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
+from typing import ClassVar
 
 import mpmath
 import pytest
@@ -801,3 +804,636 @@ def test_std_var_and_forward_share_one_sigma() -> None:
     sd = small._std_of(rho)
     (g,) = torch.autograd.grad(sd.sum(), rho)
     assert float(g[0]) == 0.0 and float(g[3]) == 0.0 and torch.equal(g[1:3], sd.detach()[1:3])
+
+
+# ---- the graph path (create_graph=True), _safe_sqrt at the fused size, and the contracts users see --------------
+# Each fused node (_BBBSample, _LRSample, _CLTPreact, _SafeSqrt), asked for a graph, returns the VJP of its plain form
+# (_bbb_plain, _lr_plain, _clt_plain, _safe_sqrt_plain): these tests reach those forms and compare first derivatives
+# (built as a graph) and second derivatives with the same derivatives of the F.linear reference forms above.
+
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+def _first_and_second(outs: tuple[torch.Tensor, ...], leaves: list[torch.Tensor],
+                      seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """First derivatives of a random projection of ``outs`` with create_graph=True, then the derivatives of a random
+    projection of those (a Hessian-vector product). A missing derivative counts as zeros."""
+    g = torch.Generator().manual_seed(seed)
+    cot = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+    dirs = [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) for p in leaves]
+    first = torch.autograd.grad(list(outs), leaves, cot, create_graph=True, allow_unused=True)
+    first_z = [torch.zeros_like(p) if f is None else f for f, p in zip(first, leaves)]
+    proj = sum((f * d).sum() for f, d in zip(first_z, dirs) if f.requires_grad)
+    assert isinstance(proj, torch.Tensor)
+    second = torch.autograd.grad(proj, leaves, allow_unused=True)
+    return [f.detach() for f in first_z], [torch.zeros_like(p) if s is None else s for s, p in zip(second, leaves)]
+
+
+def _assert_derivatives_close(got: list[torch.Tensor], want: list[torch.Tensor], rtol: float) -> None:
+    """Each derivative within ``rtol`` of the largest element of its reference (both are sums of the same terms in
+    another order)."""
+    for a, b in zip(got, want, strict=True):
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        assert float((a - b).abs().max()) <= rtol * scale, (float((a - b).abs().max()), scale)
+
+
+def _saturate(rho: torch.Tensor, idx: tuple[int | slice, ...] | slice, dtype: torch.dtype) -> None:
+    """Put rho above the clamp range and just below it (ln lo - 1, where the clamp still acts: C6)."""
+    lo, _ = std_bounds(dtype)
+    with torch.no_grad():
+        vals = torch.tensor([1e30, math.log(lo) - 1.0], dtype=dtype)
+        rho[idx] = vals
+
+
+# float64: every derivative is a sum of at most 3 * 6 products over the same terms in another order; 2^-53 per
+# rounding times 64 (18 terms, a factor 2 for each of two orders of differentiation, rounded up) is below 1e-14; we
+# take 1e-12 relative to the largest element (the existing first-order checks above use 1e-10 to 1e-12).
+_F64_RTOL = 1e-12
+# float32 against the float64 reference: each element is a sum of at most 18 products, each rounded a few times
+# (the std's exp within 1 ulp, EXP-1; the RELU-6 forms within a few ulps): 4 * 18 * u32 of the largest element.
+_F32_RTOL = 4 * 18 * U32
+
+
+@pytest.mark.claim("C3", "C6", "RELU-6")
+@pytest.mark.parametrize("variant", ["var", "input", "nobias", "softplus", "saturated", "f32-relu", "f32-crelu",
+                                     "f32-input-crelu"])
+def test_clt_fused_node_second_order_is_the_plain_form(variant: str) -> None:
+    """_CLTPreact's graph (create_graph=True) is the F.linear form's: first and second derivatives in every input and
+    parameter, float64 and (with the activation inside the node, RELU-6) float32 against a float64 copy; a saturated
+    rho has derivative 0 of both orders (C6)."""
+    f32 = variant.startswith("f32")
+    dt = torch.float32 if f32 else torch.float64
+    layer = CLTLinear(6, 5, act="crelu" if variant.endswith("crelu") else "relu", dtype=dt,
+                      bias=variant != "nobias", use_softplus=variant == "softplus", is_input="input" in variant)
+    _posterior(layer, -1.0, seed=61)
+    if variant == "saturated":
+        assert layer.weight_rho is not None and layer.bias_rho is not None
+        _saturate(layer.weight_rho, (0, slice(0, 2)), dt)
+        _saturate(layer.bias_rho, slice(1, 3), dt)
+    g = torch.Generator().manual_seed(62)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    vh = None if "input" in variant else torch.rand(4, 6, generator=g, dtype=torch.float64)
+    ref = copy.deepcopy(layer).double()
+    x_a, x_b = x.to(dt).requires_grad_(True), x.clone().requires_grad_(True)
+    vh_a = None if vh is None else vh.to(dt).requires_grad_(True)
+    vh_b = None if vh is None else vh.clone().requires_grad_(True)
+    got = layer(x_a, vh_a)
+    assert got[1] is not None
+    first_a, second_a = _first_and_second((got[0], got[1]), _leaves(layer, x_a, vh_a), 63)
+    first_b, second_b = _first_and_second(_clt_ref(ref, x_b, vh_b), _leaves(ref, x_b, vh_b), 63)
+    rtol = _F32_RTOL if f32 else _F64_RTOL
+    _assert_derivatives_close([t.double() for t in first_a], first_b, rtol)
+    _assert_derivatives_close([t.double() for t in second_a], second_b, rtol)
+    if variant == "saturated":
+        i_w = next(i for i, p in enumerate(layer.parameters()) if p is layer.weight_rho)
+        i_b = next(i for i, p in enumerate(layer.parameters()) if p is layer.bias_rho)
+        again = layer(x_a, vh_a)
+        assert again[1] is not None
+        fast = _grads((again[0], again[1]), _leaves(layer, x_a, vh_a), 64)  # the hand-written backward
+        for d in (fast, first_a, second_a):
+            assert bool((d[i_w][0, :2] == 0).all()) and bool((d[i_b][1:3] == 0).all())
+
+
+@pytest.mark.claim("C2", "C6")
+@pytest.mark.parametrize("variant", ["plain", "nobias_zero_rows", "saturated", "3d"])
+def test_lr_fused_node_second_order_is_the_plain_form(variant: str) -> None:
+    """_LRSample's graph is the F.linear + sqrt(clamp_min(v, tiny)) + addcmul form's, to second order (float64, the
+    same noise); zero-variance rows and saturated rho included."""
+    import torch.nn.functional as F
+
+    dt = torch.float64
+    layer = LRLinear(6, 4, bias=variant != "nobias_zero_rows", dtype=dt)
+    _posterior(layer, -1.5, seed=71)
+    if variant == "saturated":
+        assert layer.weight_rho is not None and layer.bias_rho is not None
+        _saturate(layer.weight_rho, (1, slice(0, 2)), dt)
+        _saturate(layer.bias_rho, slice(0, 2), dt)
+    g = torch.Generator().manual_seed(72)
+    shape = (2, 3, 6) if variant == "3d" else (5, 6)
+    x = torch.randn(shape, generator=g, dtype=dt)
+    if variant == "nobias_zero_rows":
+        x[0] = 0.0
+    x.requires_grad_(True)
+    eps = torch.randn((*shape[:-1], 4), generator=g, dtype=dt)
+    _noise_from(layer, eps)
+    wm, bm = layer.mean()
+    assert layer.weight_rho is not None
+
+    def ref() -> torch.Tensor:
+        assert layer.weight_rho is not None
+        wv = _std_ref(layer, layer.weight_rho).square()
+        bv = _std_ref(layer, layer.bias_rho).square() if layer.bias_rho is not None else None
+        v = F.linear(x.square(), wv, bv)
+        return torch.addcmul(F.linear(x, wm, bm), torch.sqrt(v.clamp_min(torch.finfo(dt).tiny)), eps)
+
+    leaves = _leaves(layer, x)
+    first_a, second_a = _first_and_second((layer(x),), leaves, 73)
+    first_b, second_b = _first_and_second((ref(),), leaves, 73)
+    _assert_derivatives_close(first_a, first_b, _F64_RTOL)
+    _assert_derivatives_close(second_a, second_b, _F64_RTOL)
+    for d in (*first_a, *second_a):
+        assert bool(torch.isfinite(d).all())
+    if variant == "saturated":
+        assert layer.bias_rho is not None
+        i_w = next(i for i, p in enumerate(leaves) if p is layer.weight_rho)
+        i_b = next(i for i, p in enumerate(leaves) if p is layer.bias_rho)
+        for d2 in (first_a, second_a):
+            assert bool((d2[i_w][1, :2] == 0).all()) and bool((d2[i_b][:2] == 0).all())
+
+
+@pytest.mark.claim("C5", "C6")
+@pytest.mark.parametrize("variant", ["bias", "nobias"])
+def test_bbb_fused_node_second_order_is_the_plain_form(variant: str) -> None:
+    """_BBBSample's graph is F.linear(x, addcmul(mu, exp(clamp(rho)), eps), ...)'s to second order (float64, the same
+    noise), and a saturated rho, weight or bias, has derivative 0 on the fast (first-order) backward and on the graph
+    (C6)."""
+    import torch.nn.functional as F
+
+    dt = torch.float64
+    layer = BBBLinear(5, 3, bias=variant == "bias", dtype=dt)
+    _posterior(layer, -2.0, seed=81)
+    assert layer.weight_rho is not None
+    _saturate(layer.weight_rho, (0, slice(0, 2)), dt)
+    if layer.bias_rho is not None:
+        _saturate(layer.bias_rho, slice(1, 3), dt)
+    g = torch.Generator().manual_seed(82)
+    x = torch.randn(4, 5, generator=g, dtype=dt).requires_grad_(True)
+    ew = torch.randn(3, 5, generator=g, dtype=dt)
+    eb = torch.randn(3, generator=g, dtype=dt) if variant == "bias" else None
+    _noise_from(layer, ew, eb)
+
+    def ref() -> torch.Tensor:
+        assert layer.weight_rho is not None
+        w = torch.addcmul(layer.weight_mu, _std_ref(layer, layer.weight_rho), ew)
+        b = None
+        if layer.bias_mu is not None and layer.bias_rho is not None and eb is not None:
+            b = torch.addcmul(layer.bias_mu, _std_ref(layer, layer.bias_rho), eb)
+        return F.linear(x, w, b)
+
+    leaves = _leaves(layer, x)
+    fast = _grads((layer(x),), leaves, 83)
+    first_a, second_a = _first_and_second((layer(x),), leaves, 84)
+    first_b, second_b = _first_and_second((ref(),), leaves, 84)
+    _assert_derivatives_close(first_a, first_b, _F64_RTOL)
+    _assert_derivatives_close(second_a, second_b, _F64_RTOL)
+    i_w = next(i for i, p in enumerate(leaves) if p is layer.weight_rho)
+    for d in (fast, first_a, second_a):
+        assert d[i_w] is not None and bool((d[i_w][0, :2] == 0).all())
+        if layer.bias_rho is not None:
+            i_b = next(i for i, p in enumerate(leaves) if p is layer.bias_rho)
+            assert d[i_b] is not None and bool((d[i_b][1:3] == 0).all())
+
+
+@pytest.mark.claim("C6")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_safe_sqrt_at_the_fused_size_is_the_clamped_sqrt(dtype: torch.dtype) -> None:
+    """At >= _FUSE_MIN elements _safe_sqrt runs the _SafeSqrt node: its values and gradient are sqrt(clamp_min(v,
+    tiny))'s bit for bit (0 below tiny, C6), its graph gives the same second derivative, and under torch.func (where
+    no custom autograd.Function may run) it still gives that gradient."""
+    from rln_verified._bayes_linear import _FUSE_MIN, _safe_sqrt
+
+    tiny = torch.finfo(dtype).tiny
+    g = torch.Generator().manual_seed(91)
+    v0 = torch.rand(_FUSE_MIN, generator=g, dtype=torch.float64).to(dtype) + 0.5
+    v0[:5] = torch.tensor([0.0, tiny / 4, tiny, 2 * tiny, 1e-30], dtype=dtype)
+    u = torch.randn(_FUSE_MIN, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(_FUSE_MIN, generator=g, dtype=torch.float64).to(dtype)
+
+    def ref(t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(t.clamp_min(tiny))
+
+    v = v0.clone().requires_grad_(True)
+    got, want = _safe_sqrt(v), ref(v)
+    assert torch.equal(got, want)
+    (ga,) = torch.autograd.grad(got, v, u)
+    (gb,) = torch.autograd.grad(want, v, u)
+    assert torch.equal(ga, gb) and bool((ga[:2] == 0).all())
+    (fa,) = torch.autograd.grad(_safe_sqrt(v), v, u, create_graph=True)
+    (fb,) = torch.autograd.grad(ref(v), v, u, create_graph=True)
+    (ha,) = torch.autograd.grad((fa * w).sum(), v)
+    (hb,) = torch.autograd.grad((fb * w).sum(), v)
+    assert torch.equal(fa, fb) and torch.equal(ha, hb)
+    gf = torch.func.grad(lambda t: (_safe_sqrt(t) * u).sum())(v0)
+    assert torch.equal(gf, gb)
+
+
+# ---- dispatch: any leading shape, softplus, torch.func and autocast give the reference form's values ----------
+
+
+def _layer_with_noise(cls: type[BayesianLinear], shape: tuple[int, ...], dt: torch.dtype, seed: int,
+                      **kw: object) -> BayesianLinear:
+    layer = cls(5, 3, dtype=dt, **kw)  # type: ignore[arg-type]
+    _posterior(layer, -2.0, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    if cls is LRLinear:
+        _noise_from(layer, torch.randn((*shape[:-1], 3), generator=g, dtype=torch.float64).to(dt))
+    else:
+        _noise_from(layer, torch.randn(3, 5, generator=g, dtype=torch.float64).to(dt),
+                    torch.randn(3, generator=g, dtype=torch.float64).to(dt))
+    return layer
+
+
+def _sample_ref(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
+    """The BBB / LR sample written with F.linear, std() and the layer's stored noise (any leading shape)."""
+    import torch.nn.functional as F
+
+    wm, bm = layer.mean()
+    ws, bs = layer.std()
+    assert bm is not None and bs is not None and layer._random_weight is not None
+    if isinstance(layer, LRLinear):
+        v = F.linear(x.square(), ws.square(), bs.square())
+        return torch.addcmul(F.linear(x, wm, bm), torch.sqrt(v.clamp_min(torch.finfo(v.dtype).tiny)),
+                             layer._random_weight)
+    assert layer._random_bias is not None
+    return F.linear(x, torch.addcmul(wm, ws, layer._random_weight), torch.addcmul(bm, bs, layer._random_bias))
+
+
+@pytest.mark.claim("C2", "C5")
+@pytest.mark.parametrize("cls", [BBBLinear, LRLinear])
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 5), (4, 5)])
+@pytest.mark.parametrize("use_softplus", [False, True])
+def test_sampling_layers_take_any_leading_shape(cls: type[BayesianLinear], shape: tuple[int, ...],
+                                                use_softplus: bool) -> None:
+    """A 1-D, 2-D or 3-D input gives the F.linear form's sample (same noise) with shape (*lead, out), bit for bit
+    (float64), with exp or softplus std."""
+    layer = _layer_with_noise(cls, shape, torch.float64, 101, use_softplus=use_softplus)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(102), dtype=torch.float64)
+    got = layer(x)
+    assert got.shape == (*shape[:-1], 3)
+    assert torch.equal(got, _sample_ref(layer, x))
+
+
+@pytest.mark.claim("C3")
+@pytest.mark.parametrize("shape", [(6,), (2, 3, 6)])
+@pytest.mark.parametrize("act", ["relu", "crelu"])
+def test_clt_takes_any_leading_shape(shape: tuple[int, ...], act: str) -> None:
+    """CLTLinear on a 1-D or 3-D input: the moments of each row are those of the same row in a 2-D batch (float32,
+    the fused activation; float64, the autograd one), shape (*lead, out or 2 out); MAP mode too."""
+    for dt in DTYPES:
+        layer = CLTLinear(6, 4, act=act, dtype=dt)  # type: ignore[arg-type]
+        _posterior(layer, -1.0, seed=111)
+        g = torch.Generator().manual_seed(112)
+        x = torch.randn(shape, generator=g, dtype=torch.float64).to(dt)
+        vh = torch.rand(shape, generator=g, dtype=torch.float64).to(dt)
+        width = 4 * (2 if act == "crelu" else 1)
+        for mode in (False, True):
+            layer.map(mode)
+            m, v = layer(x, None if mode else vh)
+            m2, v2 = layer(x.reshape(-1, 6), None if mode else vh.reshape(-1, 6))
+            assert m.shape == (*shape[:-1], width)
+            assert torch.equal(m, m2.reshape(m.shape))
+            if mode:
+                assert v is None and v2 is None
+            else:
+                assert v is not None and v2 is not None and torch.equal(v, v2.reshape(v.shape))
+        first = CLTLinear(6, 4, act=act, is_input=True, dtype=dt)  # type: ignore[arg-type]
+        m, v = first(x)
+        m2, v2 = first(x.reshape(-1, 6))
+        assert v is not None and v2 is not None and m.shape == (*shape[:-1], width)
+        assert torch.equal(m, m2.reshape(m.shape)) and torch.equal(v, v2.reshape(v.shape))
+
+
+@pytest.mark.claim("C2", "C3", "C5")
+@pytest.mark.parametrize("cls", [BBBLinear, LRLinear, CLTLinear])
+def test_func_transforms_run_the_autograd_form(cls: type[BayesianLinear]) -> None:
+    """Under torch.func (jacrev in the input) a layer gives the eager layer's Jacobian (float64, the same stored
+    noise): the fused nodes, which torch.func cannot run, are not taken."""
+    g = torch.Generator().manual_seed(121)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    if cls is CLTLinear:
+        layer: BayesianLinear = CLTLinear(5, 3, is_input=True, dtype=torch.float64)
+        _posterior(layer, -1.0, seed=122)
+    else:
+        layer = _layer_with_noise(cls, (4, 5), torch.float64, 122)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        out = layer(t)
+        return torch.cat([out[0], out[1]], dim=-1) if isinstance(out, tuple) else out
+
+    jac = torch.func.jacrev(f)(x)
+    want = torch.autograd.functional.jacobian(f, x)  # type: ignore[no-untyped-call]
+    torch.testing.assert_close(jac, want, rtol=_F64_RTOL, atol=0.0)
+
+
+@pytest.mark.claim("C2", "C3", "C5")
+@pytest.mark.parametrize("cls", [BBBLinear, LRLinear, CLTLinear])
+@pytest.mark.parametrize("dt", DTYPES)
+def test_autocast_computes_in_the_layer_dtype_and_returns_the_autocast_dtype(cls: type[BayesianLinear],
+                                                                          dt: torch.dtype) -> None:
+    """Under CPU autocast (bfloat16) a layer computes in float32 (or its float64 parameters' dtype) with autocast off
+    and returns bfloat16: the result is the layer's own output outside autocast, cast to bfloat16, bit for bit. A CLT
+    layer takes the previous layer's bfloat16 (mean, var) and upcasts both."""
+    g = torch.Generator().manual_seed(131)
+    if cls is CLTLinear:
+        layer: BayesianLinear = CLTLinear(5, 3, dtype=dt)
+        _posterior(layer, -1.0, seed=132)
+        m16 = torch.randn(4, 5, generator=g).to(torch.bfloat16)
+        v16 = torch.rand(4, 5, generator=g).to(torch.bfloat16)
+        m, v = layer(m16.to(dt), v16.to(dt))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ma, va = layer(m16, v16)
+        assert v is not None and va is not None and ma.dtype == va.dtype == torch.bfloat16
+        assert torch.equal(ma, m.to(torch.bfloat16)) and torch.equal(va, v.to(torch.bfloat16))
+        layer.map()  # MAP mode: (mean, None), the None passed through
+        mm = layer(m16.to(dt))[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mma, vma = layer(m16)
+        assert vma is None and torch.equal(mma, mm.to(torch.bfloat16))
+        first = CLTLinear(5, 3, is_input=True, dtype=dt)  # var_h None: nothing to upcast
+        mi, vi = first(m16.to(dt))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mia, via = first(m16)
+        assert vi is not None and via is not None
+        assert torch.equal(mia, mi.to(torch.bfloat16)) and torch.equal(via, vi.to(torch.bfloat16))
+        return
+    layer = _layer_with_noise(cls, (4, 5), dt, 133)
+    x = torch.randn(4, 5, generator=g).to(torch.bfloat16)
+    y = layer(x.to(dt))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = layer(x)
+    assert ya.dtype == torch.bfloat16 and torch.equal(ya, y.to(torch.bfloat16))
+
+
+# ---- state and messages: the contracts a user sees ----------------------------------------------------------------
+
+
+def test_update_prior_has_the_constructor_contract() -> None:
+    """update_prior takes the constructor's forms with its defaults (None: N(0, 1)) and messages, in full; a number
+    prior is state that reset_parameters restores (buffers hold garbage after to_empty), a tensor prior is kept."""
+    layer = BBBLinear(4, 3)
+
+    def scramble_and_reset() -> None:
+        with torch.no_grad():
+            layer.prior_mean.fill_(math.nan)
+            layer.prior_std.fill_(math.nan)
+        layer.reset_parameters()
+
+    layer.update_prior(0.5, 2)
+    assert layer.prior_mean.tolist() == [0.5] and layer.prior_std.tolist() == [2.0]
+    scramble_and_reset()
+    assert layer.prior_mean.tolist() == [0.5] and layer.prior_std.tolist() == [2.0]
+    layer.update_prior(None, None)
+    assert layer.prior_mean.tolist() == [0.0] and layer.prior_std.tolist() == [1.0]
+    scramble_and_reset()
+    assert layer.prior_mean.tolist() == [0.0] and layer.prior_std.tolist() == [1.0]
+    pm, ps = torch.full((3, 4), 0.25), torch.full((3, 4), 3.0)
+    layer.update_prior(pm, ps)
+    layer.reset_parameters()
+    assert torch.equal(layer.prior_mean, pm) and torch.equal(layer.prior_std, ps)
+    bad: list[tuple[tuple[object, object], str]] = [
+        ((math.inf, 1.0), "prior_mean must be finite, got inf"),
+        ((0.0, math.inf), "prior_std must be finite, got inf"),
+        (("0", 1.0), "prior_mean must be an int, a float or a tensor, got str"),
+        ((0.0, "1"), "prior_std must be an int, a float or a tensor, got str"),
+        ((0.0, -1.0), "prior_std must be > 0 and finite everywhere, got -1.0"),
+        ((torch.zeros(4, 3), 1.0),
+         "prior_mean must be a scalar, a one-element tensor or weight-shaped (3, 4), got shape (4, 3)"),
+        ((0.0, torch.ones(2)),
+         "prior_std must be a scalar, a one-element tensor or weight-shaped (3, 4), got shape (2,)"),
+        ((torch.zeros(1, dtype=torch.complex64), 1.0), "prior_mean must be a real tensor, got dtype torch.complex64"),
+        ((0.0, torch.ones(1, dtype=torch.complex64)), "prior_std must be a real tensor, got dtype torch.complex64"),
+    ]
+    for args, message in bad:
+        with pytest.raises(ValueError) as info:
+            layer.update_prior(*args)  # type: ignore[arg-type]
+        assert str(info.value) == message
+    assert torch.equal(layer.prior_mean, pm) and torch.equal(layer.prior_std, ps)  # a refused update changes nothing
+
+
+@pytest.mark.claim("C5")
+def test_manual_reset_switches() -> None:
+    """set_manual_reset() turns it on (default True); turning it on again keeps the stored noise (only
+    reset_randomness forgets it); off then on draws fresh noise; reset_randomness without it raises, in full. The
+    MLP's switches reach every layer (set_manual_reset() and map() default to on)."""
+    torch.manual_seed(0)
+    layer = BBBLinear(5, 3)
+    layer.set_manual_reset()
+    assert layer.get_manual_reset()
+    x = torch.randn(2, 5)
+    y1 = layer(x)
+    layer.set_manual_reset(True)
+    assert torch.equal(layer(x), y1)
+    layer.set_manual_reset(False)
+    assert not layer.get_manual_reset()
+    layer.set_manual_reset(True)
+    y2 = layer(x)
+    assert not torch.equal(y2, y1) and torch.equal(layer(x), y2)
+    layer.set_manual_reset(False)
+    with pytest.raises(ValueError) as info:
+        layer.reset_randomness()
+    assert str(info.value) == "BBBLinear.reset_randomness needs manual_reset=True; call set_manual_reset() first"
+    net = BayesianMLP(5, 3, depth=2, width=4, layer_type="bbb")
+    net.set_manual_reset()
+    assert all(lay.get_manual_reset() for lay in net.bayesian_layers())
+    assert torch.equal(net(x), net(x))
+    net.set_manual_reset(False)
+    assert not any(lay.get_manual_reset() for lay in net.bayesian_layers())
+    net.map()
+    assert all(lay._map for lay in net.bayesian_layers())
+
+
+@pytest.mark.claim("C5")
+def test_noise_follows_the_layer_dtype_and_device() -> None:
+    """The noise is drawn in the layer's dtype and on its device, not torch's defaults: a float32 layer under a float64
+    default dtype returns float32 and stores float32 noise; a meta layer runs on meta."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for cls in (BBBLinear, LRLinear):
+            for soft in (False, True):
+                layer = cls(5, 3, manual_reset=True, use_softplus=soft, dtype=torch.float32)
+                y = layer(torch.randn(2, 5, dtype=torch.float32))
+                assert y.dtype == torch.float32 and layer._random_weight is not None
+                assert layer._random_weight.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(old)
+    for cls in (BBBLinear, LRLinear):
+        meta = cls(5, 3, device="meta")
+        out = meta(torch.empty(2, 5, device="meta"))
+        assert out.is_meta and out.shape == (2, 3)
+
+
+class _NoStdBBB(BBBLinear):
+    """A subclass without learned std (the documented _learn_std switch), to reach std()/var()'s refusal."""
+
+    _learn_std: ClassVar[bool] = False
+
+
+def test_messages_in_full() -> None:
+    """The errors users see, compared in full (a wrapped or dropped part of a message fails)."""
+    cases: list[tuple[type[Exception], Callable[[], object], str]] = [
+        (ValueError, lambda: _NoStdBBB(3, 2).std(), "_NoStdBBB has no learned standard deviation (weight_rho is None)"),
+        (ValueError, lambda: _NoStdBBB(3, 2).var(), "_NoStdBBB has no learned standard deviation (weight_rho is None)"),
+        (ValueError, lambda: CLTLinearDet(3, 2).var(),
+         "CLTLinearDet has no learned standard deviation, so no variance"),
+        (ValueError, lambda: CLTLinearDet(3, 2).KL(), "CLTLinearDet has deterministic weights, so no KL divergence"),
+        (NotImplementedError, lambda: BayesianLinear(3, 2)(torch.randn(1, 3)),
+         "BayesianLinear: BayesianLinear is a base class; use BBBLinear, LRLinear, CLTLinear or CLTLinearDet"),
+        (ValueError, lambda: CLTLinear(3, 2)(torch.randn(1, 3)),
+         "CLTLinear: var_h is required for a non-input layer outside MAP mode (set is_input=True for a deterministic "
+         "input)"),
+        (ValueError, lambda: CLTLinear(3, 2, act="tanh"),  # type: ignore[arg-type]
+         "act must be 'relu' or 'crelu', got 'tanh'"),
+        (ValueError, lambda: BBBLinear(0, 2), "in_features must be a positive int, got 0"),
+        (ValueError, lambda: BBBLinear(3, True), "out_features must be a positive int, got True"),
+        (ValueError, lambda: BBBLinear(3, 2, dtype=torch.int32),
+         "dtype must be a floating-point dtype, got torch.int32"),
+        (ValueError, lambda: BBBLinear(3, 2, prior_mean=torch.tensor([[0.0, math.nan, 0.0], [0.0, 0.0, 0.0]])),
+         "prior_mean must be finite"),
+        (ValueError, lambda: BBBLinear(3, 2, prior_std=torch.tensor([[1.0, 2.0, 0.5], [1.0, -3.0, 1.0]])),
+         "prior_std must be > 0 and finite everywhere, got min -3.0"),
+        (ValueError, lambda: BayesianMLP(3, 2, 2, 4, layer_type="mlp"),  # type: ignore[arg-type]
+         "layer_type must be one of ['bbb', 'clt', 'cltdet', 'lr'], got 'mlp'"),
+        (ValueError, lambda: BayesianMLP(3, 2, 2, 4, act="gelu"),  # type: ignore[arg-type]
+         "act must be 'relu' or 'crelu', got 'gelu'"),
+        (ValueError, lambda: BayesianMLP(3, 2, 0, 4), "depth must be a positive int, got 0"),
+        (ValueError, lambda: BayesianMLP(3, 2, 2, 2.0), "width must be a positive int, got 2.0"),  # type: ignore[arg-type]
+        (ValueError, lambda: BayesianMLP(0, 2, 2, 4), "dim_in must be a positive int, got 0"),
+        (ValueError, lambda: BayesianMLP(3, -1, 2, 4), "dim_out must be a positive int, got -1"),
+        (ValueError, lambda: BayesianMLP(3, 2, 2, 4, layer_type="clt", has_norm=True),
+         "has_norm is not available for CLT layers: a normalization of a random vector has no closed-form moments to "
+         "propagate; use layer_type 'bbb' or 'lr'"),
+        (ValueError, lambda: BayesianMLP(3, 2, 2, 1, layer_type="lr", has_norm=True),
+         "has_norm needs width >= 2 (R-LayerNorm's window), got 1"),
+        (ValueError, lambda: BayesianMLP(3, 2, 2, 4, layer_type="lr")(torch.randn(1, 3), torch.rand(1, 3)),
+         "an input variance is only used by CLT layers, not by layer_type 'lr'"),
+    ]
+    det = CLTLinearDet(3, 2)
+    det.map()
+    cases.append((ValueError, lambda: det(torch.randn(1, 3), torch.rand(1, 3)),
+                  "CLTLinearDet: var_h must be None in MAP mode (the MAP forward is deterministic), got a tensor"))
+    lr = LRLinear(3, 2, manual_reset=True)
+    lr(torch.randn(2, 3))
+    cases.append((ValueError, lambda: lr(torch.randn(4, 3)),
+                  "LRLinear: manual_reset keeps noise of shape (2, 2), but this call needs (4, 2); call "
+                  "reset_randomness() before changing the batch shape"))
+    for exc, call, message in cases:
+        with pytest.raises(exc) as info:
+            call()
+        assert str(info.value) == message
+
+
+def test_crelu_doubles_the_last_dimension() -> None:
+    """CReLU and a CLT layer's MAP CReLU concatenate along the last dimension, for any number of dimensions."""
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(CReLU()(x), torch.cat([x.clamp_min(0), (-x).clamp_min(0)], dim=-1), rtol=0, atol=0)
+    layer = CLTLinear(4, 5, act="crelu")
+    layer.map()
+    m, v = layer(x)
+    pre = x @ layer.weight_mu.detach().T + layer.bias_mu.detach()  # type: ignore[union-attr]
+    assert v is None and m.shape == (2, 3, 10)
+    torch.testing.assert_close(m, torch.cat([pre.clamp_min(0), (-pre).clamp_min(0)], dim=-1))
+
+
+@pytest.mark.parametrize("cls", [BBBLinear, CLTLinear])
+@pytest.mark.parametrize("bias", [False, True])
+def test_repr_names_the_construction_arguments(cls: type[BayesianLinear], bias: bool) -> None:
+    layer = cls(3, 2, bias=bias, use_softplus=True, manual_reset=True)
+    want = f"in_features=3, out_features=2, bias={bias}, use_softplus=True, manual_reset=True"
+    if cls is CLTLinear:
+        want += ", act='relu', is_input=False, is_output=False"
+    assert layer.extra_repr() == want
+
+
+@pytest.mark.parametrize("cls", [BBBLinear, LRLinear, CLTLinear])
+@pytest.mark.parametrize("shape", [(6,), (2, 6), (2, 3, 6)])
+def test_wrong_input_size_raises_the_linear_error(cls: type[BayesianLinear], shape: tuple[int, ...]) -> None:
+    """An input whose last dimension is not in_features raises F.linear's own error (as nn.Linear does), whatever the
+    number of dimensions."""
+    import torch.nn.functional as F
+
+    layer = CLTLinear(5, 3, is_input=True) if cls is CLTLinear else cls(5, 3)
+    x = torch.randn(shape)
+    with pytest.raises(RuntimeError) as want:
+        F.linear(x, layer.weight_mu, layer.bias_mu)
+    with pytest.raises(RuntimeError) as got:
+        layer(x)
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.claim("C3")
+def test_clt_broadcast_input_variance() -> None:
+    """A variance that broadcasts against the mean (one row for the batch) gives the moments of the expanded variance
+    (float64): the same F.linear sums up to the order of the variance's two sums, so within 8 u relative as in
+    test_clt_fused_node_matches_autograd_form."""
+    dt = torch.float64
+    layer = CLTLinear(6, 4, dtype=dt)
+    _posterior(layer, -1.0, seed=141)
+    g = torch.Generator().manual_seed(142)
+    x = torch.randn(5, 6, generator=g, dtype=dt)
+    vh = torch.rand(1, 6, generator=g, dtype=dt)
+    m, v = layer(x, vh)
+    m2, v2 = layer(x, vh.expand(5, 6).clone())
+    assert v is not None and v2 is not None and m.shape == m2.shape and v.shape == v2.shape
+    torch.testing.assert_close(m, m2, rtol=8 * 2.0**-53, atol=0.0)
+    torch.testing.assert_close(v, v2, rtol=8 * 2.0**-53, atol=0.0)
+
+
+def _node(t: torch.Tensor) -> str:
+    """The autograd node that made ``t``, looking through reshapes."""
+    fn = t.grad_fn
+    while fn is not None and type(fn).__name__.startswith(("ViewBackward", "UnsafeViewBackward", "ReshapeAlias")):
+        fn = fn.next_functions[0][0]
+    return type(fn).__name__
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 3, 5)])
+def test_each_layer_sample_is_one_autograd_node(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    """Issue 5 (the module's speed design): in plain eager mode on CPU, with exp std, a BBB or LR sample and a CLT
+    layer's moments are one autograd node with a hand-written backward (_BBBSample, _LRSample, _CLTPreact), for any
+    number of leading dimensions; a softplus std takes the F.linear form."""
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    assert _node(BBBLinear(5, 3, dtype=dtype)(x)) == "_BBBSampleBackward"
+    assert _node(LRLinear(5, 3, dtype=dtype)(x)) == "_LRSampleBackward"
+    m, v = CLTLinear(5, 3, is_output=True, dtype=dtype)(x, x.detach().abs())
+    assert v is not None and _node(m) == _node(v) == "_CLTPreactBackward"
+    if dtype == torch.float32:  # the activation joins the node where the fused kernel applies (RELU-6)
+        from rln_verified import _native_gauss
+
+        if _native_gauss.available():
+            m, v = CLTLinear(5, 3, dtype=dtype)(x, x.detach().abs())
+            assert v is not None and _node(m) == "_CLTPreactBackward"
+    assert _node(BBBLinear(5, 3, use_softplus=True, dtype=dtype)(x)) != "_BBBSampleBackward"
+    assert _node(LRLinear(5, 3, use_softplus=True, dtype=dtype)(x)) != "_LRSampleBackward"
+
+
+@pytest.mark.claim("C4")
+@pytest.mark.parametrize("cls", [BBBLinear, LRLinear])
+def test_map_mode_is_f_linear_of_the_means(cls: type[BayesianLinear]) -> None:
+    """MAP mode: the sampling layers return F.linear(x, weight_mu, bias_mu) bit for bit, with and without bias."""
+    import torch.nn.functional as F
+
+    x = torch.randn(4, 5, dtype=torch.float64)
+    for bias in (True, False):
+        layer = cls(5, 3, bias=bias, dtype=torch.float64)
+        layer.map()
+        assert torch.equal(layer(x), F.linear(x, layer.weight_mu, layer.bias_mu))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch(dtype: torch.dtype) -> None:
+    """A batch of zero rows gives zero rows of output (as nn.Linear), forward and backward, on every layer."""
+    x = torch.zeros(0, 5, dtype=dtype, requires_grad=True)
+    for layer in (BBBLinear(5, 3, dtype=dtype), LRLinear(5, 3, dtype=dtype), LRLinear(5, 3, bias=False, dtype=dtype)):
+        y = layer(x)
+        assert y.shape == (0, 3)
+        y.sum().backward()
+    for act in ("relu", "crelu"):
+        m, v = CLTLinear(5, 3, act=act, is_input=True, dtype=dtype)(x)  # type: ignore[arg-type]
+        assert v is not None and m.shape == v.shape == (0, 3 * (2 if act == "crelu" else 1))
+        (m.sum() + v.sum()).backward()
+
+
+@pytest.mark.claim("EXP-1", "C3")
+def test_clt_variance_uses_the_std_kernels_exp() -> None:
+    """float32 on CPU the std's exp is one kernel's (EXP-1) everywhere: with an input variance (the node then also
+    forms mu_W^2 in the same pass), one-hot means and zero variances the CLT variance is sigma_W^2 itself, exactly
+    (each sum has one nonzero term), and equals var() bit for bit."""
+    layer = CLTLinear(64, 70, bias=False, is_output=True)
+    _posterior(layer, -3.0, seed=151)
+    x = torch.eye(64)
+    _, v = layer(x, torch.zeros(64, 64))
+    assert v is not None
+    wv, _ = layer.var()
+    assert torch.equal(v, wv.detach().T)
