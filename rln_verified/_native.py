@@ -80,11 +80,10 @@ def usable(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam: Tensor, m
     an affine of the given mode (see :class:`PlaneConfig`). The caller has ruled out torch.func transforms."""
     if x.dtype != torch.float32 or p < 1 or l_ < 2 or lam.numel() != 1 or x.numel() == 0:
         return False
-    cpu_like = True
-    for t in (x, weight, bias, lam):
-        if t is not None and (t.dtype != torch.float32 or not (t.is_cpu or t.is_meta)):
-            cpu_like = False
-            break
+    # all on the CPU, or all meta (the fake kernel); a mix (a meta lambda with a CPU input) goes to the eager path,
+    # whose device checks raise
+    ts = [t for t in (x, weight, bias, lam) if t is not None]
+    cpu_like = all(t.dtype == torch.float32 for t in ts) and (all(t.is_cpu for t in ts) or all(t.is_meta for t in ts))
     if not cpu_like and not _all_cuda_f32(x, weight, bias, lam):
         return False
     if weight is None:
@@ -202,8 +201,10 @@ def _run_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor,
         raise RuntimeError(f"the fused R-LayerNorm kernel is not available: {reason()}")
     lam, _ = _lambda(lam_src, cfg)
     y = torch.empty_like(x)
-    u = torch.empty(groups if u_shape is None else u_shape, dtype=torch.float32)
-    stats = torch.empty(groups, _NSTAT, dtype=torch.float64)
+    # every buffer is made on the CPU explicitly: under a default device (torch.device("meta"), set_default_device)
+    # a bare torch.empty would hand C a pointer it cannot write
+    u = torch.empty(groups if u_shape is None else u_shape, dtype=torch.float32, device="cpu")
+    stats = torch.empty(groups, _NSTAT, dtype=torch.float64, device="cpu")
     rc = lib.rln_forward_f32(x.data_ptr(), groups, cfg.p, cfg.l, cfg.two_d, cfg.bayes, cfg.eps, lam, cfg.alpha,
                              cfg.mode, _p(w), _p(b), _channels(x, cfg), y.data_ptr(), u.data_ptr(), stats.data_ptr(),
                              torch.get_num_threads())

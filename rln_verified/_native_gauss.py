@@ -112,7 +112,7 @@ def forward_raw(mu: torch.Tensor, s: torch.Tensor,
     _check_same_shape(fn, mu, s=s, v=v)
     lib = _lib()
     mean, var = torch.empty_like(mu), torch.empty_like(mu)
-    aux = torch.empty(NAUX * n, dtype=torch.float64)
+    aux = torch.empty(NAUX * n, dtype=torch.float64, device="cpu")  # not the default device: C writes it
     rc = lib.rln_relu_moments_fwd_f32(mu.data_ptr(), s.data_ptr(), _p(v), n, mean.data_ptr(), var.data_ptr(),
                                       aux.data_ptr())
     if rc != 0:
@@ -211,7 +211,7 @@ def kl_forward_raw(mq: torch.Tensor, sq: torch.Tensor, mp: torch.Tensor, sp: tor
     n = mq.numel()
     bufs = [_kl_arg(fn, nm, t, n) for nm, t in (("mu_q", mq), ("sigma_q", sq), ("mu_p", mp), ("sigma_p", sp))]
     lib = _lib()
-    out = torch.empty(mq.shape, dtype=torch.float32)
+    out = torch.empty(mq.shape, dtype=torch.float32, device="cpu")
     rc = lib.rln_kl_normal_fwd_f32(*(b.data_ptr() for b, _ in bufs), n, *(i for _, i in bufs), out.data_ptr())
     if rc != 0:
         raise RuntimeError(f"native kl_normal kernel failed (code {rc}) on {n} elements")
@@ -230,7 +230,7 @@ def kl_backward_raw(g: torch.Tensor, mq: torch.Tensor, sq: torch.Tensor, mp: tor
     n = mq.numel()
     bufs = [_kl_arg(fn, nm, t, n)
             for nm, t in (("grad", g), ("mu_q", mq), ("sigma_q", sq), ("mu_p", mp), ("sigma_p", sp))]
-    outs = [torch.empty(mq.shape, dtype=torch.float32) if w else None for w in need]
+    outs = [torch.empty(mq.shape, dtype=torch.float32, device="cpu") if w else None for w in need]
     lib = _lib()
     rc = lib.rln_kl_normal_bwd_f32(*(b.data_ptr() for b, _ in bufs), n, *(i for _, i in bufs), *(_p(o) for o in outs))
     if rc != 0:

@@ -89,6 +89,44 @@ def test_autocast_clt_no_longer_crashes_in_a_subprocess() -> None:
     assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
 
 
+def test_a_default_device_never_reaches_c_in_a_subprocess() -> None:
+    """Before: under ``with torch.device("meta")`` the kernels' output buffers (u, stats, aux, the KL outputs) were
+    made on the default device, so C wrote through a meta pointer (segfault); and a meta lambda or weight beside a CPU
+    input passed the fused path's device test, so C read a meta tensor's data (errors of 1e35, no exception). Now the
+    buffers are CPU tensors made explicitly, and a mix of meta and CPU tensors takes the eager path, which raises.
+    Each result is compared with the same call outside the context. Run in a child process, so a crash fails only
+    this test."""
+    code = textwrap.dedent("""
+        import torch
+        import rln_verified as rv
+        from rln_verified.functional import kl_normal, r_layer_norm, relu_moments
+        torch.manual_seed(0)
+        x, mu, s = torch.randn(2, 3, 4, 6), torch.randn(64), torch.rand(64) + 0.1
+        ref = (r_layer_norm(x, 6, lambda_=0.3), *relu_moments(mu, s), kl_normal(mu, s, torch.zeros(64), torch.ones(64)))
+        layer = rv.BayesianRLayerNorm2d(3)
+        xg = x.clone().requires_grad_()
+        layer(xg).sum().backward()
+        g_ref = xg.grad.clone()
+        with torch.device("meta"):
+            got = (r_layer_norm(x, 6, lambda_=0.3), *relu_moments(mu, s),
+                   kl_normal(mu, s, torch.zeros(64, device="cpu"), torch.ones(64, device="cpu")))
+            xg.grad = None
+            layer(xg).sum().backward()
+        assert all(g.device.type == "cpu" and torch.equal(g, r) for g, r in zip(got, ref))
+        assert torch.equal(xg.grad, g_ref)
+        for kw in ({"lambda_": torch.tensor(0.3, device="meta")}, {"weight": torch.ones(6, device="meta")}):
+            try:
+                r_layer_norm(x, 6, **{"lambda_": 0.3, **kw})
+            except RuntimeError as e:
+                assert "device" in str(e), e
+            else:
+                raise AssertionError(f"a meta tensor beside a CPU input was accepted: {list(kw)}")
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
 @NATIVE
 @pytest.mark.parametrize("bad", ["bf16", "f64", "strided", "short", "meta", "int"])
 def test_boundary_rejects_bad_relu_buffers(bad: str) -> None:
