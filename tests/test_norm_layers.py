@@ -7,7 +7,9 @@ The theorem checks N0..N10 live in tests/test_norm.py; this file checks the kern
 from __future__ import annotations
 
 import copy
+import math
 import pickle
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rln_verified import _native
 from rln_verified._layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+from rln_verified._norm_formula import group_scale, group_scale_no_frexp, plain_planes
 from rln_verified._rnorm import (
     bayesian_r_layer_norm,
     bayesian_r_layer_norm2d,
@@ -417,3 +421,362 @@ def test_huge_constant_group_gradient_on_every_path(cls: type[nn.Module], value:
     tol = 64 * 2.0**-53 * float(exact.abs().max())
     for name, jac in (("eager", jac_eager), ("torch.func", jac_func), ("create_graph", jac_graph)):
         assert torch.allclose(jac, exact, rtol=0.0, atol=tol), (name, float((jac - exact).abs().max()))
+
+
+# ---- the functional forms: defaults, argument checks, dtypes (the norm module's mutation selection) ------------
+
+_FUNCTIONALS: dict[str, tuple[Callable[..., Any], bool, bool]] = {
+    "r_layer_norm": (r_layer_norm, False, False),
+    "bayesian_r_layer_norm": (bayesian_r_layer_norm, True, False),
+    "r_layer_norm2d": (r_layer_norm2d, False, True),
+    "bayesian_r_layer_norm2d": (bayesian_r_layer_norm2d, True, True),
+}
+
+
+def _functional(name: str, x: torch.Tensor, ns: tuple[int, ...], *args: Any, **kw: Any) -> Any:
+    fn, _, two_d = _FUNCTIONALS[name]
+    return fn(x, *args, **kw) if two_d else fn(x, ns, *args, **kw)
+
+
+def _ref_for(name: str, x: torch.Tensor, ns: tuple[int, ...], w: torch.Tensor | None, b: torch.Tensor | None,
+             lam: float, eps: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _, bayes, two_d = _FUNCTIONALS[name]
+    if two_d:
+        c = x.shape[1]
+        return _reference(x, None if w is None else w.view(c, 1, 1), None if b is None else b.view(c, 1, 1),
+                          torch.tensor(lam, dtype=x.dtype), eps, alpha, bayes, True, (-2, -1))
+    dims = tuple(range(-len(ns), 0))
+    return _reference(x, w, b, torch.tensor(lam, dtype=x.dtype), eps, alpha, bayes, False, dims)
+
+
+# Input shapes: a batch, none, and the edge sizes the shape checks allow (last dim 2; H = 2, W = 2, C = 1).
+_F_CASES = [
+    ("r_layer_norm", (2, 3, 6), (6,)),
+    ("r_layer_norm", (3, 5), (3, 5)),
+    ("bayesian_r_layer_norm", (2, 3, 5), (3, 5)),
+    ("bayesian_r_layer_norm", (4, 2), (2,)),
+    ("r_layer_norm2d", (2, 1, 2, 3), ()),
+    ("bayesian_r_layer_norm2d", (1, 3, 3, 2), ()),
+]
+
+
+@pytest.mark.parametrize(("name", "shape", "ns"), _F_CASES)
+def test_functional_defaults_and_arguments_match_float64_reference(name: str, shape: tuple[int, ...],
+                                                                   ns: tuple[int, ...]) -> None:
+    """The functional forms against the plain float64 formula: with their documented defaults (lambda_ = 0.5,
+    eps = 1e-5, alpha = 1, no affine, y alone), and with every argument given (a Python float lambda_ means a
+    tensor of x's dtype). Same formula evaluated two ways in float64: O(M) roundings of 2^-53, M <= 30 here."""
+    _, bayes, two_d = _FUNCTIONALS[name]
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    aff = (shape[1],) if two_d else ns
+    w = 1.0 + 0.3 * torch.randn(aff, generator=g, dtype=torch.float64)
+    b = 0.1 * torch.randn(aff, generator=g, dtype=torch.float64)
+
+    y = _functional(name, x, ns)
+    assert isinstance(y, torch.Tensor)  # return_uncertainty defaults to False
+    y_ref, u_ref = _ref_for(name, x, ns, None, None, 0.5, 1e-5, 1.0 if bayes else 0.0)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+
+    kw: dict[str, Any] = {"lambda_": 0.3, "eps": 1e-3}
+    if bayes:
+        kw |= {"alpha": 0.7, "return_uncertainty": True}
+    out = _functional(name, x, ns, w, b, **kw)
+    y_ref, u_ref = _ref_for(name, x, ns, w, b, 0.3, 1e-3, 0.7 if bayes else 0.0)
+    got_y = out[0] if bayes else out
+    torch.testing.assert_close(got_y, y_ref, rtol=0, atol=1e-12)
+    if len(shape) > len(ns) or two_d:
+        # torch.func takes the plain formula (rnorm_planes' torch.func branch): vmap over the batch, the same values.
+        vm = torch.func.vmap(lambda t: _functional(name, t.unsqueeze(0), ns, w, b, **kw))(x)
+        for a, e in zip(vm if bayes else (vm,), out if bayes else (out,), strict=True):
+            torch.testing.assert_close(a.reshape(e.shape), e, rtol=0, atol=1e-12)
+    if bayes:
+        lead = shape[: len(shape) - len(ns)] if not two_d else shape[:2]
+        assert out[1].shape == (*lead, *([1] * (len(ns) if not two_d else 2)))
+        torch.testing.assert_close(out[1], u_ref.reshape(out[1].shape), rtol=0, atol=1e-12)
+        y_only, u_default = _functional(name, x, ns, return_uncertainty=True)
+        torch.testing.assert_close(y_only, _functional(name, x, ns), rtol=0, atol=0)
+        assert bool((u_default > 0).all())  # alpha = 1 and r > 0 on random data: u > 0 (N6)
+
+
+@pytest.mark.parametrize(("name", "shape", "ns"), _F_CASES)
+def test_functional_dtype_contract(name: str, shape: tuple[int, ...], ns: tuple[int, ...]) -> None:
+    """float16 is computed in float32 and rounded once to float16 (y and u in x's dtype); the affine parameters
+    and a tensor lambda_ are cast to the compute dtype, so float64 ones give exactly the float32 result."""
+    _, bayes, two_d = _FUNCTIONALS[name]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn((3, *shape), generator=g).to(torch.float16)
+    x = x.reshape(shape[0] * 3, *shape[1:]) if len(shape) > len(ns) else x
+    aff = (x.shape[1],) if two_d else ns
+    w = 1.0 + 0.3 * torch.randn(aff, generator=g, dtype=torch.float64)
+    b = 0.1 * torch.randn(aff, generator=g, dtype=torch.float64)
+    kw: dict[str, Any] = {"lambda_": 0.3, "return_uncertainty": True} if bayes else {"lambda_": 0.3}
+    out16 = _functional(name, x, ns, w.half(), b.half(), **kw)
+    # A float lambda_ is a tensor of x's dtype (here 0.3 rounded to float16), then computed in float32.
+    kw32 = kw | {"lambda_": torch.tensor(0.3, dtype=torch.float16).float()}
+    out32 = _functional(name, x.float(), ns, w.half().float(), b.half().float(), **kw32)
+    for got, want in zip(out16 if bayes else (out16,), out32 if bayes else (out32,), strict=True):
+        assert got.dtype == torch.float16
+        assert torch.equal(got, want.half())
+    x32 = x.float().requires_grad_()
+    lam64 = torch.tensor(0.3, dtype=torch.float64)
+    mixed = _functional(name, x32, ns, w, b, **(kw | {"lambda_": lam64}))
+    same = _functional(name, x32, ns, w.float(), b.float(), **(kw | {"lambda_": lam64.float()}))
+    # The float32 result (fused kernel, statistics in float64) against float64 on the same numbers: x_c rounded once
+    # per element in float32 and y rounded to float32, |dy| <= 3 eps32 max(1, |y|max); 8 eps32 leaves a factor 2.
+    ref = _functional(name, x32.double(), ns, w.float().double(), b.float().double(),
+                      **(kw | {"lambda_": lam64.float().double()}))
+    for got, want, r64 in zip(mixed if bayes else (mixed,), same if bayes else (same,), ref if bayes else (ref,),
+                              strict=True):
+        assert got.dtype == torch.float32
+        assert torch.equal(got, want)
+        tol = 8 * torch.finfo(torch.float32).eps * max(1.0, float(r64.abs().max()))
+        torch.testing.assert_close(got.double(), r64, rtol=0, atol=tol)
+    # float32 on the CPU takes the fused kernel (rnorm_planes' contract), not the eager autograd node.
+    if _native._kernel_ready():
+        for out in (same, _functional(name, x32, ns, **kw)):
+            nodes = _graph_nodes(out[0] if bayes else out)
+            assert "_NativeFnBackward" in nodes and "_RNormFnBackward" not in nodes, nodes
+
+
+def _graph_nodes(t: torch.Tensor) -> set[str]:
+    names: set[str] = set()
+    seen: set[int] = set()
+    todo = [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and id(fn) not in seen:
+            seen.add(id(fn))
+            names.add(type(fn).__name__)
+            todo.extend(nxt for nxt, _ in fn.next_functions)
+    return names
+
+
+def test_functional_argument_errors() -> None:
+    x = torch.randn(2, 3, 4, 6)
+    for name in ("r_layer_norm", "bayesian_r_layer_norm"):
+        fn = _FUNCTIONALS[name][0]
+        with pytest.raises(ValueError, match=rf"^{name}: expected input of shape \(\*, 4, 6\) with last dim >= 2, "
+                                             r"got \(2, 3, 6, 4\)$"):
+            fn(x.transpose(-1, -2), (4, 6))
+        with pytest.raises(ValueError, match=rf"^{name}: expected input of shape \(\*, 2, 3, 4, 6\) with last dim "
+                                             r">= 2, got \(3, 4, 6\)$"):
+            fn(x[0], (2, 3, 4, 6))
+        with pytest.raises(ValueError, match=rf"^{name}: expected input of shape \(\*, 1\) with last dim >= 2, "
+                                             r"got \(4, 1\)$"):
+            fn(torch.zeros(4, 1), 1)
+        with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point input \(float64, float32, "
+                                            r"float16, bfloat16\), got torch.int64$"):
+            fn(torch.zeros(2, 6, dtype=torch.int64), 6)
+        with pytest.raises(TypeError, match=rf"^{name}: expected a torch.Tensor input, got list$"):
+            fn([[0.0, 1.0]], 2)
+    for name in ("r_layer_norm2d", "bayesian_r_layer_norm2d"):
+        fn = _FUNCTIONALS[name][0]
+        for bad in (x[0], x[:, :, :1], x[:, :, :, :1]):
+            with pytest.raises(ValueError, match=rf"^{name}: expected a 4-D input \(N, C, H, W\) with H, W >= 2, "
+                                                 rf"got \({', '.join(map(str, bad.shape))}\)$"):
+                fn(bad)
+        with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point input \(float64, float32, "
+                                            r"float16, bfloat16\), got torch.int32$"):
+            fn(torch.zeros(1, 1, 3, 3, dtype=torch.int32))
+    for name in _FUNCTIONALS:
+        for bad_lam, shown in ((0.0, "0.0"), (-0.5, "-0.5"), (float("inf"), "inf"), (float("nan"), "nan")):
+            with pytest.raises(ValueError, match=rf"^lambda_ must be a positive finite number, got {shown}$"):
+                _functional(name, x, (6,), lambda_=bad_lam)
+        with pytest.raises(ValueError, match=r"^eps must be > 0, got 0.0$"):
+            _functional(name, x, (6,), eps=0.0)
+    for name in ("bayesian_r_layer_norm", "bayesian_r_layer_norm2d"):
+        with pytest.raises(ValueError, match=r"^alpha must be >= 0, got -0.5$"):
+            _functional(name, x, (6,), alpha=-0.5)
+
+
+@pytest.mark.claim("N0")
+def test_noise_ratio_defaults_shapes_and_dtypes() -> None:
+    """noise_ratio's defaults (eps = 1e-5, two_d = True), its keepdim shapes ((N, C, 1, 1), or (..., 1) over the last
+    dim), float16 computed in float32 and returned in float16, and its input errors."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    xc = x - x.mean(dim=(-2, -1), keepdim=True)
+    want = _local_var_mean(xc, True) / ((xc * xc).mean(dim=(-2, -1), keepdim=True) + 1e-5)
+    got = noise_ratio(x)
+    assert got.shape == (2, 3, 1, 1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    for shape in ((9,), (4, 9), (2, 4, 9)):
+        x1 = torch.randn(shape, generator=g, dtype=torch.float64)
+        xc1 = x1 - x1.mean(-1, keepdim=True)
+        want1 = _local_var_mean(xc1, False) / ((xc1 * xc1).mean(-1, keepdim=True) + 1e-5)
+        got1 = noise_ratio(x1, two_d=False)
+        assert got1.shape == (*shape[:-1], 1)
+        torch.testing.assert_close(got1, want1, rtol=1e-12, atol=0)
+    for two_d, h in ((True, x), (False, x[0, 0])):
+        r16 = noise_ratio(h.half(), two_d=two_d)
+        assert r16.dtype == torch.float16
+        assert torch.equal(r16, noise_ratio(h.half().float(), two_d=two_d).half())
+    with pytest.raises(TypeError, match=r"^noise_ratio: expected a floating-point input \(float64, float32, float16, "
+                                        r"bfloat16\), got torch.int64$"):
+        noise_ratio(torch.zeros(1, 1, 3, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"^noise_ratio: expected a torch.Tensor input, got list$"):
+        noise_ratio([[0.0, 1.0]])  # type: ignore[arg-type]
+
+
+def _exponent(t: torch.Tensor) -> torch.Tensor:
+    """e with t = f 2^e, f in [1/2, 1) (frexp's), as float64."""
+    return torch.frexp(t.double())[1].double()
+
+
+@pytest.mark.claim("N2")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_group_scale_no_frexp_contract(dtype: torch.dtype) -> None:
+    """group_scale_no_frexp (the ONNX export's scale): per group a power of two s <= 1 with max|x s| < 2, so the
+    scaling is exact. Its exponent comes from log2, which may round across a power of two: away from one (group
+    maximum at a relative distance > 2^-10 from every power of two, while log2's error is a few ulp of |log2 m| <=
+    1075, below 2^-10 / ln 2 in float32 and float64) it is group_scale's exactly, and near one at most one off.
+    0, inf and NaN groups get a finite power of two s <= 1 too."""
+    fi = torch.finfo(dtype)
+    sub = float(torch.nextafter(torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype)))  # smallest subnormal
+    peaks = [sub, 8 * sub, fi.tiny, 2.0**-30, 0.3, 0.49, 0.5, 0.75, 1.0, 1.5, 1.9, 2.0, 3.0, 5.0, 1e5, 2.0**100,
+             0.7 * fi.max, fi.max]
+    near = [float(torch.nextafter(torch.tensor(p, dtype=dtype), torch.tensor(q, dtype=dtype)))
+            for p in (0.5, 1.0, 2.0, 4.0, 2.0**60) for q in (0.0, math.inf)]
+    groups = []
+    for i, m in enumerate(peaks + near):
+        sign = -1.0 if i % 2 else 1.0  # every other group has its largest magnitude on the negative side
+        vals = torch.tensor([sign * m, -sign * m / 3, 0.0, sign * m / 7, -sign * m / 5, sign * m / 2],
+                            dtype=torch.float64)
+        groups.append(vals.to(dtype).reshape(2, 3))
+    special = [torch.zeros(2, 3, dtype=dtype), torch.full((2, 3), math.inf, dtype=dtype),
+               torch.full((2, 3), -math.inf, dtype=dtype), torch.full((2, 3), math.nan, dtype=dtype)]
+    x = torch.stack(groups + special)  # (G, 2, 3)
+    s = group_scale_no_frexp(x)
+    assert s.shape == (x.shape[0], 1, 1) and s.dtype == dtype
+    # per group, whatever the batch dims
+    assert torch.equal(group_scale_no_frexp(x.reshape(2, -1, 2, 3)), s.reshape(2, -1, 1, 1))
+    assert bool((torch.isfinite(s) & (s > 0) & (s <= 1)).all())
+    assert bool((torch.frexp(s)[0] == 0.5).all())  # a power of two
+    n = len(groups)
+    xs = x[:n] * s[:n]
+    assert bool((xs.abs().amax(dim=(-2, -1)) < 2).all())
+    assert torch.equal(xs / s[:n], x[:n])  # exact: s = 1 for the subnormal groups, and no element becomes subnormal
+    e, e_ref = _exponent(s[:n]), _exponent(group_scale(x[:n]))
+    gmax = x[:n].abs().amax(dim=(-2, -1), keepdim=True).double()
+    mant = torch.frexp(gmax)[0]  # in [1/2, 1): relative distance to the nearest power of two, 2^(e-1) or 2^e
+    dist = torch.minimum(2.0 * mant - 1.0, 1.0 / mant - 1.0)
+    far = dist > 2.0**-10
+    assert bool(far[: len(peaks)].sum() >= 8)
+    assert torch.equal(e[far], e_ref[far])
+    assert bool(((e - e_ref).abs() <= 1).all())
+
+
+@pytest.mark.claim("N0", "N2")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize(("bayes", "two_d"), [(False, False), (True, False), (False, True), (True, True)])
+def test_plain_formula_matches_reference(bayes: bool, two_d: bool, dtype: torch.dtype) -> None:
+    """plain_planes (the formula torch.func and double backward differentiate) against the float64 reference, y and
+    u in x's dtype, with either scale (frexp or log2: y is invariant to the power of two s, N2), a per-channel or
+    elementwise affine, and constant groups (huge, and 0) beside random ones, whose centred values must be exactly 0
+    (y = bias, N2). The tensors it makes follow x's device, whatever the default device."""
+    g = torch.Generator().manual_seed(7)
+    p, l_ = 3, 5
+    x64 = torch.randn(3, 2, p, l_, generator=g, dtype=torch.float64)
+    x64[1, 0] = 1e200 if dtype == torch.float64 else 1e30  # constant groups in the same batch as random ones
+    x64[2, 1] = 0.0
+    x64 = x64.to(dtype).double()  # the reference sees exactly the input
+    shape = (2, 1, 1) if two_d else (p, l_)
+    w = (1.0 + 0.3 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype).double()
+    b = (0.1 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype).double()
+    lam = torch.tensor(0.7, dtype=torch.float64)
+    if two_d:
+        y_ref, u_ref = _reference(x64, w, b, lam, 1e-5, 1.3, bayes, True, (-2, -1))
+    else:
+        # last-dims groups: windows along L only; nu averages the P rows' local variances
+        xc = x64 - x64.mean(dim=(-2, -1), keepdim=True)
+        v = (xc * xc).mean(dim=(-2, -1), keepdim=True)
+        nu = _local_var_mean(xc, False).mean(dim=(-2, -1), keepdim=True)
+        t = lam * nu / (v + 1e-5)
+        f = torch.exp(1.3 * psi(t)) if bayes else 1.0 + t
+        y_ref = xc / (torch.sqrt(v + 1e-5) * f) * w + b
+        u_ref = -torch.expm1(-2.6 * psi(t)) if bayes else torch.zeros_like(t)
+    # float64: the same formula two ways, O(M) roundings of 2^-53 of O(1) values, M = 15. float32 (statistics in
+    # float64): x s - mean rounded once per element in float32, then y rounded to float32: |dy| <= 2 eps32 |y|max
+    # + eps32 |y|; 8 eps32 max(1, |y|max) covers both with a factor 2.
+    tol = 1e-12 if dtype == torch.float64 else 8 * torch.finfo(torch.float32).eps * max(1.0, float(y_ref.abs().max()))
+    x, lam_c = x64.to(dtype), lam.to(dtype)
+    for no_frexp in (False, True):
+        y, u = plain_planes(x, w.to(dtype), b.to(dtype), lam_c, 1e-5, 1.3, bayes, two_d, no_frexp=no_frexp)
+        assert y.dtype == u.dtype == dtype and u.shape == (3, 2, 1, 1)
+        torch.testing.assert_close(y.double(), y_ref, rtol=0, atol=tol)
+        torch.testing.assert_close(u.double(), u_ref, rtol=0, atol=tol)
+        for n, c in ((1, 0), (2, 1)):
+            assert torch.equal(y[n, c], (b[c] if two_d else b).to(dtype).expand(p, l_))
+    with torch.device("meta"):
+        y_meta_default, _ = plain_planes(x, w.to(dtype), b.to(dtype), lam_c, 1e-5, 1.3, bayes, two_d)
+    assert y_meta_default.device == x.device
+    torch.testing.assert_close(y_meta_default, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda c: c.__name__)
+def test_config_errors_name_the_argument(cls: type[nn.Module]) -> None:
+    """Every configuration number must be a finite real (not a bool), and the error names it; the bounds' own
+    errors are exact at their edges: eps > 0, alpha >= 0, 0 <= lambda_min < lambda_max, lambda_init strictly inside."""
+    for name in ("eps", "alpha", "lambda_init", "lambda_min", "lambda_max"):
+        for bad in (math.nan, math.inf, True, "0.1"):
+            with pytest.raises(ValueError, match=rf"^{name} must be a finite real number, got {re.escape(repr(bad))}$"):
+                _make(cls, **{name: bad})
+    with pytest.raises(ValueError, match=r"^eps must be > 0, got 0.0$"):
+        _make(cls, eps=0.0)
+    with pytest.raises(ValueError, match=r"^alpha must be >= 0, got -0.5$"):
+        _make(cls, alpha=-0.5)
+    _make(cls, alpha=0.0, lambda_min=0.0, lambda_init=0.25, lambda_max=0.5)  # the closed edges are allowed
+    for lo, hi in ((0.5, 0.5), (-0.1, 0.5)):
+        with pytest.raises(ValueError, match=rf"^lambda bounds must satisfy 0 <= lambda_min < lambda_max, got "
+                                             rf"\[{lo!r}, {hi!r}\]$"):
+            _make(cls, lambda_min=lo, lambda_max=hi, lambda_init=0.3)
+    for init in (0.1, 0.6):
+        with pytest.raises(ValueError, match=rf"^lambda_init must lie in the open interval \(0.1, 0.6\), got {init}$"):
+            _make(cls, lambda_min=0.1, lambda_max=0.6, lambda_init=init)
+
+
+def test_jit_trace_of_float64_functional_matches_eager() -> None:
+    """torch.jit.trace of a float64 call (no fused kernel there) records the plain formula, never a Python autograd
+    node: the trace replayed on a new input gives the eager y and u, to float64 reassociation (O(M) roundings of
+    2^-53, M = 20)."""
+    g = torch.Generator().manual_seed(8)
+    x, x2 = (torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    w = 1.0 + 0.3 * torch.randn(3, generator=g, dtype=torch.float64)
+    b = 0.1 * torch.randn(3, generator=g, dtype=torch.float64)
+
+    def f(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, u = bayesian_r_layer_norm2d(t, w, b, 0.3, 0.8, 1e-4, return_uncertainty=True)
+        return y, u
+
+    traced = torch.jit.trace(f, (x,), check_trace=False)  # type: ignore[no-untyped-call]
+    assert "PythonOp" not in str(traced.graph)
+    for got, want in zip(traced(x2), f(x2), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(_FUNCTIONALS))
+def test_functional_forward_mode_jacobian(name: str) -> None:
+    """torch.func.jacfwd (forward mode, which the autograd nodes do not implement) through each argument alone
+    (x, weight, bias, lambda) takes the plain formula and equals the reverse-mode Jacobian of the eager call."""
+    _, bayes, two_d = _FUNCTIONALS[name]
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 2, 3, 4, generator=g, dtype=torch.float64)
+    ns = (3, 4)
+    aff = (2,) if two_d else ns
+    w = 1.0 + 0.3 * torch.randn(aff, generator=g, dtype=torch.float64)
+    b = 0.1 * torch.randn(aff, generator=g, dtype=torch.float64)
+    lam = torch.tensor(0.4, dtype=torch.float64)
+
+    def f(*args: torch.Tensor) -> torch.Tensor:
+        kw = {"return_uncertainty": True} if bayes else {}
+        out = _functional(name, args[0], ns, args[1], args[2], args[3], **kw)
+        y: torch.Tensor = out[0] + out[1] if bayes else out
+        return y
+
+    args = (x, w, b, lam)
+    want = torch.autograd.functional.jacobian(f, args)  # type: ignore[no-untyped-call]
+    for i in range(4):
+        got = torch.func.jacfwd(lambda t, i=i: f(*args[:i], t, *args[i + 1:]))(args[i])
+        # float64 Jacobians of the same formula by two modes: entries O(1/sigma) = O(1), O(M) roundings of 2^-53.
+        torch.testing.assert_close(got, want[i], rtol=0, atol=1e-12)
