@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recheck", action="store_true",
                     help="rerun only the mutants that were not killed in the last full run in --out, and merge: for "
                          "test additions while the kernel source is unchanged (its digest is compared)")
+    ap.add_argument("--checked-only", action="store_true",
+                    help="with --recheck: leave out the mutants the last run never checked (a partial measurement; "
+                         "they stay unchecked and the module cannot meet the target)")
     args = ap.parse_args(argv)
     cfg = tomllib.loads((HERE / "selection.toml").read_text())
     out = Path(args.out)
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[mutmut] {mod}: the kernel source changed since the last full run: run it in full", flush=True)
                 rc = 1
                 continue
-            names = [n for n, st in states_of(prev_txt).items() if st != "killed"]
+            skip = ("killed", "not checked", "skipped") if args.checked_only else ("killed",)
+            names = [n for n, st in states_of(prev_txt).items() if st not in skip]
             print(f"[mutmut] {mod}: rechecking {len(names)} mutants not killed in the last full run", flush=True)
         res = run_module(mod, sel, str(cfg.get("profile", "dev")), args.max_children, args.limit, out, names)
         res["sources_digest"] = digest
