@@ -1437,3 +1437,123 @@ def test_clt_variance_uses_the_std_kernels_exp() -> None:
     assert v is not None
     wv, _ = layer.var()
     assert torch.equal(v, wv.detach().T)
+
+
+def _relu_moments_closed(m: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RELU-1's mean and variance of max(0, N(m, s^2)) in float64 through math.erfc, elementwise: t = m/s,
+    mean = m Phi(t) + s phi(t), E[y^2] = (m^2 + s^2) Phi(t) + m s phi(t), var = E[y^2] - mean^2."""
+    mean, var = torch.empty_like(m), torch.empty_like(m)
+    for i, (mi, si) in enumerate(zip(m.flatten().tolist(), s.flatten().tolist(), strict=True)):
+        t = mi / si
+        cdf, pdf = 0.5 * math.erfc(-t / math.sqrt(2.0)), math.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+        mu = mi * cdf + si * pdf
+        mean.view(-1)[i] = mu
+        var.view(-1)[i] = (mi * mi + si * si) * cdf + mi * si * pdf - mu * mu
+    return mean, var
+
+
+def test_plain_forms_match_closed_forms() -> None:
+    """The plain forms that the recomputed VJPs differentiate and torch.func runs (C3, C5, C6, RELU-1) against
+    closed forms written here in float64: a sampled weight, the local-reparameterization variance, the CLT moments
+    with and without an input variance, with no activation, ReLU and CReLU, and the deterministic variant's
+    variance parameterization. rho straddles [lo, hi] so the clamp acts at both ends.
+
+    Tolerance: every form is a few float64 roundings of a well-conditioned expression, except the closed ReLU
+    moments, which cancel. At t = m/s <= -3 the sum in E[y^2] cancels to 2 s^2 phi(t)/|t|^3 out of terms of size
+    s^2 phi(t) |t| (a loss of t^4/2 = 41, under 2 digits) and the mean to s phi(t)/t^2 (a loss of t^2 = 9); at
+    t >= 3 var = E[y^2] - mean^2 loses E[y^2]/var <= t^2 + 1 = 10. With |t| <= 3 (asserted) the closed form is
+    within 100 * 2^-52 = 2.2e-14 relative, and F.linear's 4-term sums add a few ulps: 1e-12 leaves room and is far
+    below the effect of any wrong term at these inputs."""
+    from rln_verified import _bayes_linear as bl
+
+    g = torch.Generator().manual_seed(3)
+    d = torch.float64
+    lo, hi = -1.5, 0.5
+    x = torch.randn(3, 4, generator=g, dtype=d)
+    wm, bm = torch.randn(5, 4, generator=g, dtype=d) * 0.5, torch.randn(5, generator=g, dtype=d) * 0.5
+    rho_w = torch.linspace(-3.0, 2.0, 20, dtype=d).reshape(5, 4)
+    rho_b = torch.tensor([-4.0, -1.0, 0.0, 0.4, 1.5], dtype=d)  # below lo, inside, above hi
+    eps_w, eps_b = torch.randn(5, 4, generator=g, dtype=d), torch.randn(5, generator=g, dtype=d)
+    sd_w, sd_b = torch.exp(rho_w.clamp(lo, hi)), torch.exp(rho_b.clamp(lo, hi))
+    close = {"rtol": 1e-12, "atol": 0.0}
+
+    torch.testing.assert_close(bl._std_plain(rho_w, lo, hi, False), sd_w, **close)
+    torch.testing.assert_close(bl._std_plain(rho_b, lo, hi, True), sd_b * sd_b, **close)
+    assert bl._std_plain(None, lo, hi, True) is None
+
+    tiny = torch.finfo(d).tiny
+    v = torch.tensor([-1.0, 0.0, tiny / 2, tiny, 4.0], dtype=d)
+    want = torch.tensor([math.sqrt(tiny)] * 4 + [2.0], dtype=d)
+    torch.testing.assert_close(bl._safe_sqrt_plain(v)[0], want, **close)
+
+    (y,) = bl._bbb_plain(x, wm, rho_w, eps_w, bm, rho_b, eps_b, lo, hi)
+    torch.testing.assert_close(y, x @ (wm + sd_w * eps_w).T + (bm + sd_b * eps_b), **close)
+    (y,) = bl._bbb_plain(x, wm, rho_w, eps_w, None, None, None, lo, hi)
+    torch.testing.assert_close(y, x @ (wm + sd_w * eps_w).T, **close)
+
+    eps = torch.randn(3, 5, generator=g, dtype=d)
+    m = x @ wm.T + bm
+    var = (x * x) @ (sd_w * sd_w).T + sd_b * sd_b
+    (y,) = bl._lr_plain(x, wm, bm, rho_w, rho_b, eps, lo, hi)
+    torch.testing.assert_close(y, m + var.sqrt() * eps, **close)
+    (y,) = bl._lr_plain(x, wm, None, rho_w, None, eps, lo, hi)
+    torch.testing.assert_close(y, x @ wm.T + ((x * x) @ (sd_w * sd_w).T).sqrt() * eps, **close)
+
+    mu_h, var_h = x, torch.rand(3, 4, generator=g, dtype=d) + 0.1
+    m_no = mu_h @ wm.T + bm
+    v_no = (mu_h * mu_h) @ (sd_w * sd_w).T + sd_b * sd_b
+    v_in = (var_h + mu_h * mu_h) @ (sd_w * sd_w).T + sd_b * sd_b + var_h @ (wm * wm).T
+    for vh, want_v in ((None, v_no), (var_h, v_in)):
+        assert bool(((m_no / want_v.sqrt()).abs() <= 3.0).all())  # the tolerance's premise
+        mean, vv = bl._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), None)
+        torch.testing.assert_close(mean, m_no, **close)
+        torch.testing.assert_close(vv, want_v, **close)
+        rm, rv = _relu_moments_closed(m_no, want_v.sqrt())
+        mean, vv = bl._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), "relu")
+        torch.testing.assert_close(mean, rm, **close)
+        torch.testing.assert_close(vv, rv, **close)
+        nm, nv = _relu_moments_closed(-m_no, want_v.sqrt())
+        mean, vv = bl._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), "crelu")
+        torch.testing.assert_close(mean, torch.cat([rm, nm], -1), **close)
+        torch.testing.assert_close(vv, torch.cat([rv, nv], -1), **close)
+    # rho_bounds None: the variances are given directly (CLTLinearDet's parameterization)
+    mean, vv = bl._clt_plain(mu_h, None, wm, bm, sd_w * sd_w, sd_b * sd_b, None, None)
+    torch.testing.assert_close(vv, v_no, **close)
+    mean, vv = bl._clt_plain(mu_h, None, wm, None, sd_w * sd_w, None, None, None)
+    torch.testing.assert_close(mean, mu_h @ wm.T, **close)
+    torch.testing.assert_close(vv, (mu_h * mu_h) @ (sd_w * sd_w).T, **close)
+
+
+def test_fused_safe_sqrt_values_and_gradient() -> None:
+    """_SafeSqrt (the fused sqrt, used at >= 4096 elements): sqrt above tiny, sqrt(tiny) at and below it, and the
+    gradient 1/(2 sqrt(v)) above tiny and 0 below it (C6), exactly as the plain clamp form; with nothing below
+    tiny it skips the clamp and still matches."""
+    from rln_verified import _bayes_linear as bl
+
+    for d in (torch.float32, torch.float64):
+        tiny = torch.finfo(d).tiny
+        v = torch.rand(4096, dtype=d, generator=torch.Generator().manual_seed(1)) + 0.5
+        for low in (False, True):
+            vin = v.clone()
+            if low:
+                vin[:4] = torch.tensor([-1.0, 0.0, tiny / 2, tiny], dtype=d)
+            a = vin.clone().requires_grad_(True)
+            b = vin.clone().requires_grad_(True)
+            out = bl._SafeSqrt.apply(a)
+            ref = torch.sqrt(b.clamp_min(tiny))
+            assert torch.equal(out, ref)
+            w = torch.randn(4096, dtype=d, generator=torch.Generator().manual_seed(2))
+            (ga,) = torch.autograd.grad(out, a, w)
+            (gb,) = torch.autograd.grad(ref, b, w)
+            assert torch.equal(ga, gb)
+            if low:
+                assert bool((ga[:3] == 0).all()) and bool(ga[3] != 0)
+
+
+def test_extra_repr_names_every_setting() -> None:
+    """The repr shows the sizes, the bias, the std parameterization and manual_reset as they are."""
+    layer = LRLinear(5, 3, bias=False, use_softplus=True)
+    layer.set_manual_reset(True)
+    assert layer.extra_repr() == "in_features=5, out_features=3, bias=False, use_softplus=True, manual_reset=True"
+    layer = BBBLinear(2, 7)
+    assert layer.extra_repr() == "in_features=2, out_features=7, bias=True, use_softplus=False, manual_reset=False"

@@ -97,8 +97,12 @@ def run_module(mod: str, sel: dict[str, object], profile: str, max_children: int
         with (scratch / "pyproject.toml").open("a") as f:
             f.write(mutmut_section(sel, profile))
         env = dict(os.environ)
+        # One OpenMP thread: mutmut forks each mutant's worker from a server that has already run torch (its warmup
+        # collects the tests), and a forked child of a process with a live OpenMP pool can hang on its first
+        # parallel op; such mutants ended as timeouts although their tests fail at once when run directly.
         env.update({"HYPOTHESIS_PROFILE": profile, "RLN_VERIFIED_REQUIRE_NATIVE": "1",
-                    "RLN_VERIFIED_CACHE": str(scratch / "native-cache")})
+                    "RLN_VERIFIED_CACHE": str(scratch / "native-cache"), "OMP_NUM_THREADS": "1",
+                    "MKL_NUM_THREADS": "1"})
         env.pop("PYTHONPATH", None)
         mutmut = [sys.executable, "-m", "mutmut"]
         t0 = time.monotonic()
