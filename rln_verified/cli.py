@@ -148,7 +148,7 @@ def _run(checks: Sequence[Check], args: argparse.Namespace, title: str) -> int:
     print(table(results))
     print(f"\n{tally(results)} ({time.monotonic() - t0:.1f}s; profile {args.profile}, seed {seed}, "
           f"torch {torch.__version__}, hypothesis {hypothesis.__version__})")
-    skipped = [f"{r.check.key} [{r.device}, {_dt(r.dtype)}]: {(r.error or '').removeprefix('NotApplicable: ')}"
+    skipped = [f"{r.check.key} [{r.device}, {_dt(r.dtype)}]: {r.skip_reason}"
                for r, v in zip(results, verdicts, strict=True) if v == "skipped"]
     if skipped:
         print("\nSkipped (not checked here, so not counted as holding):\n  " + "\n  ".join(skipped))

@@ -287,6 +287,27 @@ def test_self_checks_and_skips_are_never_counted_as_holding(capsys: pytest.Captu
     assert "- **TOY-4 / toy** (cpu, float64): skipped; the toy kernel is not built here" in text
 
 
+def test_status_of_each_outcome() -> None:
+    """Each outcome has one status, read from the result's fields (no parsing of message text): a skip is never
+    a pass whatever its margin, a NaN margin is a violation, an error without a counterexample is an error."""
+    from rln_verified.verify._core import CheckResult, Status, run_check
+
+    def res(**kw: Any) -> CheckResult:
+        return CheckResult(check=_broken_check(), device="cpu", dtype=torch.float64, **kw)
+
+    assert res(worst_margin=0.5).status is Status.HOLDS and res(worst_margin=0.5).passed
+    assert res(worst_margin=0.5, skip_reason="x").status is Status.SKIPPED
+    assert not res(worst_margin=0.5, skip_reason="x").passed
+    assert res(worst_margin=math.nan).status is Status.VIOLATED
+    assert res(worst_margin=0.5, counterexample=3).status is Status.VIOLATED
+    assert res(worst_margin=0.5, error="HealthCheck").status is Status.ERROR
+    ok = CheckResult(check=_self_check(), device="cpu", dtype=torch.float64, worst_margin=0.5)
+    assert ok.status is Status.SELF_CHECK and ok.passed
+    skipped = run_check(_inapplicable_check(), "cpu", torch.float64)
+    assert skipped.status is Status.SKIPPED and skipped.skip_reason == "the toy kernel is not built here"
+    assert skipped.error is None
+
+
 def test_fused_kernel_checks_report_skipped_where_the_kernel_is_off(capsys: pytest.CaptureFixture[str],
                                                                    tmp_path: Path) -> None:
     """N11, RELU-6 and EXP-1 with the fused kernels switched off: skipped with the reason, 0 hold, exit 0."""

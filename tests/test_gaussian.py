@@ -561,8 +561,8 @@ def test_fused_checks_skip_without_the_kernel() -> None:
     with _native_gauss.disabled(), _native.disabled():
         for key in ("RELU-6/relu_moments", "EXP-1/BayesianLinear.std", "N11/RLayerNorm2d"):
             r = run_check(get_check(key), "cpu", torch.float32, settings_=cfg, seed_=1)
-            assert verdict(r) == "skipped" and r.examples_tried == 0, (key, r.error)
-            assert r.error is not None and "not in use here: switched off" in r.error, r.error
+            assert verdict(r) == "skipped" and r.examples_tried == 0, (key, r.skip_reason)
+            assert r.skip_reason is not None and "not in use here: switched off" in r.skip_reason, r.skip_reason
 
 
 @_NATIVE_SKIP

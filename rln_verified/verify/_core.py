@@ -10,6 +10,7 @@ so there is one copy of every check.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,19 @@ class Check:
         return f"{self.claim}/{self.subject}"
 
 
+class Status(enum.Enum):
+    """The outcome of one check on one device and dtype; the value is the report's word for it."""
+
+    HOLDS = "holds"
+    #: passed, and the check calls no kernel (:attr:`Check.calls_kernel` is False)
+    SELF_CHECK = "holds (reference self-check)"
+    #: the claim does not apply here (:class:`NotApplicable`); never counted as holding
+    SKIPPED = "skipped"
+    VIOLATED = "VIOLATED"
+    #: the search itself failed (not a case of the claim), e.g. a Hypothesis health check
+    ERROR = "ERROR"
+
+
 @dataclass
 class CheckResult:
     check: Check
@@ -83,12 +97,25 @@ class CheckResult:
     worst_margin: float = 0.0
     worst_case: Any = None
     counterexample: Any = None
+    #: what the checked code raised on the counterexample, or why the search failed
     error: str | None = None
+    #: set when the claim does not apply here (the check raised :class:`NotApplicable`)
+    skip_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def status(self) -> Status:
+        if self.skip_reason is not None:
+            return Status.SKIPPED
+        if self.counterexample is not None or not self.worst_margin <= 1.0:
+            return Status.VIOLATED
+        if self.error is not None:
+            return Status.ERROR
+        return Status.HOLDS if self.check.calls_kernel else Status.SELF_CHECK
+
+    @property
     def passed(self) -> bool:
-        return self.error is None and self.counterexample is None and self.worst_margin <= 1.0
+        return self.status in (Status.HOLDS, Status.SELF_CHECK)
 
     def example_decorator(self) -> str:
         """The counterexample as a ready-to-paste ``@example``."""
@@ -275,7 +302,8 @@ def _skipped(result: CheckResult, reason: str) -> CheckResult:
     result.worst_margin = 0.0
     result.worst_case = None
     result.counterexample = None
-    result.error = f"NotApplicable: {reason}"
+    result.error = None
+    result.skip_reason = reason
     return result
 
 
@@ -325,6 +353,7 @@ __all__ = [
     "Check",
     "CheckResult",
     "NotApplicable",
+    "Status",
     "assert_check",
     "checks_for",
     "eps",

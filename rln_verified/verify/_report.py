@@ -25,23 +25,18 @@ from typing import Any
 import hypothesis
 import torch
 
-from rln_verified.verify._core import CheckResult
+from rln_verified.verify._core import CheckResult, Status
 
 SCHEMA_VERSION = 1
 
 
 def verdict(r: CheckResult) -> str:
-    if r.error is not None and r.error.startswith("NotApplicable"):
-        return "skipped"
-    if r.counterexample is not None or r.worst_margin > 1.0:
-        return "VIOLATED"
-    if r.error is not None:
-        return "ERROR"
-    return "holds" if r.check.calls_kernel else SELF_CHECK
+    """The report's word for ``r.status``."""
+    return r.status.value
 
 
 #: The verdict of a passing check that calls no kernel.
-SELF_CHECK = "holds (reference self-check)"
+SELF_CHECK = Status.SELF_CHECK.value
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,7 @@ def _row(r: CheckResult) -> dict[str, Any]:
         "examples_tried": r.examples_tried, "worst_margin": m if math.isfinite(m) and v != "skipped" else None,
         "verdict": v,
         "counterexample": r.example_decorator() if r.counterexample is not None and v != "skipped" else None,
-        "reason": r.error.removeprefix("NotApplicable: ") if r.error is not None else None,
+        "reason": r.skip_reason if r.skip_reason is not None else r.error,
     }
 
 
