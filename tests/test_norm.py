@@ -20,7 +20,6 @@ from rln_verified import functional as Fn
 from rln_verified.verify import assert_check
 from rln_verified.verify._core import ALL_DTYPES, CheckResult
 from rln_verified.verify.norm import (
-    WORST_PARTS,
     closed_ratio_bound,
     gradient_constant,
     lambda_range,
@@ -39,7 +38,6 @@ DT = pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).removepre
 
 
 def _run(claim: str, layer: str, device: str, dtype: torch.dtype) -> CheckResult:
-    WORST_PARTS.pop((claim, layer, str(torch.device(device)), str(dtype)), None)
     return assert_check(claim, layer, device, dtype)
 
 
@@ -64,9 +62,8 @@ def _report(result: CheckResult, record_property: Callable[[str, object], None],
         slack = n3_slack(subject.group_size, result.dtype)
         assert result.worst_margin >= floor / (k * slack * slack), (result.worst_margin, floor, k)
     elif claim == "N4":
-        # The worst margin of y and of u over the search (cleared by _run before it), each |difference| / its
-        # derived tolerance.
-        parts = WORST_PARTS.get(("N4", layer, result.device, str(result.dtype)), {})
+        # The worst margin of y and of u over the search, each |difference| / its derived tolerance.
+        parts = result.extra.pop("parts", {})
         result.extra.update({f"worst_{k}": v for k, v in parts.items()})
         split = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
         print(f"\nN4 {where}: worst margin {result.worst_margin:.4g} ({split}) over {result.examples_tried} cases")

@@ -10,6 +10,7 @@ so there is one copy of every check.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import math
 from collections.abc import Callable, Sequence
@@ -124,6 +125,21 @@ class CheckResult:
 
 _REGISTRY: dict[str, Check] = {}
 
+#: The result that :func:`run_check` is filling, for :func:`record_part`.
+_CURRENT: contextvars.ContextVar[CheckResult | None] = contextvars.ContextVar("rln_verified_check", default=None)
+
+
+def record_part(name: str, margin: float) -> None:
+    """Fold the margin of one part of a check (N4's ``"y"`` and ``"u"``) into the running result's
+    ``extra["parts"]``, the worst over its cases (NaN is a violation, as in every margin). Outside
+    :func:`run_check` it does nothing."""
+    from rln_verified.verify._margins import fold
+
+    result = _CURRENT.get()
+    if result is not None:
+        parts: dict[str, float] = result.extra.setdefault("parts", {})
+        parts[name] = fold(parts.get(name, 0.0), margin)
+
 
 def register(*checks: Check) -> None:
     for c in checks:
@@ -189,6 +205,15 @@ def run_check(
     """
     dev = torch.device(device)
     result = CheckResult(check=check, device=str(dev), dtype=dtype)
+    token = _CURRENT.set(result)
+    try:
+        return _search(check, dev, dtype, result, settings_, raise_on_failure, seed_, exhaustive)
+    finally:
+        _CURRENT.reset(token)
+
+
+def _search(check: Check, dev: torch.device, dtype: torch.dtype, result: CheckResult, settings_: settings | None,
+            raise_on_failure: bool, seed_: int | None, exhaustive: bool) -> CheckResult:
     label = check.key
 
     def evaluate(case: Any) -> float:
@@ -347,20 +372,52 @@ def eps(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps)
 
 
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = eps/2, the relative error of one correctly rounded operation."""
+    return eps(dtype) / 2
+
+
+def smallest_normal(dtype: torch.dtype) -> float:
+    """The smallest positive normal number of ``dtype``."""
+    return float(torch.finfo(dtype).tiny)
+
+
+def round_to(v: float, dtype: torch.dtype) -> float:
+    """``v`` rounded to ``dtype`` (nearest), as a Python float."""
+    return float(torch.tensor(v, dtype=torch.float64).to(dtype).double())
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in: float32 for float16 and bfloat16, else the dtype itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+#: psi's relative error inside the norm (N4, N9) and Bayesian-linear (C1) bounds: PSI-3's derived bounds
+#: (9.8e-15 in float64, 1.2e-6 in float32; ``verify.special.psi_tol``) rounded up, so every bound that adds it stays
+#: an upper bound.
+PSI_REL_ERR: dict[torch.dtype, float] = {torch.float64: 1e-13, torch.float32: 2e-6}
+
+
 __all__ = [
     "ALL_DTYPES",
     "DEFAULT_DTYPES",
+    "PSI_REL_ERR",
     "Check",
     "CheckResult",
     "NotApplicable",
     "Status",
     "assert_check",
     "checks_for",
+    "compute_dtype",
     "eps",
     "finite_floats",
     "get_check",
     "log_uniform",
+    "record_part",
     "register",
     "registered_checks",
+    "round_to",
     "run_check",
+    "smallest_normal",
+    "unit_roundoff",
 ]

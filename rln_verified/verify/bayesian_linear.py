@@ -24,21 +24,14 @@ from rln_verified._bayes_linear import (
     std_bounds,
 )
 from rln_verified._special import _SOFTPLUS_THRESHOLD
-from rln_verified.verify._core import Check, eps, finite_floats, log_uniform, register
+from rln_verified.verify._core import PSI_REL_ERR, Check, eps, finite_floats, log_uniform, register, unit_roundoff
 from rln_verified.verify._margins import fold, guarded, has_nan, ratio
 from rln_verified.verify.gaussian import kl_ref
-
-# PSI-3: relative error of psi, the only non-elementary step of kl_normal (KL-1).
-_EPS_PSI: dict[torch.dtype, float] = {torch.float64: 1e-13, torch.float32: 2e-6}
-
-
-def _u(dtype: torch.dtype) -> float:
-    return eps(dtype) / 2
 
 
 def gamma(n: int, dtype: torch.dtype) -> float:
     """gamma_n = n u / (1 - n u), the bound of an n-term floating-point sum or product chain."""
-    nu = n * _u(dtype)
+    nu = n * unit_roundoff(dtype)
     return nu / (1.0 - nu)
 
 
@@ -286,13 +279,13 @@ def _run_kl(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> f
         td_err += float((8 * 2.0**-53 * (r2 + d2 + 1 + r2.log().abs())).sum())
     # KL-1 per term, then a sum of n_terms nonnegative terms in the layer dtype (gamma_n relative), plus the sigma
     # term above (scaled by 1 + gamma_n for the sum).
-    tol = (24 * _u(dtype) + 3 * _EPS_PSI[dtype] + gamma(n_terms + 1, dtype)) * float(ref)
+    tol = (24 * unit_roundoff(dtype) + 3 * PSI_REL_ERR[dtype] + gamma(n_terms + 1, dtype)) * float(ref)
     tol += sigma_err * (1 + gamma(n_terms + 1, dtype))
     margin = ratio(float(abs(mpmath.mpf(got) - ref)), tol)
     # torch.distributions agrees within its own error plus ours (float64 only: in float32 our KL is the
     # sharper of the two and the comparison measures theirs). Both take the layer's sigma, so no sigma term.
     if dtype == torch.float64:
-        tol_self = (24 * _u(dtype) + 3 * _EPS_PSI[dtype] + gamma(n_terms + 1, dtype)) * abs(got)
+        tol_self = (24 * unit_roundoff(dtype) + 3 * PSI_REL_ERR[dtype] + gamma(n_terms + 1, dtype)) * abs(got)
         margin = fold(margin, ratio(abs(got - td), td_err + tol_self + 1e-300))
     return guarded(margin, ref, td)
 
@@ -333,7 +326,7 @@ def _run_lr_identity(case: dict[str, Any], device: torch.device, dtype: torch.dt
         v = v + bs.square()
     s = v.sqrt()
     n = case["n_in"] + 1
-    u = _u(dtype)
+    u = unit_roundoff(dtype)
     delta = std_rel_bound(layer, dtype)
     tiny = float(torch.finfo(dtype).tiny)
     # fl(m + s) - m: <= u |m + s| + u |d|; s itself: squares (2u), an n-term sum (gamma_n), sqrt (u).

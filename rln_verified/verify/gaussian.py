@@ -30,6 +30,9 @@ from rln_verified.verify._core import (
     finite_floats,
     log_uniform,
     register,
+    round_to,
+    smallest_normal,
+    unit_roundoff,
 )
 from rln_verified.verify._margins import fold, guarded, has_nan, ratio
 from rln_verified.verify._margins import rel_err as rel_err
@@ -78,27 +81,15 @@ def logcdf_ref(z: mpmath.mpf) -> mpmath.mpf:
     return mpmath.log1p(-mpmath.ncdf(-z)) if z > 0 else mpmath.log(mpmath.ncdf(z))
 
 
-def _rounded(v: float, dtype: torch.dtype) -> float:
-    return float(torch.tensor(v, dtype=torch.float64).to(dtype).double())
-
-
-def _tiny(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).tiny)
-
-
-def _u(dtype: torch.dtype) -> float:
-    return eps(dtype) / 2
-
-
 def _below_normal(got: float, ref: mpmath.mpf, dtype: torch.dtype) -> float | None:
     """Outside the accuracy claim (true value not a normal float): only sign and size are checked. The computed
     value must be 0 or of the true value's sign, and at most tiny in magnitude; NaN is a violation."""
     if has_nan(got, ref):
         return math.inf
-    if abs(ref) >= _tiny(dtype):
+    if abs(ref) >= smallest_normal(dtype):
         return None
     same_sign = got == 0.0 or (got > 0) == (ref > 0)
-    return 0.0 if same_sign and abs(got) <= _tiny(dtype) else math.inf
+    return 0.0 if same_sign and abs(got) <= smallest_normal(dtype) else math.inf
 
 
 # ---- GAUSS-1: pdf / cdf / logcdf ------------------------------------------------------------------
@@ -107,8 +98,8 @@ def _below_normal(got: float, ref: mpmath.mpf, dtype: torch.dtype) -> float | No
 def gauss_tol(z: float, dtype: torch.dtype) -> float:
     """GAUSS-1: (16 + 3 z^2) u_c, u_c of the compute dtype, plus one rounding to a narrower dtype."""
     cd = compute_dtype(dtype)
-    extra = _u(dtype) if cd != dtype else 0.0
-    return (16.0 + 3.0 * z * z) * _u(cd) + extra
+    extra = unit_roundoff(dtype) if cd != dtype else 0.0
+    return (16.0 + 3.0 * z * z) * unit_roundoff(cd) + extra
 
 
 # |z| up to where phi(z)/sigma can still be a normal float for the smallest sigma drawn (z^2/2 <= ln(1/(tiny
@@ -135,8 +126,8 @@ def _gauss_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
 
 def _gauss_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float, float, mpmath.mpf]:
     z0, m, s = (float(v) for v in case)
-    m, s = _rounded(m, dtype), _rounded(s, dtype)
-    x = _rounded(m + z0 * s, dtype)
+    m, s = round_to(m, dtype), round_to(s, dtype)
+    x = round_to(m + z0 * s, dtype)
     with mpmath.workdps(60):
         z = (mpmath.mpf(x) - mpmath.mpf(m)) / mpmath.mpf(s)
     return x, m, s, z
@@ -282,7 +273,7 @@ def relu_tol(dtype: torch.dtype) -> float:
     """RELU-4's uniform bounds: 1e-12 (float64), u32 + 3300 u64 (float32, over the range where the result is a normal
     float32); float16/bfloat16 get one rounding of a float64 result: 1e-12 + u_d (looser than float32's derivation,
     kept as stated: their normal range is not derived separately)."""
-    return _RELU_TOL.get(dtype, 1e-12 + _u(dtype))
+    return _RELU_TOL.get(dtype, 1e-12 + unit_roundoff(dtype))
 
 
 def relu_tol_at(a: float, dtype: torch.dtype) -> float:
@@ -296,7 +287,7 @@ def relu_tol_at(a: float, dtype: torch.dtype) -> float:
         e64 = (2.0 * min(a, 40.0) ** 2 + 30.0) * U64
     if dtype == torch.float64:
         return e64
-    return e64 + _u(dtype) * (1.0 + e64)
+    return e64 + unit_roundoff(dtype) * (1.0 + e64)
 
 
 def _ratios() -> st.SearchStrategy[float]:
@@ -310,10 +301,10 @@ def _relu_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
 
 def _relu_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float]:
     a, s = (float(v) for v in case)
-    s = _rounded(s, dtype)
-    mu = _rounded(a * s, dtype)
+    s = round_to(s, dtype)
+    mu = round_to(a * s, dtype)
     if not math.isfinite(mu):
-        mu = _rounded(math.copysign(float(torch.finfo(dtype).max), a), dtype)
+        mu = round_to(math.copysign(float(torch.finfo(dtype).max), a), dtype)
     return mu, s
 
 
@@ -366,13 +357,13 @@ def _any_finite(dtype: torch.dtype, lo: float | None = None) -> st.SearchStrateg
     big = float(torch.finfo(dtype).max)
     lo_v = -big if lo is None else lo
     return st.one_of(
-        st.floats(lo_v, big, allow_nan=False, allow_infinity=False, width=64).map(lambda v: _rounded(v, dtype)),
-        st.sampled_from([0.0, _tiny(dtype), big, 1.0]).filter(lambda v: v >= lo_v),
+        st.floats(lo_v, big, allow_nan=False, allow_infinity=False, width=64).map(lambda v: round_to(v, dtype)),
+        st.sampled_from([0.0, smallest_normal(dtype), big, 1.0]).filter(lambda v: v >= lo_v),
     )
 
 
 def _relu_signs(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-    mu, s = (_rounded(float(v), dtype) for v in case)
+    mu, s = (round_to(float(v), dtype) for v in case)
     mean, var = relu_moments(torch.tensor([mu, -mu], dtype=dtype, device=device),
                              torch.tensor([s, s], dtype=dtype, device=device))
     vals = torch.cat([mean, var]).double().cpu().tolist()
@@ -397,7 +388,7 @@ register(
 
 
 def _relu_sigma_zero(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-    mu = _rounded(float(case), dtype)
+    mu = round_to(float(case), dtype)
     m_t = torch.tensor([mu], dtype=dtype, device=device, requires_grad=True)
     s_t = torch.zeros(1, dtype=dtype, device=device, requires_grad=True)
     mean, var = relu_moments(m_t, s_t)
@@ -412,7 +403,7 @@ def _relu_sigma_zero(case: Any, device: torch.device, dtype: torch.dtype) -> flo
     dm_ds = 1.0 / math.sqrt(2.0 * math.pi) if mu == 0 else 0.0
     want = [dm_dmu, dm_ds, 0.0, 0.0]
     # 1/2 and phi(0) are float64 products of rounded constants (<= 4 u64), then cast once (u of the dtype).
-    tol = 4 * U64 + (_u(dtype) if dtype != torch.float64 else 0.0)
+    tol = 4 * U64 + (unit_roundoff(dtype) if dtype != torch.float64 else 0.0)
     bad = has_nan(g) or any(not math.isfinite(v) or abs(v - w) > tol * abs(w) for v, w in zip(g, want))
     return math.inf if bad else 0.0
 
@@ -438,7 +429,7 @@ def relu_grad_tol(a: float, dtype: torch.dtype) -> float:
     (exp of a rounded a^2/2, erfcx, conditioning a^2 + 2 to the rounding of a), the forward mean within
     (1.5 a^2 + 21) u64 (tail) or 180 u64 (direct), and dvar/dsigma = 2(sigma Phi - mean phi) cancels by at
     most 2.2 (gaussian_sympy.py::check_cancellation): 2.2 ((1.5 a^2 + 8) + (1.5 a^2 + 180)) + 4."""
-    extra = _u(dtype) if dtype != torch.float64 else 0.0
+    extra = unit_roundoff(dtype) if dtype != torch.float64 else 0.0
     return (420.0 + 7.0 * a * a) * U64 + extra
 
 
@@ -509,10 +500,11 @@ def _crelu(case: Any, device: torch.device, dtype: torch.dtype) -> float:
         return math.inf
     # |E+ - E- - mu| <= tol (E+ + E-): each of E+/E- is within relu_tol relative (RELU-4), plus 2 roundings.
     scale = mp_ + mn_
-    if scale == 0 or scale > float(torch.finfo(dtype).max) or (min(mp_, mn_) < _tiny(dtype) and min(mp_, mn_) != 0):
+    low = min(mp_, mn_)
+    if scale == 0 or scale > float(torch.finfo(dtype).max) or (low < smallest_normal(dtype) and low != 0):
         return 0.0
     err = abs((mp_ - mn_) - mu)
-    return ratio(err, (relu_tol(dtype) + 2 * _u(dtype)) * scale + _tiny(dtype))
+    return ratio(err, (relu_tol(dtype) + 2 * unit_roundoff(dtype)) * scale + smallest_normal(dtype))
 
 
 register(
@@ -536,8 +528,8 @@ _PSI_ERR: dict[torch.dtype, float] = {torch.float64: 1e-13, torch.float32: 2e-6}
 def kl_tol(dtype: torch.dtype) -> float:
     """KL-1: 24 u_c + 3 eps_psi in the compute dtype (psi's PSI-3 bound eps_psi), plus a final rounding."""
     cd = compute_dtype(dtype)
-    extra = _u(dtype) if cd != dtype else 0.0
-    return 24.0 * _u(cd) + 3.0 * _PSI_ERR[cd] + extra
+    extra = unit_roundoff(dtype) if cd != dtype else 0.0
+    return 24.0 * unit_roundoff(cd) + 3.0 * _PSI_ERR[cd] + extra
 
 
 def _kl_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
@@ -557,10 +549,10 @@ def _kl_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
 
 def _kl_inputs(case: Any, dtype: torch.dtype) -> tuple[float, float, float, float]:
     mq, sq, dm, sp_ = (float(v) for v in case)
-    sp_ = _rounded(sp_, dtype)
-    sq = _rounded(sq, dtype)
-    mq = _rounded(mq, dtype)
-    mp_ = _rounded(mq + dm * sp_, dtype) if dm != 0.0 else mq
+    sp_ = round_to(sp_, dtype)
+    sq = round_to(sq, dtype)
+    mq = round_to(mq, dtype)
+    mp_ = round_to(mq + dm * sp_, dtype) if dm != 0.0 else mq
     return mq, sq, mp_, sp_
 
 
@@ -687,7 +679,7 @@ def _relu_fused(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     from rln_verified import _native_gauss
 
     fused_kernel_ready("RELU-6", device)
-    mu, s = (_rounded(float(v), _F32) for v in case)
+    mu, s = (round_to(float(v), _F32) for v in case)
     probe = torch.tensor([mu, s], dtype=_F32, device=device)
     if not _native_gauss.usable(probe[:1], probe[1:]):
         raise NotApplicable(f"the fused float32 kernel does not serve these tensors here: {_native_gauss.reason()}")
@@ -744,7 +736,7 @@ def exp1_range() -> tuple[float, float]:
     from rln_verified._bayes_linear import std_bounds
 
     lo, hi = std_bounds(_F32)
-    return _rounded(math.log(lo), _F32), _rounded(math.log(hi), _F32)
+    return round_to(math.log(lo), _F32), round_to(math.log(hi), _F32)
 
 
 # EXP-1's bound: 0.99 ulp of float32 at e^x (the kernel's measured worst is 0.9801, proofs/gaussian.md).
@@ -781,7 +773,7 @@ def _exp1(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     from rln_verified._bayes_linear import BBBLinear
 
     fused_kernel_ready("EXP-1", device)
-    vals = [_rounded(float(v), _F32) for v in case]
+    vals = [round_to(float(v), _F32) for v in case]
     layer = BBBLinear(len(vals), 1, bias=False, device=device, dtype=_F32)
     rho = layer.weight_rho
     assert rho is not None
@@ -823,7 +815,7 @@ def _exp1_examples(dtype: torch.dtype) -> Sequence[Any]:
     edges = [float(torch.nextafter(t_lo, torch.tensor(-math.inf))),
              float(torch.nextafter(t_hi, torch.tensor(math.inf)))]
     # the ends and just outside, 0 and -0, the default rho's neighbourhood, the measured worst point, saturation
-    return [[lo, hi, 0.0, -0.0, _rounded(math.log(0.01), _F32), -5.8573437], edges, [-1e30, 1e30, -30.0, 12.0],
+    return [[lo, hi, 0.0, -0.0, round_to(math.log(0.01), _F32), -5.8573437], edges, [-1e30, 1e30, -30.0, 12.0],
             [fmax, -fmax]]
 
 

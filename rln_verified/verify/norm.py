@@ -16,11 +16,30 @@ from torch import nn
 
 from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified._norm_formula import stat_dtype
-from rln_verified.verify._core import ALL_DTYPES, Check, eps, finite_floats, log_uniform, register
+from rln_verified.verify._core import (
+    ALL_DTYPES,
+    PSI_REL_ERR,
+    Check,
+    compute_dtype,
+    eps,
+    finite_floats,
+    log_uniform,
+    record_part,
+    register,
+)
 from rln_verified.verify._margins import fold, guarded, has_nan, ratio
 from rln_verified.verify._subjects import LayerSubject, NotApplicable
 
 # ---- the formula in float64 (the reference of N2, and the definitions of N0) ---------------------
+
+
+def pow2_group_scale(amax: torch.Tensor, min_exponent: int) -> torch.Tensor:
+    """The exact scale 2^-e per group, with amax = f 2^e (f in [0.5, 1), torch.frexp) and e clamped below at
+    ``min_exponent``, so that the scaled group's largest magnitude lies in [0.5, 1) (or below, where clamped). A
+    group whose max is 0 or not finite is scaled as a max of 1 would be (by 1/2 unless clamped)."""
+    m = torch.where(torch.isfinite(amax) & (amax > 0), amax, torch.ones_like(amax))
+    _, e = torch.frexp(m)
+    return torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=min_exponent))
 
 
 def reference_planes(x: torch.Tensor, eps_: float, alpha: float, lam: float | torch.Tensor, bayes: bool,
@@ -29,10 +48,7 @@ def reference_planes(x: torch.Tensor, eps_: float, alpha: float, lam: float | to
     (reflect pad, box means, E[z^2] - E[z]^2 on centred values). Groups are first scaled by a power of two
     (exact) so that no square overflows; eps is scaled with them."""
     x = x.double()
-    m = x.abs().amax(dim=(-2, -1), keepdim=True)
-    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
-    _, e = torch.frexp(m)
-    s = torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=0))
+    s = pow2_group_scale(x.abs().amax(dim=(-2, -1), keepdim=True), 0)
     xs = x * s
     # eps s^2 underflows to 0 for groups above ~2^520; clamp it at the smallest normal as the kernel does (N2):
     # a non-constant group has v s^2 >= (2^-53)^2/M there, so the clamp moves v + eps s^2 by < 1e-270 relative,
@@ -328,17 +344,10 @@ def _eps_of(subject: LayerSubject) -> float:
     return float(subject.eps)
 
 
-def _cd(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def group_sigma(xg: torch.Tensor, eps_: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma = sqrt(v + eps), max|x| / sigma) per group of a float64 (G, M) view, without overflow:
     each group is scaled by a power of two first (exact)."""
-    m = xg.abs().amax(-1, keepdim=True)
-    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
-    _, e = torch.frexp(m)
-    s = torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=-1000))
+    s = pow2_group_scale(xg.abs().amax(-1, keepdim=True), -1000)
     xs = xg * s
     mean = xs.mean(-1, keepdim=True)
     mean = mean + (xs - mean).mean(-1, keepdim=True)  # refinement: exact for constant groups (x_c = 0, v = 0)
@@ -364,14 +373,14 @@ def _n0(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
 
         x = build(subject, case, device, dtype)
         p, l_ = info["plane"]
-        planes = x.to(_cd(dtype)).reshape(-1, p, l_)
+        planes = x.to(compute_dtype(dtype)).reshape(-1, p, l_)
         r = group_stats(planes, float(subject.eps or 1e-5), info["two_d"])["r"].double().cpu()
         if has_nan(r) or not torch.isfinite(r).all() or (r < 0).any():
             return math.inf
         # r is computed with absolute error <= (2 log2 M + 8) u_c (proofs/norm.md, N0), so the exact bound
         # Lambda is met up to that.
         m = p * l_
-        slack = (2 * math.log2(m) + 8) * eps(_cd(dtype)) / 2
+        slack = (2 * math.log2(m) + 8) * eps(compute_dtype(dtype)) / 2
         return ratio(fold(r), float(info["sharp_ratio_bound"]) + slack)
 
     return run
@@ -393,7 +402,7 @@ def _n1(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
         # A centred group has |x_c,i| <= sqrt(M-1) sigma; a layer that does not centre (RMSNorm) only has
         # |x_i| <= sqrt(M) rms. Rounding slack: y = x_c a w + b takes <= 8 roundings in the compute dtype
         # after x_c, each relative u_c on a value <= sqrt(M-1)|gamma|; storage rounding adds u_d |y|.
-        uc, ud = eps(_cd(dtype)) / 2, eps(dtype) / 2
+        uc, ud = eps(compute_dtype(dtype)) / 2, eps(dtype) / 2
         c = math.sqrt(m - 1) if subject.info.get("centred", True) else math.sqrt(m)
         bound = gw.abs() * c * (1 + 16 * uc + ud) + gb.abs() * (2 * ud)
         return fold((yg - gb).abs() / bound)
@@ -409,7 +418,7 @@ def n2_tolerance(x64: torch.Tensor, ref_y: torch.Tensor, m: int, alpha: float, d
     """Per-element absolute tolerance of N2 (before gamma), from proofs/norm.md:
     u_c [(log2 M + 4) A/sigma + (3(1+alpha) log2 M + 24)(1 + |y|)] + u_d |y|, with A = max|x| of the group:
     rounding x and mu moves x_c by u_c A per operation, which is A/sigma in the output's units."""
-    uc, ud = eps(_cd(dtype)) / 2, eps(dtype) / 2
+    uc, ud = eps(compute_dtype(dtype)) / 2, eps(dtype) / 2
     lg = math.log2(max(m, 2))
     _, ratio = group_sigma(x64, eps_)
     return uc * ((lg + 4) * ratio + (3 * (1 + alpha) * lg + 24) * (1 + ref_y.abs())) + ud * ref_y.abs()
@@ -419,10 +428,7 @@ def plain_reference(xg: torch.Tensor, eps_: float, centred: bool) -> torch.Tenso
     """LayerNorm (``centred``) or RMSNorm of the float64 groups (G, M), without affine, without overflow:
     each group is scaled by a power of two first (exact), and eps with it (clamped at the smallest normal,
     as in :func:`reference_planes`)."""
-    m = xg.abs().amax(-1, keepdim=True)
-    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
-    _, e = torch.frexp(m)
-    s = torch.ldexp(torch.ones_like(m), -torch.clamp(e, min=0))  # scale large groups down only; eps dominates tiny
+    s = pow2_group_scale(xg.abs().amax(-1, keepdim=True), 0)  # scale large groups down only; eps dominates tiny
     xs = xg * s
     if centred:
         mu = xs.mean(-1, keepdim=True)
@@ -481,7 +487,7 @@ _NOT_CENTRED = "{claim} follows from centring, and this layer does not centre it
 def n3_slack(m: int, dtype: torch.dtype) -> float:
     """Relative error bound of the computed Jacobian's 2-norm (N3): it is computed in the compute dtype, relative
     error <= 64 M u_c, and each entry is stored in the dtype, which moves its 2-norm by <= sqrt(M) u_d."""
-    return (1 + 64 * m * eps(_cd(dtype)) / 2) * (1 + math.sqrt(m) * eps(dtype) / 2)
+    return (1 + 64 * m * eps(compute_dtype(dtype)) / 2) * (1 + math.sqrt(m) * eps(dtype) / 2)
 
 
 def n3_constant_group_ratio(subject: LayerSubject, device: torch.device, dtype: torch.dtype) -> float:
@@ -547,7 +553,6 @@ def _n3(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
 # ---- N4 / N5: shift and scale invariance --------------------------------------------------------------
 
 #: PSI-3: relative error of psi in the dtype it is evaluated in (the kernel's per-group scalar dtype).
-_EPS_PSI: dict[torch.dtype, float] = {torch.float64: 1e-13, torch.float32: 2e-6}
 
 
 def _u_rounding(xg: torch.Tensor, eps_: float, m: int, alpha: float, lam: float, lam_sharp: float,
@@ -562,13 +567,13 @@ def _u_rounding(xg: torch.Tensor, eps_: float, m: int, alpha: float, lam: float,
     error d of t moves u by <= 2 alpha t psi'(t) d <= 2 alpha d), psi has relative error eps_psi (PSI-3), which
     moves u by <= eps_psi u (z/(e^z - 1) <= 1), and expm1 adds 2 u_s; u is then cast to the compute dtype and
     to the storage dtype (u_c + u_d)."""
-    cd = _cd(dtype)
+    cd = compute_dtype(dtype)
     sd = stat_dtype(cd)
     uc, ud, us = eps(cd) / 2, eps(dtype) / 2, eps(sd) / 2
     lg = math.log2(max(m, 2))
     _, ratio = group_sigma(xg, eps_)
     err_r = lam_sharp * (lg + 3) * uc * ratio + lam_closed * (2 * lg + 10) * uc
-    return (alpha * lam / 2) * err_r + (4 * alpha + 4) * us + _EPS_PSI[sd] + uc + ud
+    return (alpha * lam / 2) * err_r + (4 * alpha + 4) * us + PSI_REL_ERR[sd] + uc + ud
 
 
 def invariance_margins(subject: LayerSubject, kind: str, case: Any, device: torch.device,
@@ -601,7 +606,7 @@ def invariance_margins(subject: LayerSubject, kind: str, case: Any, device: torc
     xg = subject.groups(x64)
     m = xg.shape[-1]
     v = xg.var(-1, unbiased=False, keepdim=True)
-    uc = eps(_cd(dtype)) / 2
+    uc = eps(compute_dtype(dtype)) / 2
     x2g = subject.groups(x2.double().cpu())
     # Rounding x + c (or a x) moves each element by <= u_d |result|: a perturbation delta with ||delta|| <=
     # sqrt(M) u_d max|x + c|. Along the segment it spans, sqrt(v) >= sqrt(v(x)) - ||delta||/sqrt(M)
@@ -699,7 +704,7 @@ def u_relative_bound(nu: mpmath.mpf, v: mpmath.mpf, a_max: float, eps_: float, m
     e_rel = 2 (rho_r + u_s) + eps_psi + 4 u_s + e_cast and, u_x the unit roundoff of x_c and its sums (the compute
     dtype on the eager path, float64 in the fused kernel, N11),
     rho_r = (M + 16) u_x 2 (c_max/|W|) v/nu + u_x + (M + 4) u_x + 2 (M + 3) u_x A (sqrt(Lambda/nu) + 1/sigma)."""
-    cd = _cd(dtype)
+    cd = compute_dtype(dtype)
     sd = torch.float64  # the stated per-group scalar dtype for every compute dtype (N2, N4), not read from the kernel
     ux = eps(torch.float64 if fused else cd) / 2
     us = eps(sd) / 2
@@ -710,7 +715,7 @@ def u_relative_bound(nu: mpmath.mpf, v: mpmath.mpf, a_max: float, eps_: float, m
         a_terms = float(mpmath.mpf(a_max) * (mpmath.sqrt(lam_sharp / nu) + 1 / mpmath.sqrt(v + mpmath.mpf(eps_))))
     rho_r = (m + 16) * ux * 2 * lam_closed * v_nu + ux + (m + 4) * ux + 2 * (m + 3) * ux * a_terms
     e_cast = (eps(cd) / 2 if sd != cd else 0.0) + (eps(dtype) / 2 if cd != dtype else 0.0)
-    return 2 * (rho_r + us) + _EPS_PSI[sd] + 4 * us + e_cast
+    return 2 * (rho_r + us) + PSI_REL_ERR[sd] + 4 * us + e_cast
 
 
 def u_relative_margin(subject: LayerSubject, mod: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> float:
@@ -750,17 +755,12 @@ def _native_ready() -> bool:
     return bool(_native.available())
 
 
-#: The worst margin of each part (``"y"``, ``"u"``) of N4 and N5 over every case evaluated in this process, keyed by
-#: (claim, subject, device, dtype): the check's margin is their maximum, and reports show them apart.
-WORST_PARTS: dict[tuple[str, str, str, str], dict[str, float]] = {}
-
-
 def _invariance(subject: LayerSubject, kind: str) -> Callable[[Any, torch.device, torch.dtype], float]:
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+        # The margin is the worst of the parts (y, u); each part's worst goes to the result's extra["parts"].
         parts = invariance_margins(subject, kind, case, device, dtype)
-        worst = WORST_PARTS.setdefault((kind, subject.name, str(device), str(dtype)), {})
         for k, v in parts.items():
-            worst[k] = fold(worst.get(k, 0.0), v)
+            record_part(k, v)
         return fold(list(parts.values()))
 
     return run
@@ -822,7 +822,7 @@ def _n7(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], flo
         gw, gb = _affine(mod, x, subject)
         lhs = (subject.groups(y.double().cpu()) - gb).abs()
         rhs = gw.abs() * xc.abs() / sigma
-        uc = eps(_cd(dtype)) / 2
+        uc = eps(compute_dtype(dtype)) / 2
         # y is rounded next to beta, so y - beta carries up to u_d |y| <= u_d (|beta| + |gamma| sqrt(M)).
         slack = eps(dtype) * (gb.abs() + gw.abs() * math.sqrt(xg.shape[-1]) * 1e-300)
         margin = guarded(lhs / (rhs * (1 + 16 * uc + eps(dtype)) + slack + 1e-300), y, r)
@@ -1026,7 +1026,7 @@ def _n10(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], fl
         # The computed x_c also carries the centring error (log2 M + 3) u_c A (N2), so its computed sum is not 0:
         # that leaves a term xh mean(x_c)/sigma of size <= sqrt(M) (log2 M + 3) u_c (A/sigma) / sigma per entry,
         # once through xh and once through the r-term (factor 2).
-        uc = eps(_cd(dtype)) / 2
+        uc = eps(compute_dtype(dtype)) / 2
         k = subject.info.get("K", 1.0)
         tol = 1.5 * k / sigma * uc * ((4 * m + 16) + 2 * math.sqrt(m) * (math.log2(m) + 3) * a_over_sigma)
         return fold(g.abs() / tol)

@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 
 from rln_verified._special import _PSI_SPLIT, _SOFTPLUS_THRESHOLD, inv_softplus, psi, softplus
 from rln_verified._validation import compute_dtype
-from rln_verified.verify._core import ALL_DTYPES, DEFAULT_DTYPES, Check, eps, log_uniform, register
+from rln_verified.verify._core import (
+    ALL_DTYPES,
+    DEFAULT_DTYPES,
+    Check,
+    eps,
+    log_uniform,
+    register,
+    round_to,
+    smallest_normal,
+)
 from rln_verified.verify._margins import fold, guarded, has_nan, ratio
 from rln_verified.verify._margins import rel_err as rel_err
 
@@ -42,10 +51,6 @@ def softplus_ref(x: float) -> mpmath.mpf:
 
 def _scalar(v: float, device: torch.device, dtype: torch.dtype, grad: bool = False) -> torch.Tensor:
     return torch.tensor([v], dtype=dtype, device=device, requires_grad=grad)
-
-
-def _tiny(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).tiny)
 
 
 def _max(dtype: torch.dtype) -> float:
@@ -138,20 +143,16 @@ def psi_tol(dtype: torch.dtype) -> float:
 _psi_tol = psi_tol
 
 
-def _rounded(v: float, dtype: torch.dtype) -> float:
-    return float(torch.tensor(v, dtype=torch.float64).to(dtype).double())
-
-
 def _psi_accuracy(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-    t = _rounded(float(case), dtype)
+    t = round_to(float(case), dtype)
     got = float(psi(_scalar(t, device, dtype)).double())
     ref = psi_ref(t)
     if has_nan(got, ref) or got < 0:
         return math.inf
-    if ref < _tiny(dtype):
+    if ref < smallest_normal(dtype):
         # Below the normal range: 0 or subnormal, never negative (and never above tiny by more than
         # the rounding of the tiny itself).
-        return 0.0 if got <= _tiny(dtype) else math.inf
+        return 0.0 if got <= smallest_normal(dtype) else math.inf
     return ratio(rel_err(got, ref), _psi_tol(dtype))
 
 
@@ -179,7 +180,7 @@ register(
 
 
 def _psi_shape(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-    t1, t2 = sorted((_rounded(float(case[0]), dtype), _rounded(float(case[1]), dtype)))
+    t1, t2 = sorted((round_to(float(case[0]), dtype), round_to(float(case[1]), dtype)))
     out = psi(torch.tensor([0.0, t1, t2], dtype=dtype, device=device)).double().cpu().tolist()
     p0, p1, p2 = out
     if has_nan(out) or p0 != 0.0 or p1 < 0 or p2 < 0:
@@ -187,7 +188,7 @@ def _psi_shape(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     # Computed values carry relative error <= tol (PSI-3), so the exact inequalities hold up to it:
     # psi(t1) <= psi(t2)(1+tol)/(1-tol), and psi(t) <= bound(t)*(1+tol). Bounds are evaluated in float64.
     tol = _psi_tol(dtype) if dtype in _PSI_TOL else _psi_tol(dtype) + eps(dtype)
-    tiny = _tiny(dtype)
+    tiny = smallest_normal(dtype)
     margins: list[float] = [0.0]
     # Relative statements are made where the values are normal floats; a subnormal result carries an
     # absolute rounding of up to tiny * eps/2 and only has to be in [0, tiny] (PSI-3).
@@ -229,15 +230,15 @@ def psi_grad_tol(dtype: torch.dtype) -> float:
 
 
 def _psi_grad(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-    t = _rounded(float(case), dtype)
+    t = round_to(float(case), dtype)
     x = _scalar(t, device, dtype, grad=True)
     (grad,) = torch.autograd.grad(psi(x).sum(), x)
     g = float(grad.double())
     if has_nan(g) or not math.isfinite(g) or g < 0 or g > 0.25:
         return math.inf  # psi' lies in [0, 1/4] exactly (max 1/4 at t = 1), so the computed one must too
     ref = dpsi_ref(t)
-    if ref < _tiny(dtype):
-        return 0.0 if g <= _tiny(dtype) else math.inf
+    if ref < smallest_normal(dtype):
+        return 0.0 if g <= smallest_normal(dtype) else math.inf
     return ratio(rel_err(g, ref), psi_grad_tol(dtype))
 
 
@@ -289,15 +290,15 @@ def _sp_tol(dtype: torch.dtype) -> float:
 
 
 def _softplus_accuracy(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-    x = _rounded(float(case), dtype)
+    x = round_to(float(case), dtype)
     got = float(softplus(_scalar(x, device, dtype)).double())
     if not math.isfinite(got):
         return math.inf
     ref = softplus_ref(x)
     if has_nan(ref):
         return math.inf
-    if ref < _tiny(dtype):
-        return 0.0 if 0 <= got <= _tiny(dtype) else math.inf
+    if ref < smallest_normal(dtype):
+        return 0.0 if 0 <= got <= smallest_normal(dtype) else math.inf
     return ratio(rel_err(got, ref), _sp_tol(dtype))
 
 
@@ -336,10 +337,10 @@ def _units(dtype: torch.dtype) -> tuple[float, float, float, float, float]:
     """(u_c, eps_c, tau_c, u_d, tau_d): unit roundoff, eps and smallest normal of the compute dtype, and the
     storage rounding's u_d, tau_d (both 0 when the dtype is its own compute dtype: no storage rounding)."""
     cd = compute_dtype(dtype)
-    ec, tc = eps(cd), _tiny(cd)
+    ec, tc = eps(cd), smallest_normal(cd)
     if cd == dtype:
         return ec / 2, ec, tc, 0.0, 0.0
-    return ec / 2, ec, tc, eps(dtype) / 2, _tiny(dtype)
+    return ec / 2, ec, tc, eps(dtype) / 2, smallest_normal(dtype)
 
 
 def _sp_lsigmoid_ratio(z: float) -> float:
@@ -386,7 +387,7 @@ def inv_softplus_exhaustive(device: str | torch.device, dtype: torch.dtype, lo: 
     """SP-2 (a) at every float of ``dtype`` in [lo, hi) (positive normals): the largest |x~ - x| / Delta and the y
     where it occurs. x is the float64 y + log(-expm1(-y)) (see :func:`inv_softplus_error_bound_t`). NaN is inf."""
     bits = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[dtype]
-    ends = torch.tensor([max(lo, _tiny(dtype)), hi], dtype=torch.float64).to(dtype).view(bits).long().tolist()
+    ends = torch.tensor([max(lo, smallest_normal(dtype)), hi], dtype=torch.float64).to(dtype).view(bits).long().tolist()
     worst, where = 0.0, math.nan
     for start in range(ends[0], ends[1], chunk):
         ints = torch.arange(start, min(start + chunk, ends[1]), dtype=torch.int64)
@@ -419,8 +420,8 @@ def round_trip_y_bound(y: float, dtype: torch.dtype) -> float:
 
 
 def _round_trip_y(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-    y = _rounded(float(case), dtype)
-    if not (y >= _tiny(dtype)):
+    y = round_to(float(case), dtype)
+    if not (y >= smallest_normal(dtype)):
         return 0.0
     x_t = inv_softplus(_scalar(y, device, dtype))
     got = float(softplus(x_t).double())
@@ -437,13 +438,13 @@ register(
     Check(
         claim="SP-2",
         subject="inv_softplus",
-        strategy=lambda dtype: log_uniform(_tiny(dtype), _max(dtype)),
+        strategy=lambda dtype: log_uniform(smallest_normal(dtype), _max(dtype)),
         run=_round_trip_y,
         metric="max(|inv_softplus(y) - x| / Delta, |softplus(inv_softplus(y)) - y| / y / B(y)), SP-2",
         dtypes=ALL_DTYPES,
         # 1e-8 and 100: the naive formula's failures (issue 2). 2.2877e-30 and 7.6952e-29: bfloat16
         # counterexamples to the earlier first-order bound (x ~ -68.25 stored as -68.0, e^0.25 - 1 = 0.28).
-        examples=lambda dtype: [1e-8, 100.0, _tiny(dtype), _max(dtype), math.log(2.0), 1.0,
+        examples=lambda dtype: [1e-8, 100.0, smallest_normal(dtype), _max(dtype), math.log(2.0), 1.0,
                                 2.2877133688586172e-30, 7.695168749633525e-29],
     )
 )
@@ -472,9 +473,9 @@ def round_trip_x_bound(x: float, dtype: torch.dtype) -> float:
 
 
 def _round_trip_x(case: Any, device: torch.device, dtype: torch.dtype) -> float:
-    x = _rounded(float(case), dtype)
+    x = round_to(float(case), dtype)
     # Unsaturated: softplus(x) must be a normal float of the dtype.
-    if float(softplus_ref(x)) < _tiny(dtype):
+    if float(softplus_ref(x)) < smallest_normal(dtype):
         return 0.0
     got = float(inv_softplus(softplus(_scalar(x, device, dtype))).double())
     if not math.isfinite(got):
@@ -582,7 +583,7 @@ def neighbours(v: float, dtype: torch.dtype) -> list[float]:
 
 
 def _smallest_subnormal(dtype: torch.dtype) -> float:
-    return _tiny(dtype) * eps(dtype)
+    return smallest_normal(dtype) * eps(dtype)
 
 
 def _evaluate(fn: Any, values: Sequence[float], device: str | torch.device, dtype: torch.dtype) -> list[float]:
@@ -598,7 +599,7 @@ def psi_sweep(device: str | torch.device, dtype: torch.dtype, per_decade: int = 
     cd = compute_dtype(dtype)
     lo, hi = _PSI_RANGE[dtype]
     t0, _ = _PSI_SPLIT[cd]
-    tiny, tol = _tiny(dtype), _psi_tol(dtype)
+    tiny, tol = smallest_normal(dtype), _psi_tol(dtype)
     pts = decades(_smallest_subnormal(dtype), _max(dtype), per_decade)
     # Dense where the direct form's cancellation factor c(t) is large (t just above any switch in [1e-3, 10]): a
     # switch moved down or a direct form less careful than log1p shows here first (PSI-3's bound is attained there).
@@ -626,7 +627,7 @@ def softplus_sweep(device: str | torch.device, dtype: torch.dtype, per_decade: i
     T; relative error <= 3 eps_c (+ u_d) wherever softplus(x) is normal; 0 or subnormal below."""
     cd = compute_dtype(dtype)
     big_t = _SOFTPLUS_THRESHOLD[cd]
-    tiny, tol = _tiny(dtype), _sp_tol(dtype)
+    tiny, tol = smallest_normal(dtype), _sp_tol(dtype)
     mags = decades(_smallest_subnormal(dtype), _max(dtype), per_decade)
     pts = mags + [-m for m in mags] + [0.0, 100.0, -100.0]
     for v in (big_t, math.log(_max(cd)), math.log(tiny), math.log(_smallest_subnormal(dtype))):
@@ -651,7 +652,7 @@ def inv_softplus_sweep(device: str | torch.device, dtype: torch.dtype, per_decad
     """inv_softplus over every order of magnitude of the positive normal floats of ``dtype``, both sides of
     the branch switch ln 2, the ends, and the pinned counterexamples. SP-2 (a): the result within Delta of
     x = y + ln(1 - e^-y); SP-2 (b): softplus(inv_softplus(y)) within B(y) y of y. Returns (inverse, round trip)."""
-    tiny, top = _tiny(dtype), _max(dtype)
+    tiny, top = smallest_normal(dtype), _max(dtype)
     pts = [*decades(tiny, top, per_decade), 1e-8, 100.0, 17.0, 37.0, 2.2877133688586172e-30, 7.695168749633525e-29]
     pts += neighbours(math.log(2.0), dtype) + neighbours(tiny, dtype) + neighbours(top, dtype)
     ys = [y for y in on_grid(pts, dtype) if y >= tiny]
