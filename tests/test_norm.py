@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
-import pickle
 from collections.abc import Callable
 
 import pytest
@@ -217,26 +215,6 @@ def test_lambda_init_outside_open_interval_raises() -> None:
 
 
 @pytest.mark.claim("N2")
-def test_torch_layer_norm_failures_are_fixed() -> None:
-    """torch's F.layer_norm gives zeros and NaN on these float32 rows; ours matches the float64 formula."""
-    for row in ([1e20, -1e20, 0.0, 3e19], [3e38, -3e38, 0.0, 1.0]):
-        x = torch.tensor([row], dtype=torch.float32)
-        torch_out = torch.nn.functional.layer_norm(x, (4,))
-        assert not (torch.isfinite(torch_out).all() and torch_out.abs().sum() > 0)  # the reported defect
-        ours = rv.BayesianRLayerNorm(4)(x)
-        ref, _, _ = reference_planes(x.double().reshape(1, 1, 4), 1e-5, 1.0, 0.5, True, False)
-        assert torch.isfinite(ours).all()
-        torch.testing.assert_close(ours.double(), ref.reshape(1, 4), rtol=0, atol=1e-5)
-
-
-@pytest.mark.claim("N2")
-def test_fp16_max_does_not_overflow() -> None:
-    x = torch.tensor([[65504.0, -65504.0, 0.0, 1.0]], dtype=torch.float16)
-    y, u = rv.BayesianRLayerNorm(4, dtype=torch.float16)(x, return_uncertainty=True)
-    assert torch.isfinite(y).all() and torch.isfinite(u).all()
-
-
-@pytest.mark.claim("N2")
 @pytest.mark.parametrize("cls", [rv.RLayerNorm2d, rv.BayesianRLayerNorm2d])
 def test_closed_form_backward_gradcheck(cls: type[nn.Module]) -> None:
     layer = cls(2, dtype=torch.float64)
@@ -263,23 +241,6 @@ def test_last_dims_multi_axis_and_gradcheck() -> None:
 
 
 # ---- module conventions and bad input -----------------------------------------------------------
-
-
-@pytest.mark.parametrize("cls", [rv.RLayerNorm2d, rv.BayesianRLayerNorm2d])
-def test_module_conventions(cls: type[nn.Module]) -> None:
-    layer = cls(3)
-    x = torch.randn(2, 3, 5, 6)
-    other = cls(3)
-    other.load_state_dict(layer.state_dict())
-    assert torch.equal(other(x), layer(x))
-    assert set(layer.state_dict()) == {"weight", "bias", "lambda_raw"}
-    assert torch.equal(pickle.loads(pickle.dumps(layer))(x), layer(x))
-    assert torch.equal(copy.deepcopy(layer)(x), layer(x))
-    assert "lambda=[0.001, 1.0]" in repr(layer)
-    no_bias = cls(3, bias=False)
-    assert no_bias.bias is None and "bias" not in no_bias.state_dict()
-    with pytest.raises(AttributeError):
-        layer.lambda_ = torch.tensor(0.5)  # type: ignore[misc]
 
 
 def test_drop_in_for_layer_norm() -> None:

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from rln_verified._registry._types import Claim
 
 TOPICS: tuple[str, ...] = ("special", "gaussian", "norm", "bayesian_linear")
 
 
+def import_topics(package: str) -> dict[str, ModuleType]:
+    """``package.<topic>`` for each topic that exists there (a missing topic module is skipped; an import error
+    inside one propagates)."""
+    found: dict[str, ModuleType] = {}
+    for topic in TOPICS:
+        name = f"{package}.{topic}"
+        try:
+            found[topic] = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return found
+
+
 def load_all() -> tuple[Claim, ...]:
     out: list[Claim] = []
-    for topic in TOPICS:
-        try:
-            module = importlib.import_module(f"rln_verified._registry.{topic}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"rln_verified._registry.{topic}":
-                continue
-            raise
+    for topic, module in import_topics("rln_verified._registry").items():
         claims: tuple[Claim, ...] = module.CLAIMS
         for c in claims:
             if c.topic != topic:
@@ -26,4 +35,4 @@ def load_all() -> tuple[Claim, ...]:
     return tuple(out)
 
 
-__all__ = ["TOPICS", "Claim", "load_all"]
+__all__ = ["TOPICS", "Claim", "import_topics", "load_all"]

@@ -174,14 +174,9 @@ def _load_builtin_checks() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import importlib
+    from rln_verified._registry import import_topics
 
-    for name in ("special", "gaussian", "norm", "bayesian_linear"):
-        try:
-            importlib.import_module(f"rln_verified.verify.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"rln_verified.verify.{name}":
-                raise
+    import_topics("rln_verified.verify")  # each topic module registers its checks on import
 
 
 def run_check(
