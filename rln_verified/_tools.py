@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from rln_verified._layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+
 
 def _bayesian_norm_types() -> tuple[type[nn.Module], ...]:
-    from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d
-
     return (BayesianRLayerNorm, BayesianRLayerNorm2d)
 
 
@@ -199,8 +199,6 @@ def replace_norm_layers(
         >>> type(m[1]).__name__
         'BayesianRLayerNorm'
     """
-    from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"replace_norm_layers: expected an nn.Module, got {type(model).__name__}")
 

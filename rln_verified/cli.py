@@ -29,7 +29,7 @@ import hypothesis
 import torch
 
 from rln_verified.verify._audit import UsageError, audit_subject, parse_kwargs, parse_shape
-from rln_verified.verify._core import Check, CheckResult, _one_line, registered_checks, run_check
+from rln_verified.verify._core import Check, CheckResult, one_line, registered_checks, run_check
 from rln_verified.verify._profiles import PROFILES, run_settings
 from rln_verified.verify._report import RunInfo, findings, markdown, table, tally, verdict, write_json
 
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _main_parser().parse_args(args_in)
         return _run(_select(registered_checks(), args.claims), args, "Verification report")
     except UsageError as exc:
-        print(f"rln-verify: error: {_one_line(str(exc), 500)}", file=sys.stderr)
+        print(f"rln-verify: error: {one_line(str(exc), 500)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rln-verify: interrupted", file=sys.stderr)

@@ -271,7 +271,7 @@ def _search(check: Check, dev: torch.device, dtype: torch.dtype, result: CheckRe
         except Exception as exc:  # the checked code raised: a finding on this case, of infinite margin
             failing.append(case)
             result.worst_margin, result.worst_case = math.inf, case
-            raised.append(_one_line(f"{type(exc).__name__}: {exc}"))
+            raised.append(one_line(f"{type(exc).__name__}: {exc}"))
             raise AssertionError(raised[-1]) from exc
         target(min(margin, 1e300), label=label)
         if margin > 1.0:
@@ -306,13 +306,14 @@ def _search(check: Check, dev: torch.device, dtype: torch.dtype, result: CheckRe
         elif isinstance(exc, AssertionError | Found):
             result.counterexample = result.worst_case
         else:
-            result.error = _one_line(f"{type(exc).__name__}: {exc}")
+            result.error = one_line(f"{type(exc).__name__}: {exc}")
     if skipped:
         return _skipped(result, skipped[0])
     return result
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters with "..." where longer."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -408,6 +409,7 @@ __all__ = [
     "finite_floats",
     "get_check",
     "log_uniform",
+    "one_line",
     "record_part",
     "register",
     "registered_checks",
