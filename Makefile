@@ -47,7 +47,7 @@ typecheck: $(STAMP)
 proofs: $(STAMP)
 	@set -e; for f in proofs/*.py; do echo "[proof] $$f"; $(PY) $$f; done
 
-# Where a C compiler exists the C kernels must build and be in use (issue 17): under RLN_VERIFIED_REQUIRE_NATIVE=1 a
+# Where a C compiler exists the C kernels must build and be in use: under RLN_VERIFIED_REQUIRE_NATIVE=1 a
 # kernel that fails to build or load raises instead of falling back to the eager path (rln_verified/_native_build.py).
 NATIVE_CC := $(shell command -v "$${CC:-cc}" || command -v gcc || command -v clang)
 pytest sanitize: export RLN_VERIFIED_REQUIRE_NATIVE ?= $(if $(NATIVE_CC),1,0)
@@ -64,7 +64,7 @@ pytest: $(STAMP)
 
 test: lint typecheck proofs docs pytest sanitize bench-quick
 
-# The C kernels under AddressSanitizer and UBSan (issue 12). RLN_VERIFIED_SANITIZE=1 rebuilds them with
+# The C kernels under AddressSanitizer and UBSan. RLN_VERIFIED_SANITIZE=1 rebuilds them with
 # -fsanitize=address,undefined (cached apart from the normal build); Python runs with the ASan runtime preloaded, and
 # libstdc++ with it, so that ASan can intercept the C++ exceptions torch throws. Any finding aborts the run (and
 # xdist reports the worker's test as failed); --capture=sys leaves file descriptor 2 alone, so the report shows. The
@@ -132,7 +132,7 @@ bench-quick: $(STAMP)
 	$(BENCH_ENV) RLN_BENCH_WINDOWS=$(BENCH_QUICK_WINDOWS) $(PY) -m pytest benchmarks $(BENCH_COMMON) $(BENCH_QUICK_OPTS) --benchmark-json=$(BENCH_DIR)/quick.json
 	$(PY) -m rln_verified.bench $(BENCH_DIR)/quick.json --margin quick
 
-# The robustness and uncertainty study (issue 13; docs/robustness.md): the full mode (10 seeds per cell, under 30 min
+# The robustness and uncertainty study (docs/robustness.md): the full mode (10 seeds per cell, under 30 min
 # on 2 cores) writes benchmarks/robustness/results.json, and the page and its plots are made from it. The quick mode
 # (under 60 s) also runs in `make test`, as tests/test_robustness.py::test_robustness_quick_end_to_end.
 robustness: $(STAMP)
@@ -143,7 +143,7 @@ robustness-quick: $(STAMP)
 	$(PY) -m benchmarks.robustness.study --mode quick --out build/robustness-quick.json
 	$(PY) -m benchmarks.robustness.report build/robustness-quick.json --md build/robustness-quick/robustness.md
 
-# Mutation testing (issue 17; tests/mutation/README.md): the scripted mutants, each patch applied alone to a scratch
+# Mutation testing (tests/mutation/README.md): the scripted mutants, each patch applied alone to a scratch
 # copy of the tree, then mutmut over the Python kernels. Not part of `make test` (14-24 min for the scripted set on
 # this machine); exits 1 when a kernel module kills fewer than 90% of its non-equivalent mutants.
 # mutmut: 11 min for _special.py, at most MUTMUT_OPTS="--limit S" seconds (default 3600) per module.

@@ -1,6 +1,6 @@
 """Naive same-math Bayesian linear layers, written from the formulas for the benchmarks.
 
-These are the "same math written naively" baselines of issue 4 item 9: the plainest eager PyTorch that
+These are the "same math written naively" baselines of the speed targets: the plainest eager PyTorch that
 computes what ``BBBLinear``, ``LRLinear``, ``CLTLinear`` and ``CLTLinearDet`` compute, with std = exp(rho).
 No safe gradients, no special cases: only the cost of the math is of interest. Also here: Monte Carlo
 predictive moments of a Bayesian MLP, by sampling whole weight sets.

@@ -1,4 +1,4 @@
-"""torch.compile against eager: one SGD training step of the same model, per R-LayerNorm layer (issue 12, item 6).
+"""torch.compile against eager: one SGD training step of the same model, per R-LayerNorm layer.
 
 Per layer, one group holds two benchmarks of the same step (zero_grad, forward, cross-entropy, backward, SGD
 step) on the same inputs: ``eager`` (the baseline) runs the model as it is; the contender, named after the layer,

@@ -98,7 +98,7 @@ def render(results: Path) -> str:
     out = [
         "# Transform matrix",
         "",
-        "Every public layer and functional form under every PyTorch transform (issue 12). A cell is **✓** when the",
+        "Every public layer and functional form under every PyTorch transform. A cell is **✓** when the",
         "transform's answer matches an independent reference (float64 eager, autograd on it, or finite differences)",
         "within the tolerance derived next to it in `tests/_transform_cells.py`; **refused** when it raises the",
         "documented error of the `REFUSED` table in `tests/test_transforms.py`; **✗** when it is wrong, crashes or",

@@ -1,4 +1,4 @@
-"""The subjects of the transform matrix (issue 12, item 4): every public layer and functional form, built the same way
+"""The subjects of the transform matrix (docs/transforms.md): every public layer and functional form, built the same way
 for every transform, and the tolerances the cells compare with.
 
 A subject is a :class:`Call` module: a public layer (or a functional form holding its non-batched tensor arguments as

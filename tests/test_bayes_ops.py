@@ -1,4 +1,4 @@
-"""The Bayesian linear layers and the Gaussian kernels under PyTorch's transforms (issue 12): the C boundary,
+"""The Bayesian linear layers and the Gaussian kernels under PyTorch's transforms: the C boundary,
 the torch.library operators, autocast, higher-order autograd, torch.func, meta construction, copies, and the fused
 KL kernel (KL-2).
 

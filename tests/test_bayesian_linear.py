@@ -1380,7 +1380,7 @@ def _node(t: torch.Tensor) -> str:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 3, 5)])
 def test_each_layer_sample_is_one_autograd_node(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
-    """Issue 5 (the module's speed design): in plain eager mode on CPU, with exp std, a BBB or LR sample and a CLT
+    """The module's speed design: in plain eager mode on CPU, with exp std, a BBB or LR sample and a CLT
     layer's moments are one autograd node with a hand-written backward (_BBBSample, _LRSample, _CLTPreact), for any
     number of leading dimensions; a softplus std takes the F.linear form."""
     x = torch.randn(shape, dtype=dtype, requires_grad=True)

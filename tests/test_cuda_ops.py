@@ -1,4 +1,4 @@
-"""The CUDA kernels of the torch operators (issue 12, item 8).
+"""The CUDA kernels of the torch operators.
 
 Every operator (rln_verified::rnorm_forward, rnorm_backward, relu_moments_f32, relu_moments_bwd_f32, exp_clamp_f32)
 has a CUDA kernel written in eager torch. None of them reads a data pointer, so on a machine without a GPU the tests

@@ -98,7 +98,7 @@ def _textbook_float32(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.claim("RELU-2", "RELU-4")
 def test_textbook_failure_grid(device: str) -> None:
-    """The 601-point float32 grid a in [-60, 0] (issue 2): the textbook formula goes negative there;
+    """The 601-point float32 grid a in [-60, 0]: the textbook formula goes negative there;
     ours is >= 0 everywhere and within 1e-5 wherever the true value is a normal float32."""
     a = torch.linspace(-60.0, 0.0, 601, dtype=torch.float32, device=device)
     tm, tv = _textbook_float32(a)

@@ -1,4 +1,4 @@
-"""NaN never passes a check (issue 17): every registered check, fed a kernel that returns NaN, reports a violation.
+"""NaN never passes a check: every registered check, fed a kernel that returns NaN, reports a violation.
 
 The helper that folds margins (rln_verified/verify/_margins.py) is tested first: Python's ``max()`` drops a NaN that is
 not its first argument, ``abs()`` hides a sign and every comparison with NaN is False, so a check that folds its margins

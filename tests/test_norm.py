@@ -1,4 +1,4 @@
-"""R-LayerNorm layers: theorems N0..N10 (proofs/norm.md) and the module conventions of issue 3."""
+"""R-LayerNorm layers: theorems N0..N10 (proofs/norm.md) and the module conventions (docs/layers.md)."""
 
 from __future__ import annotations
 

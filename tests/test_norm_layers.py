@@ -1,4 +1,4 @@
-"""R-LayerNorm layers (issue 3, implementation half): module conventions, input errors, the closed-form
+"""R-LayerNorm layers: module conventions, input errors, the closed-form
 backward against autograd of a plain float64 formula, compile, jacrev, dtypes, and saved-for-backward bytes.
 
 The theorem checks N0..N10 live in tests/test_norm.py; this file checks the kernel and module machinery.
@@ -47,7 +47,7 @@ def _input(cls: type[nn.Module], dtype: torch.dtype = torch.float32, seed: int =
     return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
 
 
-# ---- a plain float64 reference of the formulas (issue 3 definitions), autograd only ------------------
+# ---- a plain float64 reference of the formulas (proofs/norm.md definitions), autograd only -----------
 
 
 def _local_var_mean(xc: torch.Tensor, two_d: bool) -> torch.Tensor:
@@ -383,7 +383,7 @@ def test_saved_bytes_ratio(ours: nn.Module, base: nn.Module, shape: tuple[int, .
     x = torch.randn(shape, requires_grad=True)
     mine = saved_bytes(ours, x)
     theirs = saved_bytes(base, x)
-    # Target (issue 5): <= 1.1x; the input itself plus per-group scalars only.
+    # Target: <= 1.1x torch's bytes; the input itself plus per-group scalars only.
     assert mine <= 1.1 * theirs, (mine, theirs)
     assert mine >= x.numel() * x.element_size()  # the input is saved (recomputation), nothing bigger
 

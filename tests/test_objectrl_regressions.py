@@ -1,4 +1,4 @@
-"""One regression test per defect of the public ObjectRL 0.2.x Bayesian layers (issue 4).
+"""One regression test per defect of the public ObjectRL 0.2.x Bayesian layers.
 
 Each test names the defect and fails on an implementation that still has it.
 """

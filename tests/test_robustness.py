@@ -1,4 +1,4 @@
-"""The robustness study (issue 13): seed fidelity of its models and corruptions, and its quick mode end to end.
+"""The robustness study: seed fidelity of its models and corruptions, and its quick mode end to end.
 
 - The seed's formulas (``rln_verified.reference``) and our layers agree where they should: at ``lambda =
   lambda_min`` both R-LayerNorms compute the same function, and our Bayesian layer at ``alpha = 0`` differs from

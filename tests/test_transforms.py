@@ -1,4 +1,4 @@
-"""The transform matrix (issue 12, item 4): every public layer and functional form under every PyTorch transform.
+"""The transform matrix (docs/transforms.md): every public layer and functional form under every PyTorch transform.
 
 Each cell either matches an independent reference (float64 eager, autograd on it, or finite differences) within the
 tolerance written next to the comparison in ``tests/_transform_cells.py``, or raises an error that says what is

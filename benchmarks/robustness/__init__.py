@@ -1,4 +1,4 @@
-"""The robustness and uncertainty study (issue 13): does R-LayerNorm help on corrupted inputs, and is its ``u`` useful?
+"""The robustness and uncertainty study: does R-LayerNorm help on corrupted inputs, and is its ``u`` useful?
 
 ``python -m benchmarks.robustness.study --mode full|quick --out FILE.json`` runs it; ``python -m
 benchmarks.robustness.report FILE.json`` writes ``docs/robustness.md`` and its plots. Needs the ``study`` extra

@@ -186,8 +186,8 @@ def _run_kl_equal(layer: BayesianLinear, case: dict[str, Any]) -> float:
     "Equal" is about the values the layer uses, mean() and std(), not about rho: torch's softplus (and exp) round an
     element by its position in the tensor (the vectorized lanes and the scalar tail differ by an ulp), so equal rho
     may give sigmas one ulp apart, and a scalar prior std taken from one of them is then not the posterior's std at
-    the others (the flaky case of issue 17). The premise is checked: when the drawn rho does not give every element
-    one sigma, the case uses a rho whose sigma is exact in every lane (:func:`_exact_rho`)."""
+    the others (the flaky C1 case: softplus lanes one ulp apart). The premise is checked: when the drawn rho does
+    not give every element one sigma, the case uses a rho whose sigma is exact in every lane (:func:`_exact_rho`)."""
     assert layer.weight_rho is not None
     for rho in (case["rho"], _exact_rho(layer)):
         with torch.no_grad():
@@ -296,7 +296,7 @@ def _kl_examples(dtype: torch.dtype) -> Sequence[dict[str, Any]]:
     return [
         {**base, "prior": "int", "pm": 0.0, "ps": 1.0, "equal": False},  # ObjectRL: ValueError on an int std
         {**base, "prior": "default", "pm": 0.0, "ps": 1.0, "equal": True},
-        # Issue 17's flaky case: float64 softplus(-0.362254) rounds one ulp apart across the lanes of a 200-element
+        # The flaky C1 case: float64 softplus(-0.362254) rounds one ulp apart across the lanes of a 200-element
         # tensor, so equal rho do not give one sigma; the premise must be built from the values std() returns.
         {**base, "softplus": True, "rho": -0.362254, "prior": "float", "pm": 0.25, "ps": 1.0, "equal": True},
         {**base, "n_in": 3, "n_out": 3, "prior": "weight", "pm": 0.5, "ps": 2.0, "equal": False},

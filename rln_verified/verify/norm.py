@@ -270,7 +270,7 @@ def _examples(subject: LayerSubject) -> Callable[[torch.dtype], Sequence[Any]]:
         for pat in ([1e20, -1e20, 0.0, 3e19], [3e38, -3e38, 0.0, 1.0]):
             v = [pat[i % 4] / 3.5e38 for i in range(n)]
             out.append(("random", 128 if dtype in (torch.float32, torch.float64) else emax, 0.0, v))
-        # The exact values of issue 3, used as given (e = 0): torch's failing float32 rows, a 1e20 spike, 3e38,
+        # Fixed stress values, used as given (e = 0): torch's failing float32 rows, a 1e20 spike, 3e38,
         # fp16's max 65504, and a huge offset whose spread is still representable (2^(p-1) ulps of the offset).
         def tile(pat: list[float]) -> list[float]:
             return [pat[i % len(pat)] for i in range(n)]

@@ -442,8 +442,8 @@ register(
         run=_round_trip_y,
         metric="max(|inv_softplus(y) - x| / Delta, |softplus(inv_softplus(y)) - y| / y / B(y)), SP-2",
         dtypes=ALL_DTYPES,
-        # 1e-8 and 100: the naive formula's failures (issue 2). 2.2877e-30 and 7.6952e-29: bfloat16
-        # counterexamples to the earlier first-order bound (x ~ -68.25 stored as -68.0, e^0.25 - 1 = 0.28).
+        # 1e-8 and 100: the naive formula's failures. 2.2877e-30 and 7.6952e-29: bfloat16
+        # counterexamples to a first-order bound (x ~ -68.25 stored as -68.0, e^0.25 - 1 = 0.28).
         examples=lambda dtype: [1e-8, 100.0, smallest_normal(dtype), _max(dtype), math.log(2.0), 1.0,
                                 2.2877133688586172e-30, 7.695168749633525e-29],
     )

@@ -17,11 +17,11 @@ SP, GA, NF, RN, BL = ("rln_verified/_special.py", "rln_verified/_gaussian.py", "
                       "rln_verified/_rnorm.py", "rln_verified/_bayes_linear.py")
 RC, GC = "rln_verified/_native/rnorm.c", "rln_verified/_native/gauss.c"
 
-S = []  # (id, module, issue17 tag or "", file, old, new, description)
+S = []  # (id, module, listed survivor's claim or "", file, old, new, description)
 def m(id_, mod, f, old, new, desc, i17=""):
     S.append((id_, mod, i17, f, old, new, desc))
 
-# ---- the survivors of issue 17 ---------------------------------------------------------------------------
+# ---- the listed survivors (prefix i17-): each breaks the stated claim named in its last field ----------
 m("i17-psi4-no-clamp", "special", SP, "    d = torch.clamp(d, max=0.25)\n", "", "psi' is not clamped to its exact bound 1/4", "PSI-4")
 m("i17-psi3-switch-0.04", "special", SP, "    torch.float64: (0.1, 7),", "    torch.float64: (0.04, 7),",
   "float64 switch point moved from 0.1 to 0.04: the direct form runs where its cancellation factor reaches ~100", "PSI-3")

@@ -1,4 +1,4 @@
-"""The scripted mutants of issue 17: each patch in ``tests/mutation/patches`` applied alone to a scratch copy of the
+"""The scripted mutants: each patch in ``tests/mutation/patches`` applied alone to a scratch copy of the
 working tree, then the fast test selection of its module (``tests/mutation/selection.toml``).
 
     .venv/bin/python tests/mutation/run_scripted.py                 # every mutant (make mutation)
@@ -177,7 +177,7 @@ def report(results: list[Result], table: dict[str, dict[str, object]], wall: flo
         surv = ", ".join(row["survived"]) or "none"  # type: ignore[arg-type]
         lines.append(f"| {mod} | {row['total']} | {row['killed']} | {row['equivalent']} | "
                      f"{100 * float(row['score']):.0f}% | {surv} |")  # type: ignore[arg-type]
-    lines += ["", "| mutant | module | issue 17 | outcome | s | note |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| mutant | module | listed survivor | outcome | s | note |", "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         note = f"equivalent: {r.equivalent}" if r.equivalent else r.detail.replace("\n", " ")[:160]
         note = note.replace("|", "/")
