@@ -549,9 +549,12 @@ def test_mlp_has_norm() -> None:
     from rln_verified import BayesianRLayerNorm
 
     net = BayesianMLP(5, 3, depth=3, width=4, layer_type="lr", has_norm=True)
+    assert net.has_norm is True and BayesianMLP(5, 3, depth=2, width=4).has_norm is False
     assert sum(isinstance(m, BayesianRLayerNorm) for m in net.model) == 2
     out = net(torch.randn(7, 5))
     assert isinstance(out, torch.Tensor) and out.shape == (7, 3)
+    narrow = BayesianMLP(5, 3, depth=2, width=2, layer_type="bbb", has_norm=True)  # the smallest width allowed
+    assert narrow(torch.randn(7, 5)).shape == (7, 3)
     with pytest.raises(ValueError, match="not available for CLT"):
         BayesianMLP(5, 3, depth=3, width=4, layer_type="clt", has_norm=True)
 
@@ -1582,7 +1585,8 @@ def test_second_order_through_the_fused_functions_matches_torch_func(cls: type[B
     >= 4096 weights (create_graph: each backward differentiates its plain form), against the same product under
     torch.func, which runs the plain forms themselves (checked against closed forms above). The loss adds the KL
     and var(), which reach the fused std (_ExpStd). Both in float64 on one layer with its noise drawn once, with
-    exp and softplus (rho's second derivative differs).
+    exp and softplus (rho's second derivative differs). A few rho sit below the std bound: their first and second
+    derivatives are exactly 0 (C6).
 
     Tolerance: the two sides evaluate the same expressions in a different order; each entry is a sum of at most
     ~4 n_in = 256 products per pass over 3 passes, so |diff| <= 3 * 256 * 2^-53 * (sum of magnitudes) ~ 1e-13 of
@@ -1594,6 +1598,12 @@ def test_second_order_through_the_fused_functions_matches_torch_func(cls: type[B
     else:
         kw["manual_reset"] = True
     layer = cls(64, 80, use_softplus=softplus, **kw)  # type: ignore[arg-type]
+    saturated = {"layer.weight_rho": (0, slice(0, 8)), "layer.bias_rho": (slice(0, 2),)}
+    with torch.no_grad():  # below the lower std bound: std clamped, gradient exactly 0 there (C6)
+        for name, where in saturated.items():
+            rho = getattr(layer, name.removeprefix("layer."))
+            if rho is not None:  # CLTLinearDet has no rho
+                rho[where] = -200.0
     x = torch.randn(4, 64, dtype=torch.float64)
     v_in = torch.rand(4, 64, dtype=torch.float64) if issubclass(cls, CLTLinear) else None
     layer(x) if v_in is None else layer(x, v_in)  # draws the noise once (manual_reset)
@@ -1617,7 +1627,75 @@ def test_second_order_through_the_fused_functions_matches_torch_func(cls: type[B
     grads = torch.autograd.grad(loss(*leaves), leaves, create_graph=True)
     hv = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, dirs, strict=True)), leaves,
                              allow_unused=True, materialize_grads=True)  # a linear term's is 0
-    _, ref = torch.func.jvp(torch.func.grad(loss, argnums=tuple(range(len(leaves)))), (x, *params), dirs)
-    for got, want in zip(hv, ref, strict=True):
+    g_ref, ref = torch.func.jvp(torch.func.grad(loss, argnums=tuple(range(len(leaves)))), (x, *params), dirs)
+    for got, want in zip((*grads, *hv), (*g_ref, *ref), strict=True):
         scale = float(want.abs().max()) + 1.0
         assert float((got - want).abs().max()) <= 1e-10 * scale, (cls.__name__, softplus)
+    for i, name in enumerate(names):
+        if name in saturated:
+            where = saturated[name]
+            assert bool((grads[i + 1][where] == 0).all()) and bool((hv[i + 1][where] == 0).all()), name
+
+
+def _kl_closed(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: torch.Tensor) -> float:
+    """sum of KL(N(m1, s1^2) || N(m2, s2^2)) = log(s2/s1) + (s1^2 + (m1 - m2)^2)/(2 s2^2) - 1/2, float64."""
+    m1, s1, m2, s2 = (t.double() for t in (m1, s1, m2, s2))
+    return float((torch.log(s2 / s1) + (s1 * s1 + (m1 - m2) ** 2) / (2 * s2 * s2) - 0.5).sum())
+
+
+@pytest.mark.claim("C1")
+@pytest.mark.parametrize("mean_shaped", [False, True])
+@pytest.mark.parametrize("std_shaped", [False, True])
+def test_kl_with_every_prior_form_matches_closed_form(mean_shaped: bool, std_shaped: bool) -> None:
+    """KL() with a scalar or a weight-shaped prior mean and std, in every combination, against the float64 closed
+    form: a weight-shaped prior covers the weights only; the biases take a scalar prior's value and N(0, 1)'s part
+    otherwise (mean 0 where the mean is weight-shaped, std 1 where the std is). Tolerance: each KL term is a few
+    float64 roundings on values of size <= 10, summed over 15 terms: 1e-12 relative is far above that and far
+    below the effect of a wrong prior on the biases (>= 1e-2 here)."""
+    torch.manual_seed(0)
+    pm: object = torch.linspace(-0.5, 0.5, 12, dtype=torch.float64).reshape(3, 4) if mean_shaped else 0.3
+    ps: object = torch.linspace(0.5, 2.0, 12, dtype=torch.float64).reshape(3, 4) if std_shaped else 1.7
+    layer = BBBLinear(4, 3, prior_mean=pm, prior_std=ps, dtype=torch.float64)  # type: ignore[arg-type]
+    with torch.no_grad():
+        layer.weight_mu.uniform_(-1, 1)
+        layer.bias_mu.uniform_(-1, 1)  # type: ignore[union-attr]
+        layer.weight_rho.uniform_(-2, 0)  # type: ignore[union-attr]
+        layer.bias_rho.uniform_(-2, 0)  # type: ignore[union-attr]
+    ws, bs = torch.exp(layer.weight_rho.detach()), torch.exp(layer.bias_rho.detach())  # type: ignore[union-attr]
+    wm, bm = layer.weight_mu.detach(), layer.bias_mu.detach()  # type: ignore[union-attr]
+    pm_w = pm if isinstance(pm, torch.Tensor) else torch.full((3, 4), pm, dtype=torch.float64)
+    ps_w = ps if isinstance(ps, torch.Tensor) else torch.full((3, 4), ps, dtype=torch.float64)
+    pm_b = torch.zeros(3, dtype=torch.float64) if mean_shaped else torch.full((3,), 0.3, dtype=torch.float64)
+    ps_b = torch.ones(3, dtype=torch.float64) if std_shaped else torch.full((3,), 1.7, dtype=torch.float64)
+    want = _kl_closed(wm, ws, pm_w, ps_w) + _kl_closed(bm, bs, pm_b, ps_b)
+    kl, n = layer.KL()
+    assert n == 15
+    assert abs(float(kl.detach()) - want) <= 1e-12 * abs(want), (float(kl), want)
+
+
+@pytest.mark.parametrize("cls", [BBBLinear, LRLinear, CLTLinear, CLTLinearDet])
+def test_constructor_arguments_reach_the_layer(cls: type[BayesianLinear]) -> None:
+    """Each subclass passes its constructor's arguments on: the device (meta), the priors (C1's prior is the one
+    given), bias, use_softplus and manual_reset, whose default is off as in ObjectRL."""
+    layer = cls(4, 3, device="meta")
+    assert layer.weight_mu.is_meta and not layer.get_manual_reset()
+    if cls is CLTLinearDet:
+        return
+    layer = cls(4, 3, bias=False, prior_mean=0.25, prior_std=1.5, use_softplus=True, manual_reset=True)
+    assert float(layer.prior_mean) == 0.25 and float(layer.prior_std) == 1.5
+    assert layer.bias_mu is None and layer.use_softplus and layer.get_manual_reset()
+
+
+@pytest.mark.parametrize("act", ["relu", "crelu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clt_moments_of_a_3d_input_match_its_rows(act: str, dtype: torch.dtype) -> None:
+    """A (batch, seq, features) input gives, row by row, the moments of the same rows as a 2-D batch, on the path
+    that runs at >= 4096 weights (CReLU concatenates its two halves along the last dim); identical values."""
+    torch.manual_seed(0)
+    layer = CLTLinear(64, 80, act=act, is_input=False, dtype=dtype)  # type: ignore[arg-type]
+    x, v = torch.randn(3, 5, 64, dtype=dtype), torch.rand(3, 5, 64, dtype=dtype)
+    m3, v3 = layer(x, v)
+    m2, v2 = layer(x.reshape(15, 64), v.reshape(15, 64))
+    assert m3.shape == (3, 5, m2.shape[-1])
+    torch.testing.assert_close(m3.reshape(15, -1), m2, rtol=0, atol=0)
+    torch.testing.assert_close(v3.reshape(15, -1), v2, rtol=0, atol=0)
