@@ -780,3 +780,43 @@ def test_functional_forward_mode_jacobian(name: str) -> None:
         got = torch.func.jacfwd(lambda t, i=i: f(*args[:i], t, *args[i + 1:]))(args[i])
         # float64 Jacobians of the same formula by two modes: entries O(1/sigma) = O(1), O(M) roundings of 2^-53.
         torch.testing.assert_close(got, want[i], rtol=0, atol=1e-12)
+
+
+@pytest.mark.claim("N3")
+@pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda c: c.__name__)
+def test_float64_eager_backward_matches_autograd_of_the_formula(cls: type[nn.Module]) -> None:
+    """The hand-written float64 backward (the eager kernel's autograd node) against autograd of the plain formula
+    (torch.func.grad, which runs plain_planes): dL/dx, dL/dweight, dL/dbias and dL/dlambda_raw of L = sum(c y)
+    (+ sum(c' u) for the Bayesian layers), at shapes whose planes have reflect edges on both axes, with random
+    affine parameters and lambda.
+
+    Tolerance: both sides are float64 evaluations of the same derivative in a different order; each gradient entry is
+    a sum over at most M = 30 terms of products of O(1) factors (x is O(1), sigma >= 0.5 here), so they agree to
+    ~4 M u64 = 1.3e-14 of the gradient's scale; 1e-12 leaves room and is 10^4 times below a weight of the
+    reflect-edge reuse factors (2/3, 4/3) rounded to float32 (relative 3e-8)."""
+    torch.manual_seed(0)
+    m = _make(cls, dtype=torch.float64)
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 2.0)
+        m.bias.uniform_(-1, 1)
+        m.lambda_raw.fill_(0.7)
+    x = _input(cls, torch.float64)
+    bayes = cls in (BayesianRLayerNorm, BayesianRLayerNorm2d)
+    c = torch.randn_like(x)
+    names = ["weight", "bias", "lambda_raw"]
+    params = tuple(getattr(m, n).detach() for n in names)
+
+    def loss(xx: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        state = dict(zip(names, ps, strict=True))
+        if bayes:
+            y, u = torch.func.functional_call(m, state, (xx,), {"return_uncertainty": True})
+            return (c * y).sum() + (u * u.shape[-1]).sum() * 0.3
+        out: torch.Tensor = torch.func.functional_call(m, state, (xx,))
+        return (c * out).sum()
+
+    leaves = tuple(t.clone().requires_grad_() for t in (x, *params))
+    got = torch.autograd.grad(loss(*leaves), leaves)
+    want = torch.func.grad(loss, argnums=tuple(range(4)))(x, *params)
+    for name, g, w in zip(["x", *names], got, want, strict=True):
+        scale = float(w.abs().max())
+        assert scale > 0 and float((g - w).abs().max()) <= 1e-12 * scale, (name, float((g - w).abs().max()), scale)
