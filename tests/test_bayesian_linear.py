@@ -555,6 +555,15 @@ def test_mlp_has_norm() -> None:
     assert isinstance(out, torch.Tensor) and out.shape == (7, 3)
     narrow = BayesianMLP(5, 3, depth=2, width=2, layer_type="bbb", has_norm=True)  # the smallest width allowed
     assert narrow(torch.randn(7, 5)).shape == (7, 3)
+    # the norm layers carry no affine (the next Bayesian layer has one) and follow the MLP's dtype and device
+    for kw in ({"dtype": torch.float64}, {"device": "meta"}):
+        net = BayesianMLP(5, 3, depth=3, width=4, layer_type="bbb", has_norm=True, **kw)  # type: ignore[arg-type]
+        norms = [m for m in net.model if isinstance(m, BayesianRLayerNorm)]
+        assert len(norms) == 2
+        for m in norms:
+            assert m.elementwise_affine is False and m.weight is None and m.bias is None
+            assert m.lambda_raw.dtype == kw.get("dtype", torch.float32)
+            assert m.lambda_raw.is_meta == ("device" in kw)
     with pytest.raises(ValueError, match="not available for CLT"):
         BayesianMLP(5, 3, depth=3, width=4, layer_type="clt", has_norm=True)
 
@@ -1699,3 +1708,28 @@ def test_clt_moments_of_a_3d_input_match_its_rows(act: str, dtype: torch.dtype) 
     assert m3.shape == (3, 5, m2.shape[-1])
     torch.testing.assert_close(m3.reshape(15, -1), m2, rtol=0, atol=0)
     torch.testing.assert_close(v3.reshape(15, -1), v2, rtol=0, atol=0)
+
+
+def test_lr_gradient_where_the_variance_underflows() -> None:
+    """LRLinear at >= 4096 weights without bias: an input row of 1e-160 has x^2 sigma^2 below the smallest normal,
+    where the std is clamped (C6) and its gradient is 0; the fused backward must match autograd of the clamped plain
+    form (torch.func) there and elsewhere. Tolerance as in the second-order test above (float64, same sums in a
+    different order): 1e-10 of the scale; an unmasked row would add ~x sigma^2/sqrt(tiny) ~ 1e-8 of it."""
+    torch.manual_seed(0)
+    layer = LRLinear(64, 80, bias=False, manual_reset=True, dtype=torch.float64)
+    x = torch.randn(4, 64, dtype=torch.float64)
+    x[0] = 1e-160
+    layer(x)  # draws the noise once
+    c = torch.randn(4, 80, dtype=torch.float64)
+    names = [n for n, _ in layer.named_parameters()]
+    params = tuple(p.detach() for p in layer.parameters())
+
+    def loss(xx: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.func.functional_call(layer, dict(zip(names, ps, strict=True)), (xx,))
+        return (c * out).sum()
+
+    leaves = tuple(t.clone().requires_grad_() for t in (x, *params))
+    got = torch.autograd.grad(loss(*leaves), leaves)
+    want = torch.func.grad(loss, argnums=tuple(range(len(leaves))))(x, *params)
+    for g, w in zip(got, want, strict=True):
+        assert float((g - w).abs().max()) <= 1e-10 * (float(w.abs().max()) + 1.0)
