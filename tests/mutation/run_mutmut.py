@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recheck", action="store_true",
                     help="rerun only the mutants that were not killed in the last full run in --out, and merge: for "
                          "test additions while the kernel source is unchanged (its digest is compared)")
+    ap.add_argument("--match", default=None,
+                    help="with --recheck: rerun only the not-killed mutants whose names match this regular expression "
+                         "(the others keep their state from the last run)")
     ap.add_argument("--checked-only", action="store_true",
                     help="with --recheck: leave out the mutants the last run never checked (a partial measurement; "
                          "they stay unchecked and the module cannot meet the target)")
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 rc = 1
                 continue
             skip = ("killed", "not checked", "skipped") if args.checked_only else ("killed",)
-            names = [n for n, st in states_of(prev_txt).items() if st not in skip]
+            names = [n for n, st in states_of(prev_txt).items()
+                     if st not in skip and (args.match is None or re.search(args.match, n))]
             print(f"[mutmut] {mod}: rechecking {len(names)} mutants not killed in the last full run", flush=True)
         res = run_module(mod, sel, str(cfg.get("profile", "dev")), args.max_children, args.limit, out, names)
         res["sources_digest"] = digest
