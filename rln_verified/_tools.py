@@ -81,7 +81,8 @@ def forward_with_uncertainty(model: nn.Module, *args: Any, **kwargs: Any) -> tup
 
     Args:
         model: any module; layers other than ``BayesianRLayerNorm``/``BayesianRLayerNorm2d`` are untouched.
-        *args, **kwargs: passed to ``model``.
+        *args: passed to ``model``.
+        **kwargs: passed to ``model``.
 
     Returns:
         ``(output, {qualified_name: u})``; ``u`` is keepdim, so it broadcasts against that layer's output.

@@ -75,6 +75,8 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Thresholds:
+    """The committed limits on the ratios, by ``KIND:CONTENDER/BASELINE`` key (``benchmarks/thresholds.toml``)."""
+
     time: Mapping[str, float] = field(default_factory=dict)
     memory: Mapping[str, float] = field(default_factory=dict)
     quick_margin: float = 1.0
@@ -85,6 +87,8 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Row:
+    """One contender/baseline pair's ratio (time or memory), its threshold and its verdict."""
+
     metric: str  # "time" or "memory"
     group: str
     key: str  # "KIND:CONTENDER/BASELINE"
@@ -100,6 +104,7 @@ class Row:
     windows: int = 1  # how many per-window ratios this row's median is over
 
     def as_dict(self) -> dict[str, Any]:
+        """The row's fields as a JSON-ready dict (``--rows-json``)."""
         return dict(self.__dict__)
 
 
@@ -192,6 +197,7 @@ def parse_thresholds(data: Mapping[str, Any]) -> Thresholds:
 
 
 def load_thresholds(path: str | Path) -> Thresholds:
+    """Read a thresholds TOML file; ``GateError`` if it cannot be read or holds a bad value."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -289,6 +295,7 @@ def _fmt(x: float | None) -> str:
 
 
 def format_table(rows: Iterable[Row], margin: float = 1.0) -> str:
+    """The rows as a plain-text table, one line per pair; time limits are shown times ``margin``."""
     rows = list(rows)
     head = ("metric", "group", "contender", "baseline", "ratio", "min..max", "threshold", "verdict")
     body = []
@@ -319,6 +326,7 @@ def target_report(rows: Iterable[Row], thresholds: Thresholds) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``rln-bench-gate`` command: 0 when every gated pair passes, 1 on a failure, 2 on bad input."""
     p = argparse.ArgumentParser(
         prog="python -m rln_verified.bench",
         description="Gate pytest-benchmark results on contender/baseline ratios from the same run.",

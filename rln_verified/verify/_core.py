@@ -29,7 +29,9 @@ CaseExamples = Callable[[torch.dtype], Sequence[Any]]
 CaseSweep = Callable[[torch.device, torch.dtype, bool], tuple[float, Any, str]]
 
 ALL_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+"""Every float dtype the layers accept, for a claim stated in all of them."""
 DEFAULT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, torch.float32)
+"""The dtypes a check covers unless it names others (``Check.dtypes``)."""
 
 
 class NotApplicable(Exception):
@@ -91,6 +93,8 @@ class Status(enum.Enum):
 
 @dataclass
 class CheckResult:
+    """What one run of a check on one device and dtype found: the worst margin, and a counterexample if any."""
+
     check: Check
     device: str
     dtype: torch.dtype
@@ -106,6 +110,8 @@ class CheckResult:
 
     @property
     def status(self) -> Status:
+        """The outcome: skipped if a skip reason is set; else a counterexample or a margin above 1 (or NaN) is a
+        violation; else ERROR if the search failed; else HOLDS (SELF_CHECK for a check that calls no kernel)."""
         if self.skip_reason is not None:
             return Status.SKIPPED
         if self.counterexample is not None or not self.worst_margin <= 1.0:
@@ -116,6 +122,7 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
+        """True when the claim held: ``Status.HOLDS`` or ``Status.SELF_CHECK`` (never when skipped)."""
         return self.status in (Status.HOLDS, Status.SELF_CHECK)
 
     def example_decorator(self) -> str:
@@ -142,6 +149,7 @@ def record_part(name: str, margin: float) -> None:
 
 
 def register(*checks: Check) -> None:
+    """Add checks to the registry; ``RuntimeError`` if a key (``claim/subject``) is already registered."""
     for c in checks:
         if c.key in _REGISTRY:
             raise RuntimeError(f"check {c.key} is registered twice")
@@ -149,11 +157,13 @@ def register(*checks: Check) -> None:
 
 
 def registered_checks() -> tuple[Check, ...]:
+    """Every registered check, the built-in ones included (they are imported on first use)."""
     _load_builtin_checks()
     return tuple(_REGISTRY.values())
 
 
 def get_check(key: str) -> Check:
+    """The check registered as ``key`` (``"CLAIM/subject"``); ``KeyError`` naming the known keys if none."""
     _load_builtin_checks()
     try:
         return _REGISTRY[key]
@@ -162,6 +172,7 @@ def get_check(key: str) -> Check:
 
 
 def checks_for(claim: str) -> tuple[Check, ...]:
+    """The checks of one claim (theorem ID, e.g. ``"N3"``), one per subject; empty if it has none."""
     _load_builtin_checks()
     return tuple(c for c in _REGISTRY.values() if c.claim == claim)
 
