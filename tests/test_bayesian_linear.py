@@ -1733,3 +1733,47 @@ def test_lr_gradient_where_the_variance_underflows() -> None:
     want = torch.func.grad(loss, argnums=tuple(range(len(leaves))))(x, *params)
     for g, w in zip(got, want, strict=True):
         assert float((g - w).abs().max()) <= 1e-10 * (float(w.abs().max()) + 1.0)
+
+
+class _StdOf(nn.Module):
+    def __init__(self, layer: BayesianLinear) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sw, _ = self.layer.std()
+        vw, _ = self.layer.var()
+        return sw + vw + 0.0 * x.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_std_under_jit_trace(dtype: torch.dtype) -> None:
+    """Recorded (jit.trace), a float32 CPU std is the fused exp as the operator rln_verified::exp_clamp_f32 (the same
+    kernel as eager: equal bit for bit, EXP-1); float64 records torch's exp and clamp. Both equal eager std + var."""
+    torch.manual_seed(0)
+    layer = BBBLinear(6, 4, dtype=dtype)
+    with torch.no_grad():
+        layer.weight_rho[0, 0] = -1e4  # clamped at the lower std bound
+    mod = _StdOf(layer)
+    x = torch.zeros(1, dtype=dtype)
+    traced = torch.jit.trace(mod, (x,), check_trace=False)
+    graph = str(traced.graph)
+    assert ("rln_verified::exp_clamp_f32" in graph) == (dtype == torch.float32), graph
+    want = mod(x)
+    assert torch.equal(traced(x), want)
+
+
+def test_stored_noise_under_vmap_refuses_with_the_reason() -> None:
+    """manual_reset with stored noise of the batch's shape, under torch.func.vmap over samples (per-sample
+    gradients): each call needs one row, and which stored row is whose is unknown, so it raises, saying what to do."""
+    torch.manual_seed(0)
+    layer = LRLinear(5, 3, manual_reset=True)
+    x = torch.randn(4, 5)
+    layer(x)  # stores noise of shape (4, 3)
+    with pytest.raises(ValueError) as info:
+        torch.func.vmap(layer)(x)
+    assert str(info.value) == (
+        "LRLinear: manual_reset keeps noise of shape (4, 3), but under a torch.func transform (vmap over samples: "
+        "per-sample gradients) each call needs (3,), and which stored row belongs to which sample is unknown; for "
+        "per-sample gradients use manual_reset=False (fresh noise per call), map mode, or vmap over a leading "
+        "dimension that keeps the batch shape")

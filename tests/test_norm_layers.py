@@ -820,3 +820,42 @@ def test_float64_eager_backward_matches_autograd_of_the_formula(cls: type[nn.Mod
     for name, g, w in zip(["x", *names], got, want, strict=True):
         scale = float(w.abs().max())
         assert scale > 0 and float((g - w).abs().max()) <= 1e-12 * scale, (name, float((g - w).abs().max()), scale)
+
+
+@pytest.mark.claim("N3")
+@pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda c: c.__name__)
+def test_float64_double_backward_matches_torch_func(cls: type[nn.Module]) -> None:
+    """A backward asked to build a graph (create_graph, as gradient penalties do) recomputes the plain formula's VJP:
+    its first derivatives in x, weight, bias and lambda_raw must equal autograd's of the formula (torch.func.grad),
+    and a Hessian-vector product through them must equal torch.func's (jvp of grad). Same tolerance and reasoning
+    as the first-order test above (float64, the same sums in another order): 1e-12 of the scale."""
+    torch.manual_seed(1)
+    m = _make(cls, dtype=torch.float64)
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 2.0)
+        m.bias.uniform_(-1, 1)
+        m.lambda_raw.fill_(0.7)
+    x = _input(cls, torch.float64)
+    bayes = cls in (BayesianRLayerNorm, BayesianRLayerNorm2d)
+    c = torch.randn_like(x)
+    names = ["weight", "bias", "lambda_raw"]
+    params = tuple(getattr(m, n).detach() for n in names)
+    dirs = tuple(torch.randn_like(t) for t in (x, *params))
+
+    def loss(xx: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        state = dict(zip(names, ps, strict=True))
+        if bayes:
+            y, u = torch.func.functional_call(m, state, (xx,), {"return_uncertainty": True})
+            return (c * y).sum() + 0.3 * u.sum()
+        out: torch.Tensor = torch.func.functional_call(m, state, (xx,))
+        return (c * out).sum()
+
+    leaves = tuple(t.clone().requires_grad_() for t in (x, *params))
+    grads = torch.autograd.grad(loss(*leaves), leaves, create_graph=True)
+    hv = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, dirs, strict=True)), leaves,
+                             allow_unused=True, materialize_grads=True)
+    g_ref, h_ref = torch.func.jvp(torch.func.grad(loss, argnums=tuple(range(4))), (x, *params), dirs)
+    for name, got, want in zip(["dx", "dw", "db", "dlam", "hx", "hw", "hb", "hlam"], (*grads, *hv),
+                               (*g_ref, *h_ref), strict=True):
+        scale = float(want.abs().max()) + 1e-300
+        assert float((got - want).abs().max()) <= 1e-12 * max(scale, 1e-6), (name, float((got - want).abs().max()))
