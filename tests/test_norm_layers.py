@@ -782,9 +782,26 @@ def test_functional_forward_mode_jacobian(name: str) -> None:
         torch.testing.assert_close(got, want[i], rtol=0, atol=1e-12)
 
 
+def _affine_or_not(cls: type[nn.Module], affine: bool) -> tuple[nn.Module, list[str]]:
+    """A float64 layer with random affine parameters and lambda, or one without affine; its parameter names."""
+    if affine:
+        m = _make(cls, dtype=torch.float64)
+    elif cls in (RLayerNorm, BayesianRLayerNorm):
+        m = _make(cls, dtype=torch.float64, elementwise_affine=False)
+    else:
+        m = _make(cls, dtype=torch.float64, affine=False)
+    with torch.no_grad():
+        if affine:
+            m.weight.uniform_(0.5, 2.0)
+            m.bias.uniform_(-1, 1)
+        m.lambda_raw.fill_(0.7)
+    return m, [n for n, _ in m.named_parameters()]
+
+
 @pytest.mark.claim("N3")
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
 @pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda c: c.__name__)
-def test_float64_eager_backward_matches_autograd_of_the_formula(cls: type[nn.Module]) -> None:
+def test_float64_eager_backward_matches_autograd_of_the_formula(cls: type[nn.Module], affine: bool) -> None:
     """The hand-written float64 backward (the eager kernel's autograd node) against autograd of the plain formula
     (torch.func.grad, which runs plain_planes): dL/dx, dL/dweight, dL/dbias and dL/dlambda_raw of L = sum(c y)
     (+ sum(c' u) for the Bayesian layers), at shapes whose planes have reflect edges on both axes, with random
@@ -795,15 +812,10 @@ def test_float64_eager_backward_matches_autograd_of_the_formula(cls: type[nn.Mod
     ~4 M u64 = 1.3e-14 of the gradient's scale; 1e-12 leaves room and is 10^4 times below a weight of the
     reflect-edge reuse factors (2/3, 4/3) rounded to float32 (relative 3e-8)."""
     torch.manual_seed(0)
-    m = _make(cls, dtype=torch.float64)
-    with torch.no_grad():
-        m.weight.uniform_(0.5, 2.0)
-        m.bias.uniform_(-1, 1)
-        m.lambda_raw.fill_(0.7)
+    m, names = _affine_or_not(cls, affine)
     x = _input(cls, torch.float64)
     bayes = cls in (BayesianRLayerNorm, BayesianRLayerNorm2d)
     c = torch.randn_like(x)
-    names = ["weight", "bias", "lambda_raw"]
     params = tuple(getattr(m, n).detach() for n in names)
 
     def loss(xx: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
@@ -816,29 +828,25 @@ def test_float64_eager_backward_matches_autograd_of_the_formula(cls: type[nn.Mod
 
     leaves = tuple(t.clone().requires_grad_() for t in (x, *params))
     got = torch.autograd.grad(loss(*leaves), leaves)
-    want = torch.func.grad(loss, argnums=tuple(range(4)))(x, *params)
+    want = torch.func.grad(loss, argnums=tuple(range(len(leaves))))(x, *params)
     for name, g, w in zip(["x", *names], got, want, strict=True):
         scale = float(w.abs().max())
         assert scale > 0 and float((g - w).abs().max()) <= 1e-12 * scale, (name, float((g - w).abs().max()), scale)
 
 
 @pytest.mark.claim("N3")
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
 @pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda c: c.__name__)
-def test_float64_double_backward_matches_torch_func(cls: type[nn.Module]) -> None:
+def test_float64_double_backward_matches_torch_func(cls: type[nn.Module], affine: bool) -> None:
     """A backward asked to build a graph (create_graph, as gradient penalties do) recomputes the plain formula's VJP:
     its first derivatives in x, weight, bias and lambda_raw must equal autograd's of the formula (torch.func.grad),
     and a Hessian-vector product through them must equal torch.func's (jvp of grad). Same tolerance and reasoning
     as the first-order test above (float64, the same sums in another order): 1e-12 of the scale."""
     torch.manual_seed(1)
-    m = _make(cls, dtype=torch.float64)
-    with torch.no_grad():
-        m.weight.uniform_(0.5, 2.0)
-        m.bias.uniform_(-1, 1)
-        m.lambda_raw.fill_(0.7)
+    m, names = _affine_or_not(cls, affine)
     x = _input(cls, torch.float64)
     bayes = cls in (BayesianRLayerNorm, BayesianRLayerNorm2d)
     c = torch.randn_like(x)
-    names = ["weight", "bias", "lambda_raw"]
     params = tuple(getattr(m, n).detach() for n in names)
     dirs = tuple(torch.randn_like(t) for t in (x, *params))
 
@@ -854,8 +862,8 @@ def test_float64_double_backward_matches_torch_func(cls: type[nn.Module]) -> Non
     grads = torch.autograd.grad(loss(*leaves), leaves, create_graph=True)
     hv = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, dirs, strict=True)), leaves,
                              allow_unused=True, materialize_grads=True)
-    g_ref, h_ref = torch.func.jvp(torch.func.grad(loss, argnums=tuple(range(4))), (x, *params), dirs)
-    for name, got, want in zip(["dx", "dw", "db", "dlam", "hx", "hw", "hb", "hlam"], (*grads, *hv),
-                               (*g_ref, *h_ref), strict=True):
+    g_ref, h_ref = torch.func.jvp(torch.func.grad(loss, argnums=tuple(range(len(leaves)))), (x, *params), dirs)
+    labels = [f"{k}{n}" for k in ("d", "h") for n in ("x", *names)]
+    for name, got, want in zip(labels, (*grads, *hv), (*g_ref, *h_ref), strict=True):
         scale = float(want.abs().max()) + 1e-300
         assert float((got - want).abs().max()) <= 1e-12 * max(scale, 1e-6), (name, float((got - want).abs().max()))
