@@ -1735,6 +1735,12 @@ def test_lr_gradient_where_the_variance_underflows() -> None:
         assert float((g - w).abs().max()) <= 1e-10 * (float(w.abs().max()) + 1.0)
 
 
+def _native_gauss_available() -> bool:
+    from rln_verified import _native_gauss
+
+    return bool(_native_gauss.available())
+
+
 class _StdOf(nn.Module):
     def __init__(self, layer: BayesianLinear) -> None:
         super().__init__()
@@ -1777,3 +1783,103 @@ def test_stored_noise_under_vmap_refuses_with_the_reason() -> None:
         "per-sample gradients) each call needs (3,), and which stored row belongs to which sample is unknown; for "
         "per-sample gradients use manual_reset=False (fresh noise per call), map mode, or vmap over a leading "
         "dimension that keeps the batch shape")
+
+
+@pytest.mark.claim("C1")
+def test_prior_errors_name_the_argument_in_full() -> None:
+    """Every refused prior raises a ValueError that names the argument and what arrived, the same on the CPU and on
+    the meta device (a number is checked before any tensor exists)."""
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"prior_mean": "0"}, "prior_mean must be an int, a float or a tensor, got str"),
+        ({"prior_std": "1"}, "prior_std must be an int, a float or a tensor, got str"),
+        ({"prior_mean": math.inf}, "prior_mean must be finite, got inf"),
+        ({"prior_std": math.inf}, "prior_std must be finite, got inf"),
+        ({"prior_std": 0.0}, "prior_std must be > 0 and finite everywhere, got 0.0"),
+        ({"prior_std": -1}, "prior_std must be > 0 and finite everywhere, got -1.0"),
+        ({"prior_mean": torch.zeros(4, 3)},
+         "prior_mean must be a scalar, a one-element tensor or weight-shaped (3, 4), got shape (4, 3)"),
+        ({"prior_std": torch.ones(2)},
+         "prior_std must be a scalar, a one-element tensor or weight-shaped (3, 4), got shape (2,)"),
+        ({"prior_mean": torch.zeros(3, 4, dtype=torch.complex64)},
+         "prior_mean must be a real tensor, got dtype torch.complex64"),
+        ({"prior_std": torch.ones(3, 4, dtype=torch.complex64)},
+         "prior_std must be a real tensor, got dtype torch.complex64"),
+    ]
+    for kwargs, message in cases:
+        for device in ("cpu", "meta"):
+            with pytest.raises(ValueError) as info:
+                BBBLinear(4, 3, device=device, **kwargs)  # type: ignore[arg-type]
+            assert str(info.value) == message, (kwargs, device)
+
+
+@pytest.mark.claim("C1")
+def test_prior_tensors_take_the_layer_dtype_and_device() -> None:
+    """A tensor prior becomes a buffer in the layer's dtype and on its device; an integer tensor becomes the layer's
+    floating dtype (the default dtype when none is given). A (1, 1) prior of a 1-to-1 layer is one number, shared by
+    the weight and the bias, as a scalar prior is."""
+    ints = torch.ones(3, 4, dtype=torch.int64) * 2
+    assert BBBLinear(4, 3, prior_std=ints).prior_std.dtype == torch.get_default_dtype()
+    layer = BBBLinear(4, 3, prior_std=ints, prior_mean=torch.zeros(3, 4), dtype=torch.float64)
+    assert layer.prior_std.dtype == torch.float64 and layer.prior_mean.dtype == torch.float64
+    assert torch.equal(layer.prior_std, torch.full((3, 4), 2.0, dtype=torch.float64))
+    assert BBBLinear(4, 3, prior_mean=torch.zeros(3, 4), device="meta").prior_mean.is_meta
+    torch.manual_seed(0)
+    one = BBBLinear(1, 1, prior_mean=torch.tensor([[0.5]]), prior_std=torch.tensor([[2.0]]), dtype=torch.float64)
+    num = BBBLinear(1, 1, prior_mean=0.5, prior_std=2.0, dtype=torch.float64)
+    num.load_state_dict(one.state_dict())
+    assert one.prior_mean.shape == (1,) and one.prior_std.shape == (1,)
+    assert torch.equal(one.KL()[0], num.KL()[0])
+
+
+def test_initialization_is_nn_linear_s_and_the_documented_std() -> None:
+    """reset_parameters (ObjectRL's): weight means Kaiming-uniform with a = sqrt 5, i.e. uniform in
+    [-1/sqrt(fan_in), 1/sqrt(fan_in)] as nn.Linear's; bias means uniform in the same interval; every std exactly
+    INIT_STD, with exp and with softplus. Over 60,000 draws the sample max of |w| is within 1e-3 of the bound
+    (P(all below 0.999 bound) = 0.999^60000 < 1e-26) and the bias takes both signs."""
+    torch.manual_seed(0)
+    layer = BBBLinear(300, 200, dtype=torch.float64)
+    bound = 1.0 / math.sqrt(300)
+    w = layer.weight_mu.detach().abs()
+    assert float(w.max()) <= bound and float(w.max()) >= 0.999 * bound
+    b = layer.bias_mu.detach()  # type: ignore[union-attr]
+    assert float(b.abs().max()) <= bound and float(b.min()) < 0 < float(b.max())
+    for softplus in (False, True):
+        lay = BBBLinear(5, 3, use_softplus=softplus, dtype=torch.float64)
+        sw, sb = lay.std()
+        torch.testing.assert_close(sw, torch.full_like(sw, INIT_STD), rtol=4e-16, atol=0)
+        assert sb is not None
+        torch.testing.assert_close(sb, torch.full_like(sb, INIT_STD), rtol=4e-16, atol=0)
+
+
+@pytest.mark.skipif(not _native_gauss_available(), reason="the gauss.c kernel is not built here")
+def test_small_float32_std_is_the_fused_kernel_s_exp() -> None:
+    """float32 on the CPU, std() is the fused kernel's exp (EXP-1, within 0.99 ulp) at every size, below the size
+    where the autograd Function pays off too: bit for bit the kernel's output, which differs from torch.exp at
+    hundreds of these 3,000 values."""
+    import math as _m
+
+    from rln_verified import _native_gauss
+
+    layer = BBBLinear(60, 50)
+    with torch.no_grad():
+        layer.weight_rho.copy_(torch.linspace(-8, 3, 3000).reshape(50, 60))  # type: ignore[union-attr]
+    lo, hi = std_bounds(torch.float32)
+    rho = layer.weight_rho.detach()  # type: ignore[union-attr]
+    want, _, _ = _native_gauss.exp_clamp(rho.contiguous(), _m.log(lo), _m.log(hi), False, None)
+    assert torch.equal(layer.std()[0], want)
+    assert torch.equal(layer.var()[0], want * want)
+
+
+@pytest.mark.claim("C1")
+def test_kl_of_a_two_weight_layer_with_a_weight_shaped_prior() -> None:
+    """A weight-shaped prior with exactly two elements (a 2-to-1 layer) is still weight-shaped: it covers the two
+    weights, and the bias keeps N(0, 1)'s part where the prior is weight-shaped (closed form, float64)."""
+    pm = torch.tensor([[0.1, 0.2]], dtype=torch.float64)
+    layer = BBBLinear(2, 1, prior_mean=pm, prior_std=2.0, dtype=torch.float64)
+    ws, bs = layer.std()
+    assert bs is not None and layer.bias_mu is not None
+    want = _kl_closed(layer.weight_mu.detach(), ws.detach(), pm,
+                      torch.full((1, 2), 2.0, dtype=torch.float64))
+    want += _kl_closed(layer.bias_mu.detach(), bs.detach(), torch.zeros(1, dtype=torch.float64),
+                       torch.full((1,), 2.0, dtype=torch.float64))
+    assert abs(float(layer.KL()[0].detach()) - want) <= 1e-12 * abs(want)
