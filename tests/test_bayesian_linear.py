@@ -1883,3 +1883,15 @@ def test_kl_of_a_two_weight_layer_with_a_weight_shaped_prior() -> None:
     want += _kl_closed(layer.bias_mu.detach(), bs.detach(), torch.zeros(1, dtype=torch.float64),
                        torch.full((1,), 2.0, dtype=torch.float64))
     assert abs(float(layer.KL()[0].detach()) - want) <= 1e-12 * abs(want)
+
+
+@pytest.mark.claim("C6")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_layers_use_the_float32_std_range(dtype: torch.dtype) -> None:
+    """float16 and bfloat16 layers compute their std in float32 and cast back, so std_bounds is float32's (with
+    float16's own range the lower bound would be tiny16^(1/4) = 0.088, above INIT_STD): the initial std is INIT_STD
+    rounded to the dtype, not clamped."""
+    assert std_bounds(dtype) == std_bounds(torch.float32)
+    sw, _ = BBBLinear(5, 3, dtype=dtype).std()
+    assert sw.dtype == dtype
+    assert torch.equal(sw, torch.full_like(sw, INIT_STD))
