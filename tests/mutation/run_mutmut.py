@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--match", default=None,
                     help="with --recheck: rerun only the not-killed mutants whose names match this regular expression "
                          "(the others keep their state from the last run)")
+    ap.add_argument("--state", default=None,
+                    help="with --recheck: rerun only the mutants in this state of the last run (e.g. 'not checked' to "
+                         "finish a run stopped at its limit)")
     ap.add_argument("--checked-only", action="store_true",
                     help="with --recheck: leave out the mutants the last run never checked (a partial measurement; "
                          "they stay unchecked and the module cannot meet the target)")
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             skip = ("killed", "not checked", "skipped") if args.checked_only else ("killed",)
             names = [n for n, st in states_of(prev_txt).items()
-                     if st not in skip and (args.match is None or re.search(args.match, n))]
+                     if st not in skip and (args.match is None or re.search(args.match, n))
+                     and (args.state is None or st == args.state)]
             print(f"[mutmut] {mod}: rechecking {len(names)} mutants not killed in the last full run", flush=True)
         res = run_module(mod, sel, str(cfg.get("profile", "dev")), args.max_children, args.limit, out, names)
         res["sources_digest"] = digest
