@@ -1633,17 +1633,19 @@ def test_second_order_through_the_fused_functions_matches_torch_func(cls: type[B
         return (c[:, : out.shape[-1]] * out).sum() + extra
 
     leaves = tuple(t.clone().requires_grad_() for t in (x, *params))
+    first = torch.autograd.grad(loss(*leaves), leaves)  # the hand-written (fused) backward
     grads = torch.autograd.grad(loss(*leaves), leaves, create_graph=True)
     hv = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, dirs, strict=True)), leaves,
                              allow_unused=True, materialize_grads=True)  # a linear term's is 0
     g_ref, ref = torch.func.jvp(torch.func.grad(loss, argnums=tuple(range(len(leaves)))), (x, *params), dirs)
-    for got, want in zip((*grads, *hv), (*g_ref, *ref), strict=True):
+    for got, want in zip((*first, *grads, *hv), (*g_ref, *g_ref, *ref), strict=True):
         scale = float(want.abs().max()) + 1.0
         assert float((got - want).abs().max()) <= 1e-10 * scale, (cls.__name__, softplus)
     for i, name in enumerate(names):
         if name in saturated:
             where = saturated[name]
-            assert bool((grads[i + 1][where] == 0).all()) and bool((hv[i + 1][where] == 0).all()), name
+            assert bool((first[i + 1][where] == 0).all()) and bool((grads[i + 1][where] == 0).all()), name
+            assert bool((hv[i + 1][where] == 0).all()), name
 
 
 def _kl_closed(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: torch.Tensor) -> float:
@@ -1868,6 +1870,32 @@ def test_small_float32_std_is_the_fused_kernel_s_exp() -> None:
     want, _, _ = _native_gauss.exp_clamp(rho.contiguous(), _m.log(lo), _m.log(hi), False, None)
     assert torch.equal(layer.std()[0], want)
     assert torch.equal(layer.var()[0], want * want)
+
+
+@pytest.mark.claim("C1")
+def test_default_prior_is_the_standard_normal() -> None:
+    """No prior given: N(0, 1) for every weight and bias (ObjectRL's default), also after meta construction,
+    to_empty and reset_parameters."""
+    for device in ("cpu", "meta"):
+        layer = BBBLinear(4, 3, device=device)
+        if device == "meta":
+            layer.to_empty(device="cpu")
+            layer.reset_parameters()
+        assert torch.equal(layer.prior_mean, torch.zeros(1)) and torch.equal(layer.prior_std, torch.ones(1))
+
+
+@pytest.mark.claim("C1")
+def test_kl_of_a_two_weight_layer_with_a_two_element_std_prior() -> None:
+    """The mirror case of the test below: a scalar mean and a weight-shaped std of two elements; the bias takes the
+    scalar mean and N(0, 1)'s std (closed form, float64)."""
+    ps = torch.tensor([[1.5, 2.5]], dtype=torch.float64)
+    layer = BBBLinear(2, 1, prior_mean=0.25, prior_std=ps, dtype=torch.float64)
+    ws, bs = layer.std()
+    assert bs is not None and layer.bias_mu is not None
+    want = _kl_closed(layer.weight_mu.detach(), ws.detach(), torch.full((1, 2), 0.25, dtype=torch.float64), ps)
+    want += _kl_closed(layer.bias_mu.detach(), bs.detach(), torch.full((1,), 0.25, dtype=torch.float64),
+                       torch.ones(1, dtype=torch.float64))
+    assert abs(float(layer.KL()[0].detach()) - want) <= 1e-12 * abs(want)
 
 
 @pytest.mark.claim("C1")
