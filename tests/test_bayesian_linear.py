@@ -1927,3 +1927,23 @@ def test_half_precision_layers_use_the_float32_std_range(dtype: torch.dtype) -> 
     p = 10 if dtype == torch.float16 else 7
     tol = math.expm1(2.0 ** (1 - p)) + 2.0 ** -(p + 1)
     assert float((sw.double() / INIT_STD - 1).abs().max()) <= tol
+
+
+@pytest.mark.claim("C6")
+@pytest.mark.parametrize("act", ["relu", "crelu"])
+def test_clamped_rho_has_zero_gradient_on_the_float32_fused_clt_path(act: str) -> None:
+    """float32 on the CPU, the CLT activation joins the fused node (RELU-6); a rho below the lower std bound
+    (log tiny32^(1/4) = -21.8) is clamped there, and its gradient is exactly 0 (C6), for weights and biases; the
+    others are finite and not all 0."""
+    torch.manual_seed(0)
+    layer = CLTLinear(64, 80, act=act, is_input=False)  # type: ignore[arg-type]
+    assert layer.weight_rho is not None and layer.bias_rho is not None
+    with torch.no_grad():
+        layer.weight_rho[0, :8] = -30.0
+        layer.bias_rho[:2] = -30.0
+    x, v = torch.randn(4, 64), torch.rand(4, 64)
+    m, var = layer(x, v)
+    loss = (torch.randn_like(m) * m).sum() + (torch.rand_like(var) * var).sum()
+    gw, gb = torch.autograd.grad(loss, [layer.weight_rho, layer.bias_rho])
+    assert bool((gw[0, :8] == 0).all()) and bool((gb[:2] == 0).all())
+    assert bool(torch.isfinite(gw).all()) and bool((gw[1:] != 0).any()) and bool((gb[2:] != 0).any())
