@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _sweeps import kl_sweep
 from hypothesis import example, given, settings, target
 from hypothesis import strategies as st
 
@@ -27,7 +28,6 @@ from rln_verified.verify._core import ALL_DTYPES, assert_check
 from rln_verified.verify.gaussian import (
     _TORCH_KL_UNITS,
     kl_ref,
-    kl_sweep,
     kl_tol,
     relu_moments_ref,
     relu_tol,

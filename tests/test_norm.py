@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from _sweeps import n3_constant_group_ratio
 from hypothesis import example, given, target
 from hypothesis import strategies as st
 from torch import nn
@@ -21,7 +22,6 @@ from rln_verified.verify.norm import (
     closed_ratio_bound,
     gradient_constant,
     lambda_range,
-    n3_constant_group_ratio,
     n3_slack,
     our_subjects,
     quad_form,

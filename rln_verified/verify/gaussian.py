@@ -26,7 +26,6 @@ from rln_verified.verify._core import (
     DEFAULT_DTYPES,
     Check,
     NotApplicable,
-    eps,
     finite_floats,
     log_uniform,
     register,
@@ -874,71 +873,3 @@ def kl_mean_range(dtype: torch.dtype) -> float:
 # own part of S, so the total is <= (5.01 + 3.03) u S, halved: 4.02 u S <= 4.05 u S. This holds where v and d^2
 # are normal floats (a subnormal v would make log v's relative error unbounded) and the result is finite.
 _TORCH_KL_UNITS = 4.05
-
-
-def _kl_points(dtype: torch.dtype) -> list[tuple[float, float, float, float]]:
-    """(mu_q, sigma_q, mu_p, sigma_p) in ``dtype``: r over every order of magnitude of KL-1's range, both sides of
-    r = 1 down to one ulp; d = (mu_q - mu_p)/sigma_p over every order of magnitude; sigma_p over the dtype."""
-    from rln_verified.verify.special import decades, neighbours, on_grid
-
-    fi = torch.finfo(dtype)
-    r_lo, r_hi = kl_ratio_range(dtype)
-    r_lo, r_hi = max(r_lo, 2 * float(fi.tiny)), min(r_hi, float(fi.max) / 2)
-    u = eps(dtype) / 2
-    near_one = [1.0 + s * 10.0**-k for k in range(1, 17) for s in (-1.0, 1.0) if 10.0**-k >= u]
-    ratios = on_grid([*decades(r_lo, r_hi, 2), *near_one, *neighbours(1.0, dtype)], dtype)
-    d_max = min(kl_mean_range(dtype), math.sqrt(float(fi.max)) / 4)
-    ds = on_grid([*decades(max(1e-20, float(fi.tiny)), d_max, 1)], dtype)
-    scales = on_grid(decades(math.sqrt(float(fi.tiny)), math.sqrt(float(fi.max)), 0.2), dtype)
-    cases: list[tuple[float, float, float, float]] = []
-    for r in ratios:  # sigma_p = 1; mu_q - mu_p = 0 and 1
-        cases += [(0.0, r, 0.0, 1.0), (1.0, r, 0.0, 1.0)]
-    for d in ds:
-        for r in (0.5, 1.0, 3.0):
-            cases += [(d, r, 0.0, 1.0), (-d, r, 0.25, 1.0)]
-    for sp_ in scales:  # scale invariance exercised at the ends of the dtype: intermediates must not overflow
-        for r, d in ((1.0, 0.0), (1.0, 1e-3), (2.0, 1.5), (0.3, -2.0)):
-            cases.append((d * sp_, r * sp_, 0.0, sp_))
-    out = []
-    for case in cases:
-        vals = tuple(float(torch.tensor(v, dtype=torch.float64).to(dtype).double()) for v in case)
-        if all(math.isfinite(v) for v in vals) and vals[1] >= float(fi.tiny) and vals[3] >= float(fi.tiny):
-            out.append((vals[0], vals[1], vals[2], vals[3]))
-    return sorted(set(out))
-
-
-def kl_sweep(device: str | torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """kl_normal against the mpmath reference (kl_ref, 100 working digits) within KL-1's kl_tol, exactly 0 at
-    equality, >= 0 everywhere; and against torch.distributions.kl_divergence within kl_tol KL + 4.05 u_d S
-    wherever torch's own bound applies. Returns (mpmath sweep, torch sweep), each with its worst errors."""
-    from torch.distributions import Normal, kl_divergence
-
-    from rln_verified.verify.special import Sweep
-
-    pts = _kl_points(dtype)
-    cols = [torch.tensor([p[i] for p in pts], dtype=dtype, device=device) for i in range(4)]
-    ours = kl_normal(cols[0], cols[1], cols[2], cols[3]).double().cpu().tolist()
-    theirs = kl_divergence(Normal(cols[0], cols[1]), Normal(cols[2], cols[3])).double().cpu().tolist()
-    fi = torch.finfo(dtype)
-    tiny, top, u, tol = float(fi.tiny), float(fi.max), eps(dtype) / 2, kl_tol(dtype)
-    name = f"{str(dtype).removeprefix('torch.')} [{device}]"
-    ref_sw = Sweep(f"kl_normal vs mpmath {name}, args (mu_q, sigma_q, mu_p, sigma_p), rel tol {tol:.3g}")
-    torch_sw = Sweep(f"kl_normal vs torch.distributions {name}, allowed kl_tol KL + 4.05 u S")
-    for p, got, tv in zip(pts, ours, theirs):
-        want = kl_ref(*p)
-        if math.isnan(got) or got < 0:
-            ref_sw.fail(p, f"kl = {got!r}: negative or NaN")
-            continue
-        if want > top:
-            ref_sw.check(p, got == math.inf or got >= top, f"kl = {got!r}, true value {float(want):.5g} overflows")
-            continue
-        if want < tiny:
-            ref_sw.check(p, got <= tiny, f"kl = {got!r} above the normal range, true value {float(want):.5g}")
-            continue
-        ref_sw.add(p, got, want, tol * float(want))  # want == 0 (equal arguments) allows only 0
-        v = (p[1] / p[3]) ** 2
-        d2 = ((p[0] - p[2]) / p[3]) ** 2
-        if math.isfinite(tv) and tiny <= v <= top and (d2 == 0 or tiny <= d2 <= top) and tv >= tiny:
-            s_sum = v + d2 + 1.0 + abs(math.log(v))
-            torch_sw.add(p, got, mpmath.mpf(tv), tol * float(want) + _TORCH_KL_UNITS * u * s_sum)
-    return ref_sw, torch_sw

@@ -490,20 +490,6 @@ def n3_slack(m: int, dtype: torch.dtype) -> float:
     return (1 + 64 * m * eps(compute_dtype(dtype)) / 2) * (1 + math.sqrt(m) * eps(dtype) / 2)
 
 
-def n3_constant_group_ratio(subject: LayerSubject, device: torch.device, dtype: torch.dtype) -> float:
-    """The exact ||dy/dx||_2 sqrt(v + eps) / max|gamma| of a constant group, the best over the groups of the
-    checked module: there v = 0, r = 0, f = 1 and dy/dx = diag(gamma) P / sqrt(eps) (N3), so the ratio is
-    ||diag(gamma) P||_2 / max|gamma|, exactly 1 for a per-channel gamma. The pinned constant example attains it,
-    so the tightness N3 reports is at least this / (K slack^2)."""
-    mod = _module(subject, device, dtype)
-    x = torch.zeros(subject.shape, dtype=dtype, device=device)
-    gw, _ = _affine(mod, x, subject)
-    m = gw.shape[-1]
-    proj = torch.eye(m, dtype=torch.float64) - 1.0 / m
-    return max(float(torch.linalg.matrix_norm(torch.diag(row) @ proj, ord=2)) / float(row.abs().max())
-               for row in gw.cpu())
-
-
 def _n3(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], float]:
     """The margin of N3 is its tightness: ||dy/dx||_2 sqrt(v + eps) / (K max|gamma|), per group, with the
     computed Jacobian's 2-norm divided by its rounding slack. So it never exceeds the exact ratio / K (it is a
