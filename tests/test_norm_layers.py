@@ -867,3 +867,44 @@ def test_float64_double_backward_matches_torch_func(cls: type[nn.Module], affine
     for name, got, want in zip(labels, (*grads, *hv), (*g_ref, *h_ref), strict=True):
         scale = float(want.abs().max()) + 1e-300
         assert float((got - want).abs().max()) <= 1e-12 * max(scale, 1e-6), (name, float((got - want).abs().max()))
+
+
+@pytest.mark.parametrize("frozen", ["weight", "bias", "lambda_raw"])
+@pytest.mark.parametrize("cls", ALL_LAYERS, ids=lambda c: c.__name__)
+def test_a_frozen_parameter_leaves_the_other_gradients_intact(cls: type[nn.Module], frozen: str) -> None:
+    """With one parameter frozen (requires_grad False: fine-tuning), the float64 backward still gives every other
+    parameter and the input its gradient, equal to autograd's of the formula (torch.func.grad; 1e-12 of the scale,
+    as in the tests above)."""
+    torch.manual_seed(2)
+    m, names = _affine_or_not(cls, True)
+    getattr(m, frozen).requires_grad_(False)
+    x = _input(cls, torch.float64).requires_grad_()
+    c = torch.randn_like(x)
+    live = [n for n in names if n != frozen]
+    got = torch.autograd.grad((c * m(x)).sum(), [x, *(getattr(m, n) for n in live)])
+    params = {n: getattr(m, n).detach() for n in names}
+
+    def loss(xx: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        state = {**params, **dict(zip(live, ps, strict=True))}
+        out: torch.Tensor = torch.func.functional_call(m, state, (xx,))
+        return (c * out).sum()
+
+    want = torch.func.grad(loss, argnums=tuple(range(1 + len(live))))(x.detach(), *(params[n] for n in live))
+    for name, g, w in zip(["x", *live], got, want, strict=True):
+        assert float((g - w).abs().max()) <= 1e-12 * (float(w.abs().max()) + 1e-300), name
+
+
+@pytest.mark.parametrize("cls", [BayesianRLayerNorm, BayesianRLayerNorm2d], ids=lambda c: c.__name__)
+def test_eager_float32_u_is_float32(cls: type[nn.Module]) -> None:
+    """On the eager path (the C kernel switched off) a float32 layer returns y and u in float32, though its per-group
+    statistics are float64. It matches the fused kernel's u: both compute u in float64 (N11's error, 2^-46 (M+8)
+    (1 + A/sigma), is far below float32's resolution here) and round it once to float32, so they differ by at most
+    a float32 ulp of u <= 1, 2^-23; 2^-20 leaves room."""
+    m = _make(cls)
+    x = _input(cls)
+    with _native.disabled():
+        y, u = m(x, return_uncertainty=True)
+    assert y.dtype == torch.float32 and u.dtype == torch.float32
+    if _native.available():
+        _, u_fused = m(x, return_uncertainty=True)
+        assert float((u - u_fused).abs().max()) <= 2.0**-20
