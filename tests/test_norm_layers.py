@@ -908,3 +908,28 @@ def test_eager_float32_u_is_float32(cls: type[nn.Module]) -> None:
     if _native.available():
         _, u_fused = m(x, return_uncertainty=True)
         assert float((u - u_fused).abs().max()) <= 2.0**-20
+
+
+@pytest.mark.claim("N2")
+@pytest.mark.parametrize("cls", [RLayerNorm2d, BayesianRLayerNorm2d], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("eps", [1e-38, 1e-42])
+def test_tiny_groups_with_a_tiny_eps_on_every_float32_path(cls: type[nn.Module], eps: float) -> None:
+    """N2 with an eps at or below float32's smallest normal and groups of size 1e-20, whose variance (1e-40) is
+    subnormal in float32: the per-group statistics must be float64 on the eager path as in the fused kernel, or
+    v + eps is lost to float32's subnormal range (y off by O(1)). Both paths against the float64 formula, within
+    N2's tolerance (verify.norm.n2_tolerance)."""
+    from rln_verified.verify.norm import n2_tolerance
+
+    torch.manual_seed(0)
+    m = cls(3, eps=eps)
+    x = (torch.randn(2, 3, 6, 6, dtype=torch.float64) * 1e-20).float()
+    alpha = 1.0 if cls is BayesianRLayerNorm2d else 0.0
+    ref, _, _ = reference_planes(x.double(), eps, alpha, float(m.lambda_.detach()), alpha > 0, True)
+    ref = ref.reshape(x.shape)
+    tol = n2_tolerance(x.double().reshape(6, 36), ref.reshape(6, 36), 36, alpha, torch.float32, eps).reshape(x.shape)
+    with torch.no_grad():
+        with _native.disabled():
+            y_eager = m(x)
+        y_fused = m(x)
+    for y in (y_eager, y_fused):
+        assert bool(((y.double() - ref).abs() <= tol).all()), float((y.double() - ref).abs().max())
