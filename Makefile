@@ -146,7 +146,7 @@ robustness-quick: $(STAMP)
 # Mutation testing (tests/mutation/README.md): the scripted mutants, each patch applied alone to a scratch
 # copy of the tree, then mutmut over the Python kernels. Not part of `make test` (14-24 min for the scripted set on
 # this machine); exits 1 when a kernel module kills fewer than 90% of its non-equivalent mutants.
-# mutmut: 14 min for _special.py to about 2 hours for the norm module, at most MUTMUT_OPTS="--limit S" seconds
+# mutmut: 14 min for _special.py to about 2.5 hours for the norm module, at most MUTMUT_OPTS="--limit S" seconds
 # (default 3600) per module; --recheck continues a stopped run (tests/mutation/README.md).
 # MUTATION_OPTS="--only i17-" runs a subset; MUTMUT_MODULES= (empty) skips mutmut.
 MUTATION_OPTS ?=
