@@ -48,7 +48,7 @@ proofs: $(STAMP)
 	@set -e; for f in proofs/*.py; do echo "[proof] $$f"; $(PY) $$f; done
 
 # Where a C compiler exists the C kernels must build and be in use: under RLN_VERIFIED_REQUIRE_NATIVE=1 a
-# kernel that fails to build or load raises instead of falling back to the eager path (rln_verified/_native_build.py).
+# kernel that fails to build or load raises instead of falling back to the eager path (rln_verified/_native/toolchain.py).
 NATIVE_CC := $(shell command -v "$${CC:-cc}" || command -v gcc || command -v clang)
 pytest sanitize: export RLN_VERIFIED_REQUIRE_NATIVE ?= $(if $(NATIVE_CC),1,0)
 

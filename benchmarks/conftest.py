@@ -56,7 +56,7 @@ REFERENCE = [pytest.mark.benchmark(min_rounds=3, max_time=0.1), pytest.mark.refe
 
 
 def is_reference(name: str) -> bool:
-    """The seed forms (``rln_verified.reference``) are named ``Seed...``."""
+    """The seed forms (``rln_verified.seed``) are named ``Seed...``."""
     return name.startswith("Seed")
 
 

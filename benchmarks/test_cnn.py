@@ -12,7 +12,7 @@ from torch import nn
 
 from benchmarks.conftest import NORM_MODULES, names, record, require
 from benchmarks.models import small_cnn
-from rln_verified.reference import SeedBayesianRLayerNorm2d
+from rln_verified.seed import SeedBayesianRLayerNorm2d
 
 BATCH = (32, 3, 32, 32)
 

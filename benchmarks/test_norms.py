@@ -1,7 +1,7 @@
 """Norm layers against their fused baselines: nn.GroupNorm(C, C) for 2d, nn.LayerNorm for the last dims.
 
 Per shape, one group for inference forward (``no_grad``) and one for forward plus backward. The seed-style
-eager reference (``rln_verified.reference``) is timed alongside, so ours/seed is on record. Forward plus
+eager reference (``rln_verified.seed``) is timed alongside, so ours/seed is on record. Forward plus
 backward benchmarks also record the exact bytes saved for backward (input included).
 """
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from benchmarks.conftest import NORM_MODULES, names, record, require
 from rln_verified.bench import saved_bytes
-from rln_verified.reference import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
+from rln_verified.seed import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
 
 SHAPES_2D = [(32, 16, 32, 32), (32, 64, 8, 8), (8, 128, 56, 56)]
 SHAPES_LAST = [(32, 128, 256), (8, 512, 768)]

@@ -26,8 +26,8 @@ LAYERS: list[tuple[str, tuple[int, ...], dict[str, Any]]] = [
     ("torch.nn:LayerNorm", (4, 16), {"normalized_shape": 16}),
     ("torch.nn:GroupNorm", (2, 4, 3, 4), {"num_groups": 2, "num_channels": 4}),
     ("torch.nn:RMSNorm", (4, 16), {"normalized_shape": 16, "eps": 1e-5}),
-    ("rln_verified.reference:SeedBayesianRLayerNorm", (4, 16), {"normalized_shape": 16}),
-    ("rln_verified.reference:SeedBayesianRLayerNorm2d", (2, 2, 4, 5), {"num_channels": 2}),
+    ("rln_verified.seed:SeedBayesianRLayerNorm", (4, 16), {"normalized_shape": 16}),
+    ("rln_verified.seed:SeedBayesianRLayerNorm2d", (2, 2, 4, 5), {"num_channels": 2}),
     ("rln_verified:RLayerNorm", (4, 16), {"normalized_shape": 16}),
     ("rln_verified:BayesianRLayerNorm", (4, 16), {"normalized_shape": 16}),
     ("rln_verified:RLayerNorm2d", (2, 2, 4, 5), {"num_channels": 2}),
@@ -81,7 +81,7 @@ def main() -> int:
         "the dtypes with a counterexample, and the counterexamples follow as ready-to-paste `@example(...)` "
         "(inputs as `(pattern, exponent, offset, values)`; `rln_verified.verify.norm.build` turns them into "
         "a tensor).", "",
-        "The seed-style reference (`rln_verified.reference`) is the seed design's formulas written out "
+        "The seed-style reference (`rln_verified.seed`) is the seed design's formulas written out "
         "eagerly: textbook psi, `E[x^2] - E[x]^2` local variance on uncentred values, a clamp on lambda.", "",
         "| layer | " + " | ".join(f"{c} {n}" for c, n in CLAIM_NAMES.items()) + " |",
         "|---" * (len(CLAIM_NAMES) + 1) + "|",

@@ -17,7 +17,7 @@ import mpmath
 import torch
 
 from rln_verified.functional import psi
-from rln_verified.reference import seed_psi
+from rln_verified.seed import seed_psi
 
 OUT = Path(__file__).resolve().parent / "psi.png"
 

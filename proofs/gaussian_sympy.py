@@ -399,17 +399,17 @@ def check_exp_f32(exhaustive: bool = False) -> None:
     try:
         import torch
 
-        from rln_verified import _native_gauss
+        from rln_verified._native import gauss
     except ImportError:
         print("    [skip] torch or the package is not importable here")
         return
-    if _native_gauss.library() is None:
-        print(f"    [skip] the kernel is not built here ({_native_gauss.reason()}), so EXP-1 does not apply")
+    if gauss.library() is None:
+        print(f"    [skip] the kernel is not built here ({gauss.reason()}), so EXP-1 does not apply")
         return
     fi = torch.finfo(torch.float32)
     lo = float(torch.tensor(math.log(float(fi.tiny) ** 0.25), dtype=torch.float32))
     hi = float(torch.tensor(math.log(float(fi.max) ** 0.125), dtype=torch.float32))
-    worst, where = _native_gauss.exp_max_ulp(lo, hi, 1 if exhaustive else 61)
+    worst, where = gauss.exp_max_ulp(lo, hi, 1 if exhaustive else 61)
     print(f"    [{lo}, {hi}] {'every float' if exhaustive else 'every 61st float'}: worst {worst:.4f} ulp at {where!r}")
     ok("kernel exp within 0.99 ulp on the std's range", worst <= 0.99)
 

@@ -10,7 +10,7 @@ from rln_verified._bayes_linear import (
     CReLU,
     LRLinear,
 )
-from rln_verified._layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+from rln_verified._norm_layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified._tools import forward_with_uncertainty, replace_norm_layers
 from rln_verified.claims import CLAIMS, Claim, get_claim
 

@@ -6,12 +6,12 @@ issue lists is fixed here and pinned by ``tests/test_objectrl_regressions.py``.
 Speed (issue 5): each layer's sample or moments is one autograd node with a hand-written backward
 (``_BBBSample``, ``_LRSample``, ``_CLTPreact``), which forms the same values as the ``F.linear`` forms and
 each product the gradients need once; float32 on CPU, the std's exp (EXP-1) and the CLT activation (RELU-6)
-run the fused kernel of ``_native_gauss``. Under ``torch.func`` the plain autograd forms run; under
+run the fused kernel of ``_native/gauss.py``. Under ``torch.func`` the plain autograd forms run; under
 ``torch.compile``/``torch.export``/``torch.jit.trace`` the plain forms with the kernels as ``torch.library`` operators.
 Every hand-written backward, asked for a graph (``create_graph=True``), returns the VJP of the plain forms instead
 (``_dispatch.recompute_vjp``), so second and higher derivatives are right.
 float32 on CUDA takes the compile path in eager mode too: the plain forms with the kernels as operators, whose CUDA
-kernels (``_native_gauss.exp_clamp_cuda``, ``relu_moments_cuda``) are eager torch, so CUDA eager, compile and
+kernels (``gauss.exp_clamp_cuda``, ``relu_moments_cuda``) are eager torch, so CUDA eager, compile and
 autocast run one code path.
 
 Autocast: each layer computes in float32 (or its parameters' wider dtype) with autocast disabled inside, and
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rln_verified import _native_gauss
 from rln_verified._dispatch import onnx_exporting, recompute_vjp, recording
 from rln_verified._gaussian import (
     crelu_moments,
@@ -40,6 +39,7 @@ from rln_verified._gaussian import (
     normal_pdf,
     relu_moments,
 )
+from rln_verified._native import gauss
 from rln_verified._special import inv_softplus, softplus
 
 #: Initial posterior std of every weight and bias (ObjectRL's choice, rho = -4.6 there).
@@ -87,7 +87,7 @@ def _safe_sqrt_plain(var: torch.Tensor) -> tuple[torch.Tensor]:
 
 
 def _std_plain(rho: torch.Tensor | None, lo: float, hi: float, square: bool) -> torch.Tensor | None:
-    return None if rho is None else _native_gauss.exp_clamp_plain(rho, lo, hi, square)
+    return None if rho is None else gauss.exp_clamp_plain(rho, lo, hi, square)
 
 
 def _bbb_plain(x: torch.Tensor, wm: torch.Tensor, rho_w: torch.Tensor, eps_w: torch.Tensor, bm: torch.Tensor | None,
@@ -104,7 +104,7 @@ def _lr_plain(x: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w:
               rho_b: torch.Tensor | None, eps: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor]:
     """_LRSample's values in plain torch."""
     m = F.linear(x, wm, bm)
-    v = F.linear(x * x, _native_gauss.exp_clamp_plain(rho_w, lo, hi, True), _std_plain(rho_b, lo, hi, True))
+    v = F.linear(x * x, gauss.exp_clamp_plain(rho_w, lo, hi, True), _std_plain(rho_b, lo, hi, True))
     return (torch.addcmul(m, _safe_sqrt_plain(v)[0], eps),)
 
 
@@ -113,7 +113,7 @@ def _clt_plain(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor,
                act: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """_CLTPreact's values in plain torch (C3, and the activation's moments from RELU-1's plain forms)."""
     if rho_bounds is not None:
-        wv = _native_gauss.exp_clamp_plain(sw, *rho_bounds, True)
+        wv = gauss.exp_clamp_plain(sw, *rho_bounds, True)
         bv = _std_plain(sb, *rho_bounds, True)
     else:
         wv, bv = sw, sb
@@ -125,9 +125,9 @@ def _clt_plain(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor,
     if act is None:
         return m, v
     s = _safe_sqrt_plain(v)[0]
-    mean, var = _native_gauss.relu_moments_plain(m, s)
+    mean, var = gauss.relu_moments_plain(m, s)
     if act == "crelu":
-        mean_n, var_n = _native_gauss.relu_moments_plain(-m, s)
+        mean_n, var_n = gauss.relu_moments_plain(-m, s)
         mean, var = torch.cat([mean, mean_n], dim=-1), torch.cat([var, var_n], dim=-1)
     return mean, var
 
@@ -199,8 +199,8 @@ def _squared_std(rho: torch.Tensor, lo: float, hi: float, square: bool = True,
     KL() and the layers' forward). Elsewhere torch's; on CPU a min/max pass first, so that the clamp, an identity
     where nothing is saturated, and its mask are skipped.
     """
-    if _native_gauss.usable(rho) and (w is None or (_native_gauss.usable(w) and w.shape == rho.shape)):
-        out, sat, w2 = _native_gauss.exp_clamp(rho.contiguous(), lo, hi, square,
+    if gauss.usable(rho) and (w is None or (gauss.usable(w) and w.shape == rho.shape)):
+        out, sat, w2 = gauss.exp_clamp(rho.contiguous(), lo, hi, square,
                                                w.contiguous() if w is not None else None)
         return out, (rho.clamp(lo, hi) != rho if sat else None), w2
     w2 = w * w if w is not None else None
@@ -233,7 +233,7 @@ class _ExpStd(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: the VJP of the plain form, every order
             lo, hi = ctx.bounds
             sq = ctx.square
-            g_r = recompute_vjp(lambda r: (_native_gauss.exp_clamp_plain(r, lo, hi, sq),), (rho,),
+            g_r = recompute_vjp(lambda r: (gauss.exp_clamp_plain(r, lo, hi, sq),), (rho,),
                                 ctx.needs_input_grad[:1], (g,))[0]
             return g_r, None, None, None
         g_rho = g * out
@@ -421,10 +421,10 @@ class _CLTPreact(torch.autograd.Function):
             return m, v
         # _safe_sqrt(v) = sqrt(clamp_min(v, tiny)): the kernel takes torch's sqrt(v) and applies the clamp.
         sd = torch.sqrt(v)
-        mean, var, aux = _native_gauss.forward_raw(m, sd, v)
+        mean, var, aux = gauss.forward_raw(m, sd, v)
         aux_n = None
         if act == "crelu":
-            mean_n, var_n, aux_n = _native_gauss.forward_raw(-m, sd, v)
+            mean_n, var_n, aux_n = gauss.forward_raw(-m, sd, v)
             mean, var = torch.cat([mean, mean_n], dim=-1), torch.cat([var, var_n], dim=-1)
         ctx.save_for_backward(mu_h, var_h, wm, wv, wm2, s1, bv, out_w, out_b, m, v, sd, aux, aux_n, bm, sw, sb)
         return mean, var
@@ -444,11 +444,11 @@ class _CLTPreact(torch.autograd.Function):
         if act is not None:  # through the activation first (RELU-6); g_m, g_v become dL/dm, dL/dv
             m, v, sd, aux, aux_n = act_saved
             if act == "relu":
-                g_m, g_v = _native_gauss.backward_raw(g_m, g_v, m, sd, v, aux)
+                g_m, g_v = gauss.backward_raw(g_m, g_v, m, sd, v, aux)
             else:
                 o = m.shape[-1]
-                gm_p, gv_p = _native_gauss.backward_raw(g_m[:, :o], g_v[:, :o], m, sd, v, aux)
-                gm_n, gv_n = _native_gauss.backward_raw(g_m[:, o:], g_v[:, o:], -m, sd, v, aux_n)
+                gm_p, gv_p = gauss.backward_raw(g_m[:, :o], g_v[:, :o], m, sd, v, aux)
+                gm_n, gv_n = gauss.backward_raw(g_m[:, o:], g_v[:, o:], -m, sd, v, aux_n)
                 g_m, g_v = gm_p.sub_(gm_n), gv_p.add_(gv_n)
         need = ctx.needs_input_grad
         g_mu = g_var = g_wm = g_bm = g_sw = g_sb = None
@@ -714,13 +714,13 @@ class BayesianLinear(nn.Module):
         # the std's exp for every use of this rho. Under compile/export/trace: the kernel as an operator.
         if recording():
             if not onnx_exporting() and rho.dtype == torch.float32 and (rho.is_cpu or rho.is_cuda):
-                op_out: torch.Tensor = _native_gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
+                op_out: torch.Tensor = gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
                 return op_out
         elif rho.is_cuda and rho.dtype == torch.float32 and _interpreters() is None and not _wrapped(rho):
             # float32 CUDA, eager: the operator, as under compile (its CUDA kernel is torch's exp)
-            cuda_out: torch.Tensor = _native_gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
+            cuda_out: torch.Tensor = gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
             return cuda_out
-        if _plain(rho) and (rho.numel() >= _FUSE_MIN or _native_gauss.usable(rho)):
+        if _plain(rho) and (rho.numel() >= _FUSE_MIN or gauss.usable(rho)):
             out: torch.Tensor = _ExpStd.apply(rho, math.log(lo), math.log(hi), square)  # type: ignore[no-untyped-call]
             return out
         sd = torch.exp(rho.clamp(math.log(lo), math.log(hi)))
@@ -1005,7 +1005,7 @@ class CLTLinear(BayesianLinear):
             mu2 = mu_h if two_d else mu_h.reshape(-1, self.in_features)
             var2 = var_h if two_d or var_h is None else var_h.reshape(-1, self.in_features)
             # The activation joins the node where the fused float32 kernel applies (RELU-6).
-            act = None if self.is_output or not _native_gauss.usable(mu2, wm) else self.act
+            act = None if self.is_output or not gauss.usable(mu2, wm) else self.act
             m, v = _CLTPreact.apply(mu2, var2, wm, bm, sw, sb, bounds, act)  # type: ignore[no-untyped-call]
             if not two_d:
                 lead = tuple(mu_h.shape[:-1])
@@ -1119,7 +1119,7 @@ class BayesianMLP(nn.Module):
             layers.append(cls(ins[i], dims[i + 1], **factory_kwargs))
             if not last:
                 if has_norm:
-                    from rln_verified._layers import BayesianRLayerNorm
+                    from rln_verified._norm_layers import BayesianRLayerNorm
 
                     layers.append(BayesianRLayerNorm(width, elementwise_affine=False, **factory_kwargs))
                 layers.append(CReLU() if act == "crelu" else nn.ReLU())

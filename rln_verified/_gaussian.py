@@ -1,7 +1,7 @@
 """Gaussian kernels: pdf/cdf/logcdf, moments of relu of a Gaussian, Gaussian KL.
 
 Theorems GAUSS-*, RELU-*, CRELU-* and KL-* in ``proofs/gaussian.md``; float32 on CPU, ``relu_moments`` runs the
-fused kernel of ``_native_gauss`` (RELU-6). Tails use the Mills ratio
+fused kernel of ``_native/gauss.py`` (RELU-6). Tails use the Mills ratio
 ``R(y) = sqrt(pi/2) erfcx(y/sqrt 2)``, never ``torch.special.ndtr``, which on CPU forms ``1 - tiny`` and has
 no relative accuracy below ``z ~ -5``.
 """
@@ -13,32 +13,24 @@ from typing import Any
 
 import torch
 
-from rln_verified import _native_gauss
-from rln_verified._dispatch import onnx_exporting, recompute_vjp, recording, under_func_transform
+from rln_verified._dispatch import recompute_vjp, recording, under_func_transform
+from rln_verified._gaussian_formula import (
+    A_CLAMP,
+    CF_DEPTH,
+    X_SPLIT,
+    ldexp,
+    mills,
+    phi_cdf,
+    phi_scaled,
+    refuse_onnx,
+    relu_moments_f64,
+    safe_ratio,
+)
+from rln_verified._native import gauss
 from rln_verified._special import psi
 from rln_verified._validation import check_float_tensor, check_same_dtype, compute_dtype
 
 Tensorish = torch.Tensor | float
-
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
-_SQRT_HALF = math.sqrt(0.5)
-_INV_LN2 = 1.0 / math.log(2.0)
-# fdlibm's split of ln 2: _LN2_HI is a multiple of 2^-32 (21 trailing zero bits), so n * _LN2_HI is exact for
-# n < 2^21 (gaussian_sympy.py::check_phi_kernel).
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_X_EXP_MAX = 100.0
-
-# RELU-4: a = mu/sigma >= -X_SPLIT uses the closed forms in Phi, phi; a < -X_SPLIT uses the ratios
-# r_n = Hh_n/Hh_{n-1} from a bottom-up continued fraction of depth CF_DEPTH. At x = X_SPLIT the
-# truncation error is below 1e-15 (bracketed in gaussian_sympy.py::check_cf_truncation), and it
-# decreases with x.
-X_SPLIT = 4.5
-CF_DEPTH = 32
-# Beyond A_CLAMP, Phi(a) == 1 and phi(a) == 0 in float64, so clamping a there changes nothing.
-A_CLAMP = 40.0
-
 
 # ---- pdf / cdf / logcdf --------------------------------------------------------------------------
 
@@ -78,12 +70,12 @@ def normal_pdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) -> 
     z, s = _standardize("normal_pdf", x, mu, sigma)
     # phi(z)/sigma = (base / s') 2^(-n - e) with phi(z) = base 2^-n and sigma = s' 2^e, s' in [1/2, 4):
     # the powers of two come last, so a tiny sigma lifts a subnormal phi(z) without losing digits.
-    base, nexp = _phi_scaled(z.abs())
+    base, nexp = phi_scaled(z.abs())
     ok = (s > 0) & (s < math.inf)
     s_ok = torch.where(ok, s, torch.ones_like(s))
     e = torch.floor(torch.log2(s_ok))
-    s_mant = _ldexp(s_ok, -e)
-    out = _ldexp(base / s_mant, -nexp - e)
+    s_mant = ldexp(s_ok, -e)
+    out = ldexp(base / s_mant, -nexp - e)
     out = torch.where(s == math.inf, torch.zeros_like(out), out)
     return torch.where(torch.isnan(z), z, out).to(x.dtype)
 
@@ -99,7 +91,7 @@ def normal_cdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) -> 
     """
     z, _ = _standardize("normal_cdf", x, mu, sigma)
     # Not torch.special.ndtr: on CPU it loses all accuracy below z ~ -10 (it forms 1 - tiny).
-    return _phi_cdf(z)[1].to(x.dtype)
+    return phi_cdf(z)[1].to(x.dtype)
 
 
 def normal_logcdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) -> torch.Tensor:
@@ -116,7 +108,7 @@ def normal_logcdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) 
     # z > 1: log1p(-Q(z)) with Q from the erfcx form, the form GAUSS-1's proof bounds; z <= 1: log_ndtr (8u, an
     # external bound). torch 2.13's log_ndtr happens to meet GAUSS-1 above 1 as well (tests/mutation/equivalent.toml).
     pos = z > 1
-    upper = torch.log1p(-_phi_cdf(torch.where(pos, z, torch.ones_like(z)))[2])
+    upper = torch.log1p(-phi_cdf(torch.where(pos, z, torch.ones_like(z)))[2])
     lower = torch.special.log_ndtr(torch.where(pos, torch.zeros_like(z), z))
     return torch.where(pos, upper, lower).to(x.dtype)
 
@@ -124,126 +116,12 @@ def normal_logcdf(x: torch.Tensor, mu: Tensorish = 0.0, sigma: Tensorish = 1.0) 
 # ---- relu moments --------------------------------------------------------------------------------
 
 
-def refuse_onnx(fn: str) -> None:
-    """Raise under ``torch.onnx.export``: ONNX has no erfcx, and the ``exp(y^2) erfc(y)`` an exporter puts in its
-    place overflows in the tails these kernels are accurate in, so the exported graph would be silently wrong."""
-    if onnx_exporting():
-        raise NotImplementedError(
-            f"{fn}: ONNX export is not supported: ONNX has no erfcx, and its exp(y^2) erfc(y) replacement overflows "
-            "in the Gaussian tails this kernel is accurate in; use torch.export (the program keeps the kernel), or "
-            "compute this part outside the ONNX graph"
-        )
-
-
-def _mills(y: torch.Tensor) -> torch.Tensor:
-    """Mills ratio R(y) = Q(y)/phi(y) = sqrt(pi/2) erfcx(y/sqrt 2) for y >= 0; R(inf) = 0."""
-    refuse_onnx("the Gaussian tail (Mills ratio)")
-    out: torch.Tensor = _SQRT_HALF_PI * torch.special.erfcx(y * _SQRT_HALF)
-    return out
-
-
-def _phi_cdf(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(phi(a), Phi(a), Phi(-a)), each with relative accuracy in its tail (no 1 - tiny)."""
-    pos = a >= 0
-    y = torch.where(pos, a, -a)  # |a|, but with derivative +1 at a = 0 (abs has 0 there)
-    pdf = torch.exp(-0.5 * y * y) * _INV_SQRT_2PI
-    small = pdf * _mills(y)  # Phi(-|a|)
-    big = 1.0 - small
-    return pdf, torch.where(pos, big, small), torch.where(pos, small, big)
-
-
-def _phi_scaled(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base, n) with phi(y) = base 2^-n, n = floor(y^2/(2 ln 2)) >= 0, base = exp(-f)/sqrt(2 pi) in
-    (0.2, 0.4]; f = (y^2/2 - n ln2_hi) - n ln2_lo, where n ln2_hi is exact (RELU-4). y >= 0."""
-    ye = y.clamp(max=_X_EXP_MAX)  # beyond it phi(y) 2^1024 < 2^-1074: every use rounds to 0 anyway
-    ee = 0.5 * ye * ye
-    nexp = torch.floor(ee * _INV_LN2)
-    f = (ee - nexp * _LN2_HI) - nexp * _LN2_LO
-    return torch.exp(-f) * _INV_SQRT_2PI, nexp
-
-
-def _ldexp(v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """v 2^k for integer-valued float k: two factors 2^k1, 2^(k-k1) (k1 = floor(k/2)), exact and on the
-    same side of 1, applied in turn, so the result is exact unless it is subnormal, and no partial
-    product under- or overflows unless the result does."""
-    k1 = torch.floor(0.5 * k)
-    return v * torch.exp2(k1) * torch.exp2(k - k1)
-
-
-def _safe_ratio(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """a = mu/sigma, with the sigma = 0 limit: +inf, -inf, or 0 when mu = 0 too (RELU-3)."""
-    s_pos = torch.where(sigma == 0, torch.ones_like(sigma), sigma)
-    a = mu / s_pos
-    neg_lim = torch.where(mu < 0, torch.full_like(mu, -math.inf), 0.0 * mu)
-    lim = torch.where(mu > 0, torch.full_like(mu, math.inf), neg_lim)
-    return torch.where(sigma == 0, lim, a)
-
-
-def _relu_moments_f64(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward of RELU-1/RELU-4 on float64 tensors of one shape; no autograd."""
-    a = _safe_ratio(mu, sigma)
-    tail = a < -X_SPLIT
-
-    # Direct branch, a in [-X_SPLIT, A_CLAMP]; tail elements see a = 0 (masked input).
-    ad = torch.where(tail, torch.zeros_like(a), a.clamp(max=A_CLAMP))
-    pos = ad >= 0
-    y = torch.where(pos, ad, -ad)  # |a| with derivative +1 at 0 (abs has 0 there): right higher derivatives
-    pdf = torch.exp(-0.5 * y * y) * _INV_SQRT_2PI
-    mills = _mills(y)  # R(|a|) = Q(|a|)/phi(|a|)
-    q = pdf * mills  # Phi(-|a|), relative accuracy in the tail
-    cdf = 1.0 - q  # Phi(|a|) in [1/2, 1]
-    # a >= 0: mean = mu Phi(a) + sigma phi(a) (positive terms);
-    # var/sigma^2 = P + a^2 P Q - a phi (P - Q) - phi^2, cancellation factor <= 2 (RELU-1, RELU-4).
-    mean_p = mu * cdf + sigma * pdf
-    v_pos = cdf + y * y * cdf * q - y * pdf * (cdf - q) - pdf * pdf
-    # a = -x in [-X_SPLIT, 0): mean/sigma = phi (1 - x R), E[Y^2]/sigma^2 = phi ((1 + x^2) R - x).
-    # phi is a common factor, so only R's rounding meets the cancellation (factor <= 265, RELU-4).
-    h1 = pdf * (1.0 - y * mills)
-    mean_n = sigma * h1
-    v_neg = pdf * ((1.0 + y * y) * mills - y) - h1 * h1
-    mean_d = torch.where(pos, mean_p, mean_n)
-    var_d = sigma * (sigma * torch.where(pos, v_pos, v_neg))
-
-    # Tail branch, x = -a > X_SPLIT; direct elements see x = X_SPLIT (masked input).
-    x = torch.where(tail, -a, torch.full_like(a, X_SPLIT))
-    n_top = CF_DEPTH + 1
-    # Seed: the fixed point of r = 1/(x + n r) at n = CF_DEPTH + 1 (any positive seed converges).
-    r = (torch.sqrt(x * x + 4.0 * n_top) - x) / (2.0 * n_top)
-    r = torch.where(x == math.inf, torch.zeros_like(r), r)
-    r2 = r1 = r
-    for n in range(CF_DEPTH, 0, -1):
-        r = torch.reciprocal(torch.add(x, r, alpha=float(n)))
-        if n == 3:
-            r2 = r
-        elif n == 2:
-            r1 = r
-    r0 = r
-    # sigma phi(x) r0 r1 would underflow in phi for x > 38.6 even where the mean is normal (large sigma).
-    # Exact power-of-two bookkeeping instead (RELU-4): phi(x) = base 2^-n with x^2/2 = n ln2 + f
-    # (Cody-Waite) and base = exp(-f)/sqrt(2 pi) in (0.2, 0.4]. Every factor multiplied into sigma is
-    # <= 1 and the powers of two come last, so nothing under- or overflows unless the result does.
-    base, nexp = _phi_scaled(x)
-    core = base * r0 * r1  # Hh_1(x) 2^n
-    mean_t = _ldexp(sigma * core, -nexp)
-    h1 = _ldexp(core, -nexp)  # Hh_1(x); underflow here is harmless (it only corrects 2 r2)
-    # var/sigma^2 = 2 Hh_2 - Hh_1^2 = Hh_1 (2 r_2 - Hh_1): both factors positive (RELU-2).
-    # var = (sigma c 2^-n1)(sigma 2^-(n-n1)), c = core (2 r2 - h1) <= 1, n1 = floor(n/2).
-    n1 = torch.floor(0.5 * nexp)
-    var_t = _ldexp(sigma * (core * (2.0 * r2 - h1)), -n1) * _ldexp(sigma, n1 - nexp)
-
-    mean = torch.where(tail, mean_t, mean_d)
-    var = torch.where(tail, var_t, var_d)
-    bad = torch.isnan(mu) | torch.isnan(sigma) | (sigma < 0)
-    nan = torch.full_like(mean, math.nan)
-    return torch.where(bad, nan, mean), torch.where(bad, nan, var)
-
-
 class _ReluMoments(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
     def forward(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _relu_moments_f64(mu, sigma)
+        return relu_moments_f64(mu, sigma)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -255,23 +133,23 @@ class _ReluMoments(torch.autograd.Function):
     def backward(ctx: Any, g_mean: torch.Tensor, g_var: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         mu, sigma, mean = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the VJP of the same forms in plain torch, every order
-            return recompute_vjp(_relu_moments_f64, (mu, sigma), ctx.needs_input_grad, (g_mean, g_var))
+            return recompute_vjp(relu_moments_f64, (mu, sigma), ctx.needs_input_grad, (g_mean, g_var))
         # RELU-5: dmean/dmu = Phi(a), dmean/dsigma = phi(a), dvar/dmu = 2 mean (1 - Phi(a)),
         # dvar/dsigma = 2 (sigma Phi(a) - mean phi(a)); a = +-inf or 0 at sigma = 0 keeps all finite.
-        a = _safe_ratio(mu, sigma)
+        a = safe_ratio(mu, sigma)
         pos = a >= 0
         y = torch.where(pos, a, -a)  # |a| with derivative +1 at 0 (for double backward)
-        base, nexp = _phi_scaled(y)
-        small = base * _mills(y)  # Q(|a|) 2^n
-        pdf = _ldexp(base, -nexp)
-        q_small = _ldexp(small, -nexp)
+        base, nexp = phi_scaled(y)
+        small = base * mills(y)  # Q(|a|) 2^n
+        pdf = ldexp(base, -nexp)
+        q_small = ldexp(small, -nexp)
         big = 1.0 - q_small
         cdf = torch.where(pos, big, q_small)
         # mean Q(a), sigma Phi(a), mean phi(a) with the tiny factor's 2^-n applied last, so a large
         # mean or sigma times a subnormal Q or phi keeps its accuracy where the product is normal.
-        mean_q = torch.where(pos, _ldexp(mean * small, -nexp), mean * big)
-        sig_cdf = torch.where(pos, sigma * big, _ldexp(sigma * small, -nexp))
-        mean_pdf = _ldexp(mean * base, -nexp)
+        mean_q = torch.where(pos, ldexp(mean * small, -nexp), mean * big)
+        sig_cdf = torch.where(pos, sigma * big, ldexp(sigma * small, -nexp))
+        mean_pdf = ldexp(mean * base, -nexp)
         g_mu = g_mean * cdf + g_var * (2.0 * mean_q)
         g_sigma = g_mean * pdf + g_var * (2.0 * (sig_cdf - mean_pdf))
         return g_mu, g_sigma
@@ -321,14 +199,14 @@ def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, t
     if recording() or mu_b.is_meta:
         # compile/export/jit.trace and meta tensors: the kernel as one opaque operator with a shape function
         if mu_b.dtype == torch.float32 and (mu_b.is_cpu or mu_b.is_meta or mu_b.is_cuda):
-            mean, var, _ = _native_gauss.relu_moments_op(mu_b, sigma_b)
+            mean, var, _ = gauss.relu_moments_op(mu_b, sigma_b)
             return mean, var
     elif under_func_transform(mu_b, sigma_b):  # torch.func: the plain forms, which every transform understands
-        return _native_gauss.relu_moments_plain(mu_b, sigma_b)
-    elif _native_gauss.usable(mu_b, sigma_b):  # float32 on CPU: the fused kernel, same forms (RELU-6)
-        return _native_gauss.relu_moments_f32(mu_b, sigma_b)
+        return gauss.relu_moments_plain(mu_b, sigma_b)
+    elif gauss.usable(mu_b, sigma_b):  # float32 on CPU: the fused kernel, same forms (RELU-6)
+        return gauss.relu_moments_f32(mu_b, sigma_b)
     elif mu_b.is_cuda and mu_b.dtype == torch.float32:  # float32 CUDA: the operator, as under compile
-        mean, var, _ = _native_gauss.relu_moments_op(mu_b, sigma_b)
+        mean, var, _ = gauss.relu_moments_op(mu_b, sigma_b)
         return mean, var
     mean, var = _ReluMoments.apply(mu_b.to(torch.float64), sigma_b.to(torch.float64))  # type: ignore[no-untyped-call]
     return mean.to(mu.dtype), var.to(mu.dtype)
@@ -383,7 +261,7 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
         check_float_tensor(t, f"kl_normal: {n}")
     check_same_dtype(*((f"kl_normal: {n}", t) for n, t in zip(names, args)))
     if (mu_q.dtype == torch.float32 and not recording() and not under_func_transform(*args)
-            and _native_gauss.usable(*args)):
+            and gauss.usable(*args)):
         # float32 on CPU: the fused kernel, float64 inside and one rounding (KL-2), with its own backward
         try:
             b = torch.broadcast_tensors(*args)  # type: ignore[no-untyped-call]
@@ -440,7 +318,7 @@ class _KLNormalF32(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, mq: torch.Tensor, sq: torch.Tensor, mp: torch.Tensor, sp: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(mq, sq, mp, sp)
-        return _native_gauss.kl_forward_raw(mq, sq, mp, sp)
+        return gauss.kl_forward_raw(mq, sq, mp, sp)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -448,7 +326,7 @@ class _KLNormalF32(torch.autograd.Function):
         need = tuple(bool(n) for n in ctx.needs_input_grad)
         if torch.is_grad_enabled():  # create_graph: the VJP of KL-1's plain forms, every order
             return recompute_vjp(_kl_plain_tuple, (mq, sq, mp, sp), need, (g,))
-        return _native_gauss.kl_backward_raw(g.to(torch.float32), mq, sq, mp, sp,
+        return gauss.kl_backward_raw(g.to(torch.float32), mq, sq, mp, sp,
                                              (need[0], need[1], need[2], need[3]))
 
 

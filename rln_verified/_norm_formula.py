@@ -5,7 +5,7 @@ layers (3x3 window) and (R, L) for the last-dims layers (window of 3 along L onl
 independent). Everything is computed on centred values, after scaling each group by a power of two so
 that no square or sum can overflow (N2); the scaling is exact and eps is scaled with it.
 
-The helpers here serve the eager kernel (``_rnorm.py``); :func:`plain_planes` is the whole formula with no custom
+The helpers here serve the eager kernel (``_norm.py``); :func:`plain_planes` is the whole formula with no custom
 autograd node, differentiable to every order, for ``torch.func`` transforms and for backward passes that build a
 graph (``create_graph=True``).
 """

@@ -12,7 +12,7 @@ from rln_verified._gaussian import (
     normal_pdf,
     relu_moments,
 )
-from rln_verified._rnorm import (
+from rln_verified._norm import (
     bayesian_r_layer_norm,
     bayesian_r_layer_norm2d,
     noise_ratio,

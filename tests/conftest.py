@@ -45,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     # RLN_VERIFIED_REQUIRE_NATIVE=1 with RLN_VERIFIED_NATIVE=0 would skip every kernel test: refuse the session.
-    from rln_verified._native_build import settings_problem
+    from rln_verified._native.toolchain import settings_problem
 
     problem = settings_problem()
     if problem is not None:

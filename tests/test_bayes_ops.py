@@ -21,7 +21,6 @@ import pytest
 import torch
 from torch import nn
 
-from rln_verified import _native_gauss
 from rln_verified._bayes_linear import (
     BayesianLinear,
     BayesianMLP,
@@ -39,8 +38,9 @@ from rln_verified._gaussian import (
     normal_pdf,
     relu_moments,
 )
+from rln_verified._native import gauss
 
-NATIVE = pytest.mark.skipif(not _native_gauss.available(), reason="the gauss.c kernel is not built here")
+NATIVE = pytest.mark.skipif(not gauss.available(), reason="the gauss.c kernel is not built here")
 LAYERS: list[type[BayesianLinear]] = [BBBLinear, LRLinear, CLTLinear, CLTLinearDet]
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53
@@ -136,37 +136,37 @@ def test_boundary_rejects_bad_relu_buffers(bad: str) -> None:
     err = TypeError if bad in ("bf16", "f64", "int") else ValueError
     # a short mu is checked against itself first, then s is the argument whose size is wrong
     with pytest.raises(err, match="forward_raw: s" if bad == "short" else "forward_raw: mu"):
-        _native_gauss.forward_raw(arg, s)
+        gauss.forward_raw(arg, s)
     with pytest.raises(err, match="forward_raw: s"):
-        _native_gauss.forward_raw(mu, arg)
+        gauss.forward_raw(mu, arg)
     with pytest.raises(err, match="forward_raw: v"):
-        _native_gauss.forward_raw(mu, s, arg)
-    _, _, aux = _native_gauss.forward_raw(mu, s)
+        gauss.forward_raw(mu, s, arg)
+    _, _, aux = gauss.forward_raw(mu, s)
     with pytest.raises(err, match="backward_raw: (s|mu)" if bad == "short" else "backward_raw: mu"):
-        _native_gauss.backward_raw(None, None, arg, s, None, aux)
+        gauss.backward_raw(None, None, arg, s, None, aux)
     if bad != "short":  # any length of rho is valid on its own
         with pytest.raises(err, match="exp_clamp: rho"):
-            _native_gauss.exp_clamp(arg, -20.0, 10.0, False)
+            gauss.exp_clamp(arg, -20.0, 10.0, False)
     with pytest.raises(err, match="exp_clamp: w"):
-        _native_gauss.exp_clamp(mu, -20.0, 10.0, False, arg)
+        gauss.exp_clamp(mu, -20.0, 10.0, False, arg)
 
 
 @NATIVE
 def test_boundary_rejects_bad_aux_and_exp_max_ulp_args() -> None:
     mu, s = torch.randn(8), torch.rand(8) + 0.1
-    _, _, aux = _native_gauss.forward_raw(mu, s)
+    _, _, aux = gauss.forward_raw(mu, s)
     with pytest.raises(TypeError, match=r"aux must be torch\.float64"):
-        _native_gauss.backward_raw(None, None, mu, s, None, aux.float())
+        gauss.backward_raw(None, None, mu, s, None, aux.float())
     with pytest.raises(ValueError, match="aux must have 24 elements"):
-        _native_gauss.backward_raw(None, None, mu, s, None, aux[:-1])
+        gauss.backward_raw(None, None, mu, s, None, aux[:-1])
     with pytest.raises(ValueError, match="g_mean must have the shape"):
-        _native_gauss.backward_raw(torch.ones(9), None, mu, s, None, aux)
+        gauss.backward_raw(torch.ones(9), None, mu, s, None, aux)
     with pytest.raises(ValueError, match="stride"):
-        _native_gauss.exp_max_ulp(0.0, 1.0, 0)
+        gauss.exp_max_ulp(0.0, 1.0, 0)
     with pytest.raises(TypeError, match="lo must be a real number"):
-        _native_gauss.exp_max_ulp("0", 1.0)  # type: ignore[arg-type]
+        gauss.exp_max_ulp("0", 1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sq must have the shape"):
-        _native_gauss.kl_forward_raw(mu, s[:4], mu, s)
+        gauss.kl_forward_raw(mu, s[:4], mu, s)
 
 
 # ---- 2. the torch.library operators -----------------------------------------------------------------------------
@@ -177,15 +177,15 @@ def test_opcheck_every_op() -> None:
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(3, 5, generator=g)
     s = torch.rand(3, 5, generator=g) + 0.1
-    torch.library.opcheck(_native_gauss.relu_moments_op, (mu, s))
-    torch.library.opcheck(_native_gauss.relu_moments_op, (mu.requires_grad_(), s.requires_grad_()))
-    _, _, aux = _native_gauss.forward_raw(mu.detach(), s.detach())
+    torch.library.opcheck(gauss.relu_moments_op, (mu, s))
+    torch.library.opcheck(gauss.relu_moments_op, (mu.requires_grad_(), s.requires_grad_()))
+    _, _, aux = gauss.forward_raw(mu.detach(), s.detach())
     gm, gv = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
-    torch.library.opcheck(_native_gauss.relu_moments_bwd_op, (gm, gv, mu.detach(), s.detach(), aux))
+    torch.library.opcheck(gauss.relu_moments_bwd_op, (gm, gv, mu.detach(), s.detach(), aux))
     rho = torch.randn(4, 6, generator=g) * 10
     for square in (False, True):
-        torch.library.opcheck(_native_gauss.exp_clamp_op, (rho, -5.0, 5.0, square))
-        torch.library.opcheck(_native_gauss.exp_clamp_op, (rho.clone().requires_grad_(), -5.0, 5.0, square))
+        torch.library.opcheck(gauss.exp_clamp_op, (rho, -5.0, 5.0, square))
+        torch.library.opcheck(gauss.exp_clamp_op, (rho.clone().requires_grad_(), -5.0, 5.0, square))
 
 
 @NATIVE
@@ -193,8 +193,8 @@ def test_ops_match_the_eager_kernel_and_the_float64_gradient() -> None:
     g = torch.Generator().manual_seed(1)
     mu = (torch.randn(200, generator=g) * 4).requires_grad_()
     s = (torch.rand(200, generator=g) + 0.05).requires_grad_()
-    mean, var, _ = _native_gauss.relu_moments_op(mu, s)
-    m2, v2 = _native_gauss.relu_moments_f32(mu, s)
+    mean, var, _ = gauss.relu_moments_op(mu, s)
+    m2, v2 = gauss.relu_moments_f32(mu, s)
     assert torch.equal(mean, m2) and torch.equal(var, v2)  # one kernel, two entry points
     gm, gv = torch.randn(200, generator=g), torch.randn(200, generator=g)
     a = torch.autograd.grad([mean, var], [mu, s], [gm, gv])
@@ -556,7 +556,7 @@ def test_kl_kernel_against_mpmath() -> None:
                 sq.append(f32(r * s_p))
                 sp.append(s_p)
     t = [torch.tensor(v, dtype=torch.float32) for v in (mq, sq, mp, sp)]
-    got = _native_gauss.kl_forward_raw(*t).double()
+    got = gauss.kl_forward_raw(*t).double()
     ref = torch.tensor([_kl_mpmath(*(float(a[i]) for a in t)) for i in range(len(mq))], dtype=torch.float64)
     ok = ref.abs() >= float(torch.finfo(torch.float32).tiny)
     ok &= ref.abs() <= float(torch.finfo(torch.float32).max)

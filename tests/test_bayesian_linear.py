@@ -795,8 +795,8 @@ def test_bbb_fused_weight_matches_autograd_form(dtype: torch.dtype) -> None:
 def test_std_var_and_forward_share_one_sigma() -> None:
     """float32 on CPU: std(), var() = std()**2 bit for bit, and the CLT node's sigma^2 are the same values; the
     std's gradient is sigma inside the clamp range and 0 outside (C6)."""
-    from rln_verified import _native_gauss
     from rln_verified._bayes_linear import _squared_std
+    from rln_verified._native import gauss
 
     layer = CLTLinear(64, 70)  # 4480 elements: the fused path for any size
     _posterior(layer, -3.0, seed=41)
@@ -808,7 +808,7 @@ def test_std_var_and_forward_share_one_sigma() -> None:
     lo, hi = std_bounds(torch.float32)
     sq, mask, _ = _squared_std(layer.weight_rho.detach(), math.log(lo), math.log(hi))
     assert mask is None and torch.equal(sq, wv.detach())
-    if _native_gauss.available():  # EXP-1: the kernel's exp, within 1 ulp of the float64 exp
+    if gauss.available():  # EXP-1: the kernel's exp, within 1 ulp of the float64 exp
         ref = torch.exp(layer.weight_rho.detach().double())
         assert float(((ws.detach().double() - ref).abs() / ref).max()) <= 2.0**-23
     rho = torch.tensor([-1e30, -4.0, 0.0, 1e30], requires_grad=True)
@@ -1401,9 +1401,9 @@ def test_each_layer_sample_is_one_autograd_node(dtype: torch.dtype, shape: tuple
     m, v = CLTLinear(5, 3, is_output=True, dtype=dtype)(x, x.detach().abs())
     assert v is not None and _node(m) == _node(v) == "_CLTPreactBackward"
     if dtype == torch.float32:  # the activation joins the node where the fused kernel applies (RELU-6)
-        from rln_verified import _native_gauss
+        from rln_verified._native import gauss
 
-        if _native_gauss.available():
+        if gauss.available():
             m, v = CLTLinear(5, 3, dtype=dtype)(x, x.detach().abs())
             assert v is not None and _node(m) == "_CLTPreactBackward"
     assert _node(BBBLinear(5, 3, use_softplus=True, dtype=dtype)(x)) != "_BBBSampleBackward"
@@ -1738,9 +1738,9 @@ def test_lr_gradient_where_the_variance_underflows() -> None:
 
 
 def _native_gauss_available() -> bool:
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
-    return bool(_native_gauss.available())
+    return bool(gauss.available())
 
 
 class _StdOf(nn.Module):
@@ -1860,14 +1860,14 @@ def test_small_float32_std_is_the_fused_kernel_s_exp() -> None:
     hundreds of these 3,000 values."""
     import math as _m
 
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     layer = BBBLinear(60, 50)
     with torch.no_grad():
         layer.weight_rho.copy_(torch.linspace(-8, 3, 3000).reshape(50, 60))  # type: ignore[union-attr]
     lo, hi = std_bounds(torch.float32)
     rho = layer.weight_rho.detach()  # type: ignore[union-attr]
-    want, _, _ = _native_gauss.exp_clamp(rho.contiguous(), _m.log(lo), _m.log(hi), False, None)
+    want, _, _ = gauss.exp_clamp(rho.contiguous(), _m.log(lo), _m.log(hi), False, None)
     assert torch.equal(layer.std()[0], want)
     assert torch.equal(layer.var()[0], want * want)
 

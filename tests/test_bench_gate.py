@@ -250,7 +250,7 @@ def test_saved_bytes_respects_dtype() -> None:
     assert saved_bytes(lambda a: a * a, x) == x.numel() * 8
 
 
-# ---- rln_verified.reference: the seed-style naive forms compute the seed's formulas ----
+# ---- rln_verified.seed: the seed-style naive forms compute the seed's formulas ----
 
 
 def _seed_formula_2d(x: torch.Tensor, lam: float, bayes: bool, eps: float = 1e-5) -> torch.Tensor:
@@ -277,7 +277,7 @@ def _seed_formula_2d(x: torch.Tensor, lam: float, bayes: bool, eps: float = 1e-5
 
 @pytest.mark.parametrize("bayes", [False, True])
 def test_seed_reference_matches_its_formulas(bayes: bool) -> None:
-    from rln_verified.reference import SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
+    from rln_verified.seed import SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
 
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
     layer = (SeedBayesianRLayerNorm2d if bayes else SeedRLayerNorm2d)(3, lambda_init=0.3).double()
@@ -285,7 +285,7 @@ def test_seed_reference_matches_its_formulas(bayes: bool) -> None:
 
 
 def test_seed_reference_keeps_its_documented_defects() -> None:
-    from rln_verified.reference import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d
+    from rln_verified.seed import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d
 
     # the clamp kills lambda's gradient outside [1e-3, 1]
     layer = SeedBayesianRLayerNorm2d(2, lambda_init=1.5)

@@ -311,10 +311,10 @@ def test_status_of_each_outcome() -> None:
 def test_fused_kernel_checks_report_skipped_where_the_kernel_is_off(capsys: pytest.CaptureFixture[str],
                                                                    tmp_path: Path) -> None:
     """N11, RELU-6 and EXP-1 with the fused kernels switched off: skipped with the reason, 0 hold, exit 0."""
-    from rln_verified import _native, _native_gauss
+    from rln_verified._native import gauss, rnorm
 
     js = tmp_path / "r.json"
-    with _native.disabled(), _native_gauss.disabled():
+    with rnorm.disabled(), gauss.disabled():
         for pattern in ("N11/RLayerNorm", "RELU-6", "EXP-1"):
             rc, out, _ = _run(capsys, "--claims", pattern, "--device", "cpu", "--json", str(js), "--quiet")
             assert rc == 0 and "0 hold," in out and "0 violated, 0 errors, 1 skipped" in out, out
@@ -325,10 +325,10 @@ def test_fused_kernel_checks_report_skipped_where_the_kernel_is_off(capsys: pyte
 def test_exp1_sweep_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """EXP-1's sweep of the std's range is named in the output and the Markdown: every 257th float32 outside the
     thorough profile (the thorough profile, ``make verify-thorough``, enumerates every one)."""
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
-    if not _native_gauss.available():
-        pytest.skip(f"the fused float32 kernel is not in use here: {_native_gauss.reason()}")
+    if not gauss.available():
+        pytest.skip(f"the fused float32 kernel is not in use here: {gauss.reason()}")
     md = tmp_path / "r.md"
     rc, out, _ = _run(capsys, "--claims", "EXP-1", "--device", "cpu", "--markdown", str(md), "--quiet")
     assert rc == 0, out

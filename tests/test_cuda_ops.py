@@ -22,21 +22,21 @@ import torch
 from torch import nn
 
 import rln_verified as rv
-from rln_verified import _native, _native_gauss
 from rln_verified._bayes_linear import BBBLinear, CLTLinear, CLTLinearDet, LRLinear
 from rln_verified._gaussian import relu_moments
-from rln_verified._native import PlaneConfig
+from rln_verified._native import gauss, rnorm
+from rln_verified._native.rnorm import PlaneConfig
 
 U32 = 2.0**-24  # float32 unit roundoff
 CUDA = torch.cuda.is_available()
 NEEDS_GPU = pytest.mark.skipif(not CUDA, reason="no GPU on this machine: the CUDA end-to-end cases cannot run here")
 
 OPS: dict[str, Callable[..., Any]] = {
-    "rln_verified::rnorm_forward": _native.cuda_forward,
-    "rln_verified::rnorm_backward": _native.cuda_backward,
-    "rln_verified::relu_moments_f32": _native_gauss.relu_moments_cuda,
-    "rln_verified::relu_moments_bwd_f32": _native_gauss.relu_moments_bwd_cuda,
-    "rln_verified::exp_clamp_f32": _native_gauss.exp_clamp_cuda,
+    "rln_verified::rnorm_forward": rnorm.cuda_forward,
+    "rln_verified::rnorm_backward": rnorm.cuda_backward,
+    "rln_verified::relu_moments_f32": gauss.relu_moments_cuda,
+    "rln_verified::relu_moments_bwd_f32": gauss.relu_moments_bwd_cuda,
+    "rln_verified::exp_clamp_f32": gauss.exp_clamp_cuda,
 }
 
 
@@ -96,8 +96,8 @@ def _delta32(n: int, a_over_sigma: float) -> float:
 @pytest.mark.parametrize(("two_d", "bayes", "mode"), CASES)
 def test_cuda_forward_matches_the_float64_formula(two_d: bool, bayes: bool, mode: int) -> None:
     x, w, b, lam, cfg = _rnorm_args(two_d, bayes, mode)
-    y, u, stats = _native.cuda_forward(x, w, b, lam, *cfg)
-    y_ref, u_ref = _native.plain(x.double(), None if w is None else w.double(), None if b is None else b.double(),
+    y, u, stats = rnorm.cuda_forward(x, w, b, lam, *cfg)
+    y_ref, u_ref = rnorm.plain(x.double(), None if w is None else w.double(), None if b is None else b.double(),
                                  lam.double(), cfg)
     _, sigma, a = _plane_stats(x, cfg)
     m = cfg.p * cfg.l
@@ -111,8 +111,8 @@ def test_cuda_forward_matches_the_float64_formula(two_d: bool, bayes: bool, mode
     err_u = (u.double() - u_ref).abs()
     assert bool((err_u <= tol_u).all()), f"worst |u - u_ref| {float(err_u.max()):.3e}"
     assert stats.shape == (u.numel(), 4) and stats.dtype == torch.float64  # the placeholder the schema promises
-    if _native.available():  # the fused CPU kernel computes the same formula: within both bounds of each other
-        y_c, u_c, _ = _native._run_forward(x, w, b, lam, cfg)
+    if rnorm.available():  # the fused CPU kernel computes the same formula: within both bounds of each other
+        y_c, u_c, _ = rnorm._run_forward(x, w, b, lam, cfg)
         assert bool(((y.double() - y_c.double()).abs() <= 2 * tol_y).all())
         assert bool(((u.double() - u_c.double()).abs() <= 2 * tol_u).all())
 
@@ -120,17 +120,17 @@ def test_cuda_forward_matches_the_float64_formula(two_d: bool, bayes: bool, mode
 @pytest.mark.parametrize(("two_d", "bayes", "mode"), CASES)
 def test_cuda_backward_is_the_vjp_of_the_float64_formula(two_d: bool, bayes: bool, mode: int) -> None:
     x, w, b, lam, cfg = _rnorm_args(two_d, bayes, mode)
-    _, _, stats = _native.cuda_forward(x, w, b, lam, *cfg)
+    _, _, stats = rnorm.cuda_forward(x, w, b, lam, *cfg)
     gen = torch.Generator().manual_seed(5)
     groups = x.numel() // (cfg.p * cfg.l)
     gy, gu = torch.randn(x.shape, generator=gen), torch.randn(groups, generator=gen)
-    gx, g_w, g_b, g_l = _native.cuda_backward(x, w, lam, stats, gy, gu, *cfg, w is not None, w is not None)
+    gx, g_w, g_b, g_l = rnorm.cuda_backward(x, w, lam, stats, gy, gu, *cfg, w is not None, w is not None)
     # The reference: autograd through the formula in float64 at the same float32 values.
     x64 = x.double().requires_grad_()
     lam64 = lam.double().requires_grad_()
     w64 = None if w is None else w.double().requires_grad_()
     b64 = None if b is None else b.double().requires_grad_()
-    y64, u64 = _native.plain(x64, w64, b64, lam64, cfg)
+    y64, u64 = rnorm.plain(x64, w64, b64, lam64, cfg)
     ins = [t for t in (x64, lam64, w64, b64) if t is not None]
     outs, cots = ((y64, u64), (gy.double(), gu.double())) if bayes else ((y64,), (gy.double(),))
     refs = torch.autograd.grad(outs, ins, cots)
@@ -159,12 +159,12 @@ def test_the_registered_cuda_kernels_are_these_functions(two_d: bool, bayes: boo
     """Through the CUDA dispatch key, below autograd as the dispatcher runs a kernel, the answers are the same bits
     as the direct calls: so the backward's torch.func.vjp works where autograd.grad would see no graph."""
     x, w, b, lam, cfg = _rnorm_args(two_d, bayes, mode)
-    direct = _native.cuda_forward(x, w, b, lam, *cfg)
+    direct = rnorm.cuda_forward(x, w, b, lam, *cfg)
     via = _through_cuda_key("rln_verified::rnorm_forward", x, w, b, lam, *cfg)
     assert all(torch.equal(d, v) for d, v in zip(direct, via, strict=True))
     gy, gu = torch.randn_like(x), torch.randn(direct[1].numel())
     args = (x, w, lam, direct[2], gy, gu, *cfg, w is not None, w is not None)
-    d_b = _native.cuda_backward(*args)
+    d_b = rnorm.cuda_backward(*args)
     v_b = _through_cuda_key("rln_verified::rnorm_backward", *args)
     assert all(torch.equal(d, v) for d, v in zip(d_b, v_b, strict=True))
 
@@ -172,29 +172,29 @@ def test_the_registered_cuda_kernels_are_these_functions(two_d: bool, bayes: boo
 def test_cuda_kernels_check_dtype_and_shapes() -> None:
     x, w, b, lam, cfg = _rnorm_args(True, True, 1)
     with pytest.raises(TypeError, match=r"x must be torch\.float32"):
-        _native.cuda_forward(x.double(), w, b, lam, *cfg)
+        rnorm.cuda_forward(x.double(), w, b, lam, *cfg)
     with pytest.raises(ValueError, match="weight has 2 elements"):
-        _native.cuda_forward(x, w[:2], b, lam, *cfg)
+        rnorm.cuda_forward(x, w[:2], b, lam, *cfg)
     with pytest.raises(ValueError, match="bias must have 3"):
-        _native.cuda_forward(x, w, b[:2], lam, *cfg)
+        rnorm.cuda_forward(x, w, b[:2], lam, *cfg)
     with pytest.raises(ValueError, match="lambda must have 1"):
-        _native.cuda_forward(x, w, b, torch.tensor([0.3, 0.4]), *cfg)
+        rnorm.cuda_forward(x, w, b, torch.tensor([0.3, 0.4]), *cfg)
     with pytest.raises(ValueError, match="mode must be 0, 1 or 2"):
-        _native.cuda_forward(x, w, b, lam, *cfg._replace(mode=3))
-    _, _, stats = _native.cuda_forward(x, w, b, lam, *cfg)
+        rnorm.cuda_forward(x, w, b, lam, *cfg._replace(mode=3))
+    _, _, stats = rnorm.cuda_forward(x, w, b, lam, *cfg)
     with pytest.raises(ValueError, match="grad of y"):
-        _native.cuda_backward(x, w, lam, stats, x[:1], None, *cfg, True, True)
+        rnorm.cuda_backward(x, w, lam, stats, x[:1], None, *cfg, True, True)
     with pytest.raises(ValueError, match="stats must be"):
-        _native.cuda_backward(x, w, lam, stats[:1], x, None, *cfg, True, True)
+        rnorm.cuda_backward(x, w, lam, stats[:1], x, None, *cfg, True, True)
     mu = torch.randn(4)
     with pytest.raises(TypeError, match=r"must be torch\.float32"):
-        _native_gauss.relu_moments_cuda(mu.double(), mu.double())
+        gauss.relu_moments_cuda(mu.double(), mu.double())
     with pytest.raises(ValueError, match="shape"):
-        _native_gauss.relu_moments_cuda(mu, mu[:2])
+        gauss.relu_moments_cuda(mu, mu[:2])
     with pytest.raises(ValueError, match="aux must be"):
-        _native_gauss.relu_moments_bwd_cuda(mu, mu, mu, mu.abs(), torch.zeros(3, dtype=torch.float64))
+        gauss.relu_moments_bwd_cuda(mu, mu, mu, mu.abs(), torch.zeros(3, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"must be torch\.float32"):
-        _native_gauss.exp_clamp_cuda(mu.half(), -3.0, 3.0, False)
+        gauss.exp_clamp_cuda(mu.half(), -3.0, 3.0, False)
 
 
 # ---- relu_moments / exp_clamp -----------------------------------------------------------------------------------
@@ -211,10 +211,10 @@ def test_relu_moments_cuda_matches_the_float64_kernel() -> None:
     """The CUDA kernel evaluates RELU-1/RELU-4's eager forms in float64 and rounds once: the float64 eager kernel on
     the same values, rounded to float32, is the same number (no other rounding happens in either)."""
     mu, s = _gauss_inputs()
-    mean, var, aux = _native_gauss.relu_moments_cuda(mu, s)
+    mean, var, aux = gauss.relu_moments_cuda(mu, s)
     m64, v64 = relu_moments(mu.double(), s.double())
     assert torch.equal(mean, m64.float()) and torch.equal(var, v64.float())
-    assert aux.shape == (_native_gauss.NAUX * mu.numel(),) and aux.dtype == torch.float64
+    assert aux.shape == (gauss.NAUX * mu.numel(),) and aux.dtype == torch.float64
     via = _through_cuda_key("rln_verified::relu_moments_f32", mu, s)
     assert all(torch.equal(d, v) for d, v in zip((mean, var, aux), via, strict=True))
 
@@ -227,8 +227,8 @@ def test_relu_moments_bwd_cuda_matches_the_closed_form_float64_backward() -> Non
     mu, s = _gauss_inputs()
     gen = torch.Generator().manual_seed(7)
     gm, gv = torch.randn(mu.shape, generator=gen), torch.randn(mu.shape, generator=gen)
-    _, _, aux = _native_gauss.relu_moments_cuda(mu, s)
-    g_mu, g_s = _native_gauss.relu_moments_bwd_cuda(gm, gv, mu, s, aux)
+    _, _, aux = gauss.relu_moments_cuda(mu, s)
+    g_mu, g_s = gauss.relu_moments_bwd_cuda(gm, gv, mu, s, aux)
     mu64, s64 = mu.double().requires_grad_(), s.double().requires_grad_()
     ref_mu, ref_s = torch.autograd.grad(relu_moments(mu64, s64), (mu64, s64), (gm.double(), gv.double()))
     terms = gm.double().abs() + 2 * gv.double().abs() * (mu.double().abs() + s.double())
@@ -247,7 +247,7 @@ def test_exp_clamp_cuda_matches_float64_exp(square: bool) -> None:
     and rounds once more: 4 u32 (8 u32 + u32 squared) relative."""
     rho = torch.linspace(-30.0, 30.0, 1001)
     lo, hi = -20.0, 5.0
-    out = _native_gauss.exp_clamp_cuda(rho, lo, hi, square)
+    out = gauss.exp_clamp_cuda(rho, lo, hi, square)
     ref = torch.exp(rho.double().clamp(float(torch.tensor(lo)), float(torch.tensor(hi))))
     ref = ref * ref if square else ref
     rel = ((out.double() - ref).abs() / ref)

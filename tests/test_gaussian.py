@@ -371,7 +371,7 @@ def test_crelu_shapes_and_gradients() -> None:
 # ---- RELU-6 and EXP-1: the fused float32 CPU kernel against the eager path ----------------------------------------
 
 _NATIVE_SKIP = pytest.mark.skipif(
-    not __import__("rln_verified._native_gauss", fromlist=["available"]).available(),
+    not __import__("rln_verified._native.gauss", fromlist=["available"]).available(),
     reason="the fused float32 kernel is not built here (no C compiler or RLN_VERIFIED_NATIVE=0)",
 )
 _F32_TINY = float(torch.finfo(torch.float32).tiny)
@@ -409,14 +409,14 @@ def _relu_grid() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _relu_both(mu: torch.Tensor, sigma: torch.Tensor, gm: torch.Tensor, gv: torch.Tensor,
                native: bool) -> list[torch.Tensor]:
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     m_ = mu.clone().requires_grad_(True)
     s_ = sigma.clone().requires_grad_(True)
     if native:
         mean, var = relu_moments(m_, s_)
     else:
-        with _native_gauss.disabled():
+        with gauss.disabled():
             mean, var = relu_moments(m_, s_)
     g_mu, g_s = torch.autograd.grad([mean, var], [m_, s_], [gm, gv])
     return [mean.detach(), var.detach(), g_mu, g_s]
@@ -425,13 +425,13 @@ def _relu_both(mu: torch.Tensor, sigma: torch.Tensor, gm: torch.Tensor, gv: torc
 @_NATIVE_SKIP
 @pytest.mark.claim("RELU-6")
 def test_native_relu_kernel_is_used_for_float32_cpu_only() -> None:
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     x = torch.ones(3)
-    assert _native_gauss.usable(x, x)
-    assert not _native_gauss.usable(x.double(), x.double())
-    with _native_gauss.disabled():
-        assert not _native_gauss.usable(x, x)
+    assert gauss.usable(x, x)
+    assert not gauss.usable(x.double(), x.double())
+    with gauss.disabled():
+        assert not gauss.usable(x, x)
     m, _ = relu_moments(x.requires_grad_(), torch.ones(3))
     assert type(m.grad_fn).__name__ == "_ReluMomentsF32Backward"
     # torch.func keeps the eager kernel (its vmap rule): within RELU-6's 1 ulp of the fused kernel, per element.
@@ -439,7 +439,7 @@ def test_native_relu_kernel_is_used_for_float32_cpu_only() -> None:
     mu, sigma = torch.randn(2, 5, generator=g) * 6, torch.rand(2, 5, generator=g) + 0.1
     vm, vv = torch.vmap(relu_moments)(mu, sigma)
     fm, fv = relu_moments(mu, sigma)
-    with _native_gauss.disabled():
+    with gauss.disabled():
         em, ev = relu_moments(mu, sigma)
     assert vm.shape == (2, 5) and bool((vv >= 0).all())
     for batched, fused, eager in ((vm, fm, em), (vv, fv, ev)):
@@ -508,19 +508,19 @@ def test_native_matches_eager_property(a: float, log_s: float, gm: float, gv: fl
 def test_native_activation_from_the_variance() -> None:
     """RELU-6 (4): from a variance v, the kernel gives relu_moments(m, sqrt(clamp_min(v, tiny))) bit for bit, and
     dL/dv = dL/dsigma / (2 sigma) above tiny, 0 below or at a NaN."""
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     g = torch.Generator().manual_seed(11)
     v = torch.rand(41, generator=g) * 2
     v[:9] = torch.tensor([0.0, -1.0, _F32_TINY / 2, _F32_TINY, _F32_TINY * 2, 1e-30, math.nan, math.inf, 1e30])
     m = torch.randn(41, generator=g)
-    mean, var, aux = _native_gauss.forward_raw(m, torch.sqrt(v), v)
+    mean, var, aux = gauss.forward_raw(m, torch.sqrt(v), v)
     s = torch.sqrt(v.clamp_min(_F32_TINY))
     em, ev = relu_moments(m, s)
     assert torch.equal(mean.nan_to_num(-7.0), em.nan_to_num(-7.0)) and torch.equal(var.nan_to_num(-7.0),
                                                                                    ev.nan_to_num(-7.0))
     gm, gv = torch.randn(41, generator=g), torch.randn(41, generator=g)
-    g_m, g_v = _native_gauss.backward_raw(gm, gv, m, torch.sqrt(v), v, aux)
+    g_m, g_v = gauss.backward_raw(gm, gv, m, torch.sqrt(v), v, aux)
     s_ = s.clone().requires_grad_(True)
     m_ = m.clone().requires_grad_(True)
     rm, rv = relu_moments(m_, s_)
@@ -552,13 +552,13 @@ def test_std_exp_check() -> None:
 
 def test_fused_checks_skip_without_the_kernel() -> None:
     """Where the fused kernel is off, RELU-6, EXP-1 and N11 report skipped with the reason, never holding."""
-    from rln_verified import _native, _native_gauss
+    from rln_verified._native import gauss, rnorm
     from rln_verified.verify._core import get_check, run_check
     from rln_verified.verify._profiles import profile_settings
     from rln_verified.verify._report import verdict
 
     cfg = profile_settings("dev")
-    with _native_gauss.disabled(), _native.disabled():
+    with gauss.disabled(), rnorm.disabled():
         for key in ("RELU-6/relu_moments", "EXP-1/BayesianLinear.std", "N11/RLayerNorm2d"):
             r = run_check(get_check(key), "cpu", torch.float32, settings_=cfg, seed_=1)
             assert verdict(r) == "skipped" and r.examples_tried == 0, (key, r.skip_reason)
@@ -570,13 +570,13 @@ def test_fused_checks_skip_without_the_kernel() -> None:
 def test_std_exp_within_one_ulp() -> None:
     """EXP-1 on every 257th float32 of the std's range and at its ends (every one: the EXP-1 check under the thorough
     profile, ``make verify-thorough``)."""
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     lo32, hi32 = _std_log_range()
-    worst, where = _native_gauss.exp_max_ulp(lo32, hi32, 257)
+    worst, where = gauss.exp_max_ulp(lo32, hi32, 257)
     assert worst <= 0.99, f"{worst} ulp at x = {where!r}"
     for x in (lo32, hi32, 0.0, -0.0, math.log(0.01), -5.8573437):
-        w1, _ = _native_gauss.exp_max_ulp(float(torch.tensor(x, dtype=torch.float32)),
+        w1, _ = gauss.exp_max_ulp(float(torch.tensor(x, dtype=torch.float32)),
                                           float(torch.tensor(x, dtype=torch.float32)), 1)
         assert w1 <= 0.99, x
 
@@ -593,21 +593,21 @@ def _std_log_range() -> tuple[float, float]:
 def test_std_exp_clamp_and_saturation() -> None:
     """The kernel's exp(clamp(rho)) clamps as torch.clamp does (bounds rounded to float32), exp(0) = 1 exactly,
     NaN stays NaN, and the saturation flag is raised exactly when some element is clamped or NaN."""
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     lo, hi = _std_log_range()
     rho = torch.tensor([-1e30, lo, 0.0, math.log(0.01), hi, 1e30, -30.0, 12.0], dtype=torch.float32)
-    out, sat, _ = _native_gauss.exp_clamp(rho, lo, hi, False)
+    out, sat, _ = gauss.exp_clamp(rho, lo, hi, False)
     assert sat
     assert float(out[2]) == 1.0
     clamped = rho.clamp(lo, hi)
     assert torch.equal(out[[0, 6]], out[[1, 1]]) and torch.equal(out[[5, 7]], out[[4, 4]])
     assert bool((torch.isfinite(out) & (out > 0)).all())
     assert float(_ulps_apart(out, torch.exp(clamped.double()).float()).max()) <= 1.0
-    inside, sat_in, w2 = _native_gauss.exp_clamp(rho[1:5].contiguous(), lo, hi, True, rho[1:5].contiguous())
+    inside, sat_in, w2 = gauss.exp_clamp(rho[1:5].contiguous(), lo, hi, True, rho[1:5].contiguous())
     assert not sat_in and w2 is not None and torch.equal(w2, rho[1:5] * rho[1:5])
     assert torch.equal(inside, out[1:5] * out[1:5])  # squared in float32, as torch.square
-    nan_out, sat_nan, _ = _native_gauss.exp_clamp(torch.tensor([0.0, math.nan]), lo, hi, False)
+    nan_out, sat_nan, _ = gauss.exp_clamp(torch.tensor([0.0, math.nan]), lo, hi, False)
     assert sat_nan and bool(torch.isnan(nan_out[1])) and float(nan_out[0]) == 1.0
 
 
@@ -961,12 +961,12 @@ def test_every_path_on_the_device(device: str, dtype: torch.dtype) -> None:
 def test_relu_float32_without_the_kernel_is_float64_rounded_once() -> None:
     """Where the fused kernel is off, float32 runs the eager kernel: computed in float64 and cast back (the
     docstring), so values and gradients are bit for bit the float64 results on the same inputs, rounded to float32."""
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     mu, sigma = _relu_grid()
     g = torch.Generator().manual_seed(59)
     gm, gv = torch.randn(mu.shape, generator=g), torch.randn(mu.shape, generator=g)
-    with _native_gauss.disabled():
+    with gauss.disabled():
         got = _relu_both(mu, sigma, gm, gv, True)
     want = _relu_both(mu.double(), sigma.double(), gm.double(), gv.double(), True)
     for name, a, b in zip(("mean", "var", "dmu", "dsigma"), got, want):

@@ -1,4 +1,4 @@
-"""The fused float32 CPU kernel (rln_verified/_native.py) against the float64 formula: theorem N11.
+"""The fused float32 CPU kernel (rln_verified/_native/rnorm.py) against the float64 formula: theorem N11.
 
 The bounds below are N11's (proofs/norm.md): the kernel rounds once to float32 at the end, so its error is
 ``(u32 + 2^-40)|ref|`` plus a float64-sized term ``2^-46 (n + 8)^k (1 + A/sigma) S``.
@@ -15,8 +15,8 @@ from hypothesis import example, given, target
 from hypothesis import strategies as st
 
 import rln_verified as rv
-from rln_verified import _native, _native_build
-from rln_verified._rnorm import bayesian_r_layer_norm, bayesian_r_layer_norm2d, r_layer_norm, r_layer_norm2d
+from rln_verified._native import rnorm, toolchain
+from rln_verified._norm import bayesian_r_layer_norm, bayesian_r_layer_norm2d, r_layer_norm, r_layer_norm2d
 from rln_verified.verify import assert_check
 
 U32 = 2.0**-24 + 2.0**-40
@@ -26,26 +26,26 @@ TINY = 2.0**-150  # rounding into float32's subnormal range is off by up to half
 # test's question, which is never skipped for its absence. Under RLN_VERIFIED_REQUIRE_NATIVE=1 (make test, where a
 # compiler exists) a kernel that fails to build raises already here, at collection.
 needs_kernel = pytest.mark.skipif(
-    not _native.available(), reason=f"the fused kernel is not in use here: {_native.reason()}"
+    not rnorm.available(), reason=f"the fused kernel is not in use here: {rnorm.reason()}"
 )
 
 
 def test_kernel_is_in_use_where_a_compiler_exists() -> None:
     # CI machines have a C compiler; the fused kernel must then be the one the float32 layers run.
-    if _native_build.off_by_request() and not _native_build.required():
+    if toolchain.off_by_request() and not toolchain.required():
         pytest.skip("RLN_VERIFIED_NATIVE=0: the kernel is off by request")
     try:
-        _native_build.compiler()
+        toolchain.compiler()
     except RuntimeError:
-        if not _native_build.required():
+        if not toolchain.required():
             pytest.skip("no C compiler here")
-    assert _native.available(), _native.reason()
+    assert rnorm.available(), rnorm.reason()
     x = torch.randn(2, 3, 4, 5)
     lam = torch.tensor(0.5)
-    assert _native.usable(x, None, None, lam, 0, 4, 5)
-    with _native.disabled():
-        assert not _native.usable(x, None, None, lam, 0, 4, 5)
-    assert not _native.usable(x.double(), None, None, lam, 0, 4, 5)
+    assert rnorm.usable(x, None, None, lam, 0, 4, 5)
+    with rnorm.disabled():
+        assert not rnorm.usable(x, None, None, lam, 0, 4, 5)
+    assert not rnorm.usable(x.double(), None, None, lam, 0, 4, 5)
 
 
 def _run(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, lam: torch.Tensor, alpha: float,

@@ -1,4 +1,4 @@
-"""Building the C kernels (rln_verified/_native_build.py): a failure is loud where the kernels are required, the
+"""Building the C kernels (rln_verified/_native/toolchain.py): a failure is loud where the kernels are required, the
 sanitizer build is what runs under ``make sanitize``, and concurrent builders share one complete library.
 
 None of these tests is skipped because a kernel is unavailable: that is what several of them check.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rln_verified import _native, _native_build, _native_gauss
-from rln_verified._native_build import (
+from rln_verified._native import gauss, rnorm, toolchain
+from rln_verified._native.toolchain import (
     FLAGS,
     NATIVE_ENV,
     REQUIRE_ENV,
@@ -27,14 +27,14 @@ from rln_verified._native_build import (
     compile_flags,
 )
 
-KERNELS = {"rnorm.c": _native._KERNEL, "gauss.c": _native_gauss._KERNEL}
+KERNELS = {"rnorm.c": rnorm.KERNEL, "gauss.c": gauss.KERNEL}
 ROOT = Path(__file__).resolve().parents[1]
-SANITIZE_RUN = _native_build.sanitized()  # read before any test clears the switches
+SANITIZE_RUN = toolchain.sanitized()  # read before any test clears the switches
 
 
 def _has_compiler() -> bool:
     try:
-        _native_build.compiler()
+        toolchain.compiler()
     except RuntimeError:
         return False
     return True
@@ -68,14 +68,14 @@ def _broken_copy(name: str, where: Path) -> Kernel:
 @pytest.mark.parametrize("value, on", [("", False), ("0", False), ("1", True), (" 1 ", True)])
 def test_switch_reads_zero_and_one(clean_env: pytest.MonkeyPatch, value: str, on: bool) -> None:
     clean_env.setenv(REQUIRE_ENV, value)
-    assert _native_build.switch(REQUIRE_ENV) is on
+    assert toolchain.switch(REQUIRE_ENV) is on
 
 
 @pytest.mark.parametrize("value", ["yes", "true", "2", "on"])
 def test_switch_refuses_other_values(clean_env: pytest.MonkeyPatch, value: str) -> None:
     clean_env.setenv(SANITIZE_ENV, value)
     with pytest.raises(ValueError, match=f"{SANITIZE_ENV}='{value}'.*1.*0"):
-        _native_build.sanitized()
+        toolchain.sanitized()
 
 
 # ---- a build failure: an error where required, a stated fallback elsewhere ------------------------------------------
@@ -124,12 +124,12 @@ def test_off_by_request_is_an_error_when_required(clean_env: pytest.MonkeyPatch)
     clean_env.setenv(NATIVE_ENV, "0")
     quiet = Kernel("rnorm.c", real.abi_symbol, real.abi, real.setup)
     assert quiet.library() is None and quiet.reason() == f"disabled by {NATIVE_ENV}=0"
-    assert _native_build.settings_problem() is None
+    assert toolchain.settings_problem() is None
     clean_env.setenv(REQUIRE_ENV, "1")
     loud = Kernel("rnorm.c", real.abi_symbol, real.abi, real.setup)
     with pytest.raises(NativeBuildError, match=f"{REQUIRE_ENV}=1.*{NATIVE_ENV}=0"):
         loud.library()
-    problem = _native_build.settings_problem()
+    problem = toolchain.settings_problem()
     assert problem is not None and REQUIRE_ENV in problem and NATIVE_ENV in problem
 
 
@@ -154,9 +154,9 @@ def test_test_session_refuses_required_but_off(clean_env: pytest.MonkeyPatch, tm
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_both_kernels_in_use_where_a_compiler_exists(name: str) -> None:
     kernel = KERNELS[name]
-    if _native_build.off_by_request() and not _native_build.required():
+    if toolchain.off_by_request() and not toolchain.required():
         pytest.skip(f"{NATIVE_ENV}=0: the kernels are off by request")
-    if not _has_compiler() and not _native_build.required():
+    if not _has_compiler() and not toolchain.required():
         pytest.skip("no C compiler here")
     # With a compiler (or under RLN_VERIFIED_REQUIRE_NATIVE=1), a kernel that did not build fails here.
     assert kernel.available(), kernel.reason()
@@ -168,7 +168,7 @@ def test_both_kernels_in_use_where_a_compiler_exists(name: str) -> None:
 
 def _asan_runtime() -> str | None:
     try:
-        cc = _native_build.compiler()
+        cc = toolchain.compiler()
         path = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     except (RuntimeError, OSError):
         return None
@@ -218,7 +218,7 @@ def test_sanitized_build_is_separate_and_needs_the_runtime(clean_env: pytest.Mon
     clean_env.setenv(SANITIZE_ENV, "1")
     asan = build(src)
     assert normal != asan and "-asan-" in asan.name and asan.parent == normal.parent
-    if _native_build.asan_runtime_loaded():
+    if toolchain.asan_runtime_loaded():
         return  # the sanitizer run itself: the refusal below cannot be seen from here
     real = KERNELS["rnorm.c"]
     kernel = Kernel("rnorm.c", real.abi_symbol, real.abi, real.setup)
@@ -231,7 +231,7 @@ class TestSanitizerRun:
     """Run by ``make sanitize``: proof that the mode is on and that a memory error in the kernels would be caught."""
 
     def test_kernels_are_the_sanitized_build(self) -> None:
-        assert _native_build.asan_runtime_loaded()
+        assert toolchain.asan_runtime_loaded()
         for kernel in KERNELS.values():
             assert kernel.available(), kernel.reason()
             assert kernel.path is not None and "-asan-" in kernel.path.name
@@ -289,8 +289,8 @@ def test_concurrent_builds_share_one_complete_library(clean_env: pytest.MonkeyPa
 @not_in_sanitize_run
 def test_concurrent_processes_build_the_kernel(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The same with separate processes building the real kernel into an empty cache, as xdist workers do."""
-    code = ("import sys; from rln_verified import _native_gauss as g; lib = g.library(); "
-            "assert lib is not None, g.reason(); print(g._KERNEL.path)")
+    code = ("import sys; from rln_verified._native import gauss as g; lib = g.library(); "
+            "assert lib is not None, g.reason(); print(g.KERNEL.path)")
     env = {**os.environ, "RLN_VERIFIED_CACHE": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]

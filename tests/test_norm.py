@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import rln_verified as rv
-from rln_verified import _native
 from rln_verified import functional as Fn
+from rln_verified._native import rnorm
 from rln_verified.verify import assert_check
 from rln_verified.verify._core import ALL_DTYPES, CheckResult
 from rln_verified.verify.norm import (
@@ -88,7 +88,7 @@ def test_bayesian_claims(claim: str, layer: str, dtype: torch.dtype, device: str
     assert_check(claim, layer, device, dtype)
 
 
-# float32 on CPU runs the fused kernel (rln_verified/_native.py); the cases above check it. The eager float32
+# float32 on CPU runs the fused kernel (rln_verified/_native/rnorm.py); the cases above check it. The eager float32
 # kernel still serves CUDA, torch.func and torch.compile, so every claim is checked on it too.
 _EAGER_CASES = [(c, lay) for c in ("N0", "N1", "N2", "N3", "N4", "N5", "N6", "N7", "N8", "N9", "N10")
                 for lay in LAYERS if c not in ("N6", "N7") or lay in BAYES]
@@ -98,7 +98,7 @@ _EAGER_CASES = [(c, lay) for c in ("N0", "N1", "N2", "N3", "N4", "N5", "N6", "N7
 @pytest.mark.parametrize(("claim", "layer"), _EAGER_CASES)
 def test_claims_on_eager_float32_kernel(claim: str, layer: str, device: str,
                                         record_property: Callable[[str, object], None]) -> None:
-    with _native.disabled():
+    with rnorm.disabled():
         _report(_run(claim, layer, device, torch.float32), record_property, ", eager kernel")
 
 

@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rln_verified import _native
-from rln_verified._layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
-from rln_verified._norm_formula import group_scale, group_scale_no_frexp, plain_planes
-from rln_verified._rnorm import (
+from rln_verified._native import rnorm
+from rln_verified._norm import (
     bayesian_r_layer_norm,
     bayesian_r_layer_norm2d,
     noise_ratio,
     r_layer_norm,
     r_layer_norm2d,
 )
+from rln_verified._norm_formula import group_scale, group_scale_no_frexp, plain_planes
+from rln_verified._norm_layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified._special import psi
 from rln_verified.bench import saved_bytes
 from rln_verified.verify.norm import lambda_range, reference_planes
@@ -533,7 +533,7 @@ def test_functional_dtype_contract(name: str, shape: tuple[int, ...], ns: tuple[
         tol = 8 * torch.finfo(torch.float32).eps * max(1.0, float(r64.abs().max()))
         torch.testing.assert_close(got.double(), r64, rtol=0, atol=tol)
     # float32 on the CPU takes the fused kernel (rnorm_planes' contract), not the eager autograd node.
-    if _native._kernel_ready():
+    if rnorm._kernel_ready():
         for out in (same, _functional(name, x32, ns, **kw)):
             nodes = _graph_nodes(out[0] if bayes else out)
             assert "_NativeFnBackward" in nodes and "_RNormFnBackward" not in nodes, nodes
@@ -902,10 +902,10 @@ def test_eager_float32_u_is_float32(cls: type[nn.Module]) -> None:
     a float32 ulp of u <= 1, 2^-23; 2^-20 leaves room."""
     m = _make(cls)
     x = _input(cls)
-    with _native.disabled():
+    with rnorm.disabled():
         y, u = m(x, return_uncertainty=True)
     assert y.dtype == torch.float32 and u.dtype == torch.float32
-    if _native.available():
+    if rnorm.available():
         _, u_fused = m(x, return_uncertainty=True)
         assert float((u - u_fused).abs().max()) <= 2.0**-20
 
@@ -928,7 +928,7 @@ def test_tiny_groups_with_a_tiny_eps_on_every_float32_path(cls: type[nn.Module],
     ref = ref.reshape(x.shape)
     tol = n2_tolerance(x.double().reshape(6, 36), ref.reshape(6, 36), 36, alpha, torch.float32, eps).reshape(x.shape)
     with torch.no_grad():
-        with _native.disabled():
+        with rnorm.disabled():
             y_eager = m(x)
         y_fused = m(x)
     for y in (y_eager, y_fused):

@@ -1,6 +1,6 @@
-"""The R-LayerNorm kernel as torch operators (rln_verified::rnorm_forward / rnorm_backward, rln_verified/_native.py):
-opcheck, the checked C boundary, the fused kernel staying in use under torch.compile, second derivatives, and the
-lambda_raw checkpoint hook."""
+"""The R-LayerNorm kernel as torch operators (rln_verified::rnorm_forward / rnorm_backward,
+rln_verified/_native/rnorm.py): opcheck, the checked C boundary, the fused kernel staying in use under torch.compile,
+second derivatives, and the lambda_raw checkpoint hook."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 import rln_verified as rv
-from rln_verified import _native
-from rln_verified._native import PlaneConfig
+from rln_verified._native import rnorm
+from rln_verified._native.rnorm import PlaneConfig
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"fused kernel not in use: {_native.reason()}")
+pytestmark = pytest.mark.skipif(not rnorm.available(), reason=f"fused kernel not in use: {rnorm.reason()}")
 
 U32 = 2.0**-24  # float32 unit roundoff
 
@@ -75,7 +75,7 @@ def test_operator_and_eager_node_agree_bit_for_bit() -> None:
     cfg = PlaneConfig(*rest)
     xs = [x.clone().requires_grad_() for _ in range(2)]
     y_op, u_op, _ = torch.ops.rln_verified.rnorm_forward(xs[0], w, b, lam, *cfg)
-    y_eg, u_eg = _native._NativeFn.apply(xs[1], w, b, lam, cfg)
+    y_eg, u_eg = rnorm._NativeFn.apply(xs[1], w, b, lam, cfg)
     assert torch.equal(y_op, y_eg) and torch.equal(u_op, u_eg)
     gy = torch.randn_like(x)
     (y_op * gy).sum().backward()
@@ -102,20 +102,20 @@ def test_the_c_boundary_rejects_what_it_does_not_expect(change: Callable[[list[A
     for i, v in change(args).items():
         args[i] = v
     with pytest.raises(err, match=match):
-        _native._run_forward(args[0], args[1], args[2], args[3], PlaneConfig(*args[4:]))
+        rnorm._run_forward(args[0], args[1], args[2], args[3], PlaneConfig(*args[4:]))
 
 
 def test_the_c_boundary_checks_the_backward_buffers() -> None:
     x, w, b, lam, *rest = _op_args(True, True)
     cfg = PlaneConfig(*rest)
-    _, _, stats = _native._run_forward(x, w, b, lam, cfg)
+    _, _, stats = rnorm._run_forward(x, w, b, lam, cfg)
     gy = torch.randn_like(x)
     with pytest.raises(TypeError, match=r"stats must be torch\.float64"):
-        _native._run_backward(x, w, lam, stats.float(), gy, None, cfg, True, True)
+        rnorm._run_backward(x, w, lam, stats.float(), gy, None, cfg, True, True)
     with pytest.raises(ValueError, match="grad of y must have"):
-        _native._run_backward(x, w, lam, stats, gy[:1].contiguous(), None, cfg, True, True)
+        rnorm._run_backward(x, w, lam, stats, gy[:1].contiguous(), None, cfg, True, True)
     with pytest.raises(ValueError, match="grad of u must have 6"):
-        _native._run_backward(x, w, lam, stats, gy, torch.randn(5), cfg, True, True)
+        rnorm._run_backward(x, w, lam, stats, gy, torch.randn(5), cfg, True, True)
 
 
 @pytest.mark.parametrize(("cls", "arg", "shape"), LAYERS, ids=IDS)
@@ -124,7 +124,7 @@ def test_the_fused_kernel_stays_in_use_under_compile(cls: type[nn.Module], arg: 
     torch._dynamo.reset()
     m = _make(cls, arg)
     calls = {"fwd": 0, "bwd": 0}
-    run_f, run_b = _native._run_forward, _native._run_backward
+    run_f, run_b = rnorm._run_forward, rnorm._run_backward
 
     def count_f(*a: Any) -> Any:
         calls["fwd"] += 1
@@ -134,8 +134,8 @@ def test_the_fused_kernel_stays_in_use_under_compile(cls: type[nn.Module], arg: 
         calls["bwd"] += 1
         return run_b(*a)
 
-    monkeypatch.setattr(_native, "_run_forward", count_f)
-    monkeypatch.setattr(_native, "_run_backward", count_b)
+    monkeypatch.setattr(rnorm, "_run_forward", count_f)
+    monkeypatch.setattr(rnorm, "_run_backward", count_b)
     x = torch.randn(shape, requires_grad=True)
     step = torch.compile(lambda t: (m(t) ** 2).sum(), fullgraph=True)
     step(x).backward()

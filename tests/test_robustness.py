@@ -1,6 +1,6 @@
 """The robustness study: seed fidelity of its models and corruptions, and its quick mode end to end.
 
-- The seed's formulas (``rln_verified.reference``) and our layers agree where they should: at ``lambda =
+- The seed's formulas (``rln_verified.seed``) and our layers agree where they should: at ``lambda =
   lambda_min`` both R-LayerNorms compute the same function, and our Bayesian layer at ``alpha = 0`` differs from
   the seed's Bayesian form only by the seed's ``exp(psi(lambda r))`` factor, which vanishes as ``lambda -> 0``.
 - Each corruption raises a measured noise level strictly with severity.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm2d
 from rln_verified.functional import psi
-from rln_verified.reference import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
+from rln_verified.seed import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
 
 # The study lives in the repository's benchmarks/ (not an installed package): import it from the checkout also when
 # pytest is started as a script, which does not put the working directory on sys.path.

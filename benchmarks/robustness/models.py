@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rln_verified import BayesianMLP, BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
-from rln_verified.reference import SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
+from rln_verified.seed import SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
 
 # Image norms: name -> factory(C). "groupnorm1" is LayerNorm for conv maps (one group over (C, H, W));
 # "groupnormC" normalizes each channel over (H, W), the grouping of the seed's layers and of ours.

@@ -433,7 +433,7 @@ strictly with severity.
 **Models.** Digits: the seed's EfficientCNN, three blocks `Conv2d 3x3 -> norm -> Tanh -> MaxPool2d(2)` with
 16/32/64 channels and a linear head, with no norm, `BatchNorm2d`, `GroupNorm(1, C)` (textbook LayerNorm of a
 conv map), `GroupNorm(C, C)` (per channel: the grouping the seed's layers and ours use), `RLayerNorm2d`,
-`BayesianRLayerNorm2d`, and the seed's own forms from `rln_verified.reference` (`SeedRLayerNorm2d`,
+`BayesianRLayerNorm2d`, and the seed's own forms from `rln_verified.seed` (`SeedRLayerNorm2d`,
 `SeedBayesianRLayerNorm2d`). MNIST-1D: a 1-D CNN, three `Conv1d(k=5, 32 channels; strides 1, 2, 2) -> norm over
 (C, L) -> ReLU` blocks and a linear head, with `LayerNorm`, `RLayerNorm`, `BayesianRLayerNorm`. Every norm layer
 has its default arguments.

@@ -44,7 +44,7 @@ from benchmarks.robustness import data as D
 from benchmarks.robustness.models import MLP_KINDS, NORMS_1D, NORMS_2D, CNN1d, EfficientCNN, make_mlp
 from benchmarks.robustness.stats import auroc, ece, spearman
 from rln_verified import BayesianMLP, BayesianRLayerNorm, BayesianRLayerNorm2d
-from rln_verified.reference import SeedBayesianRLayerNorm2d
+from rln_verified.seed import SeedBayesianRLayerNorm2d
 
 PROTOCOL_A_SEVERITY = 3
 Array = NDArray[np.float64]

@@ -112,7 +112,7 @@ def _known_facts(module: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
     """What the checks may assume about a layer we know: its formula, whether it centres, its gradient
     constant K (N3). An unknown layer gets nothing, and the claims that need a fact are skipped."""
     from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
-    from rln_verified.reference import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
+    from rln_verified.seed import SeedBayesianRLayerNorm, SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
     from rln_verified.verify.norm import rln_info
 
     rms = getattr(nn, "RMSNorm", None)

@@ -617,14 +617,14 @@ _TINY32 = float(torch.finfo(torch.float32).tiny)
 
 
 def fused_kernel_ready(claim: str, device: torch.device) -> None:
-    """Raise :class:`NotApplicable` unless the fused float32 CPU kernel of ``_native_gauss`` serves ``device``."""
-    from rln_verified import _native_gauss
+    """Raise :class:`NotApplicable` unless the fused float32 CPU kernel of ``_native/gauss.py`` serves ``device``."""
+    from rln_verified._native import gauss
 
     if device.type != "cpu":
         raise NotApplicable(f"{claim} is the fused CPU kernel's claim; float32 on {device.type} runs the operator's "
                             "eager kernel, which RELU-2..5 and C6 cover")
-    if not _native_gauss.available():
-        why = "switched off (disabled())" if _native_gauss.library() is not None else _native_gauss.reason()
+    if not gauss.available():
+        why = "switched off (disabled())" if gauss.library() is not None else gauss.reason()
         raise NotApplicable(f"the fused float32 kernel is not in use here: {why}")
 
 
@@ -675,15 +675,15 @@ def _relu_fused(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     the eager kernel's, and (for |a| <= 1e3, RELU-4's assumption) within RELU-4's float32 bound at a (moments) and
     RELU-5's (420 + 7 a^2) u64 + u32 (partials) of the 90-digit references. NaN anywhere is a violation: every input
     drawn is finite with sigma >= 0, where RELU-2 and RELU-5 promise finite values."""
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     fused_kernel_ready("RELU-6", device)
     mu, s = (round_to(float(v), _F32) for v in case)
     probe = torch.tensor([mu, s], dtype=_F32, device=device)
-    if not _native_gauss.usable(probe[:1], probe[1:]):
-        raise NotApplicable(f"the fused float32 kernel does not serve these tensors here: {_native_gauss.reason()}")
+    if not gauss.usable(probe[:1], probe[1:]):
+        raise NotApplicable(f"the fused float32 kernel does not serve these tensors here: {gauss.reason()}")
     fused = _relu_values_and_partials(mu, s, device)
-    with _native_gauss.disabled():
+    with gauss.disabled():
         eager = _relu_values_and_partials(mu, s, device)
     if has_nan(fused, eager):
         return math.inf
@@ -751,12 +751,12 @@ def _f32_order(x: float) -> int:
 
 
 def _exp1_sweep(device: torch.device, dtype: torch.dtype, exhaustive: bool) -> tuple[float, Any, str]:
-    from rln_verified import _native_gauss
+    from rln_verified._native import gauss
 
     fused_kernel_ready("EXP-1", device)
     lo, hi = exp1_range()
     stride = 1 if exhaustive else EXP1_STRIDE
-    worst, where = _native_gauss.exp_max_ulp(lo, hi, stride)
+    worst, where = gauss.exp_max_ulp(lo, hi, stride)
     n = _f32_order(hi) - _f32_order(lo) + 1
     covered = (f"every float32 in [{lo}, {hi}] ({n:,} values)" if stride == 1 else
                f"every {stride}th float32 of [{lo}, {hi}] ({(n - 1) // stride + 2:,} of {n:,} values, both ends; "
@@ -768,8 +768,8 @@ def _exp1(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     """EXP-1 through a float32 layer on the CPU: std() = E(clamp(rho, lo, hi)) within 0.99 ulp of e^clamp (mpmath at
     30 digits), var() = std()**2 bit for bit, and the rho gradients sigma and 2 sigma^2 (bit for bit: the backward
     multiplies by sigma, and by 2, exactly) inside [lo, hi] and 0 outside."""
-    from rln_verified import _native_gauss
     from rln_verified._bayes_linear import BBBLinear
+    from rln_verified._native import gauss
 
     fused_kernel_ready("EXP-1", device)
     vals = [round_to(float(v), _F32) for v in case]
@@ -778,8 +778,8 @@ def _exp1(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     assert rho is not None
     with torch.no_grad():
         rho.copy_(torch.tensor([vals], dtype=_F32))
-    if not _native_gauss.usable(rho):
-        raise NotApplicable(f"the fused float32 kernel does not serve this layer here: {_native_gauss.reason()}")
+    if not gauss.usable(rho):
+        raise NotApplicable(f"the fused float32 kernel does not serve this layer here: {gauss.reason()}")
     ws, _ = layer.std()
     wv, _ = layer.var()
     (g_s,) = torch.autograd.grad(ws.sum(), rho)

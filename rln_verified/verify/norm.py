@@ -549,7 +549,7 @@ def _u_rounding(xg: torch.Tensor, eps_: float, m: int, alpha: float, lam: float,
     (i) the centring error of x_c, <= (log2 M + 3) u_c A per element (N2), times ||grad r|| <= Lambda/(sqrt(M)
     sigma): Lambda (log2 M + 3) u_c A/sigma; (ii) the rounding of its sums, <= (2 log2 M + 8) u_c c_max/|W| (N0),
     and of the division, 2 u_c r <= 2 u_c c_max/|W|. After r, the kernel works in its per-group scalar dtype
-    (``_rnorm.stat_dtype``: float64 for float32 planes): t = lambda r and 2 alpha psi round once each (a relative
+    (``_norm_formula.stat_dtype``: float64 for float32 planes): t = lambda r and 2 alpha psi round once each (a relative
     error d of t moves u by <= 2 alpha t psi'(t) d <= 2 alpha d), psi has relative error eps_psi (PSI-3), which
     moves u by <= eps_psi u (z/(e^z - 1) <= 1), and expm1 adds 2 u_s; u is then cast to the compute dtype and
     to the storage dtype (u_c + u_d)."""
@@ -736,9 +736,9 @@ def u_relative_margin(subject: LayerSubject, mod: nn.Module, x: torch.Tensor, dt
 
 
 def _native_ready() -> bool:
-    from rln_verified import _native
+    from rln_verified._native import rnorm
 
-    return bool(_native.available())
+    return bool(rnorm.available())
 
 
 def _invariance(subject: LayerSubject, kind: str) -> Callable[[Any, torch.device, torch.dtype], float]:
@@ -1032,13 +1032,13 @@ _N11_LAMBDA = (1e-3, 1.0)  # the layers' default [lambda_min, lambda_max]
 
 def n11_ready(device: torch.device) -> None:
     """Raise :class:`NotApplicable` unless the fused float32 CPU kernel of ``_native`` serves ``device``."""
-    from rln_verified import _native
+    from rln_verified._native import rnorm
 
     if device.type != "cpu":
         raise NotApplicable(f"N11 is the fused CPU kernel's claim; float32 on {device.type} runs the operator's "
                             "plain formula, which N0-N10 cover")
-    if not _native.available():
-        why = "switched off (disabled())" if _native.library() is not None else _native.reason()
+    if not rnorm.available():
+        why = "switched off (disabled())" if rnorm.library() is not None else rnorm.reason()
         raise NotApplicable(f"the fused kernel is not in use here: {why}")
 
 
@@ -1131,7 +1131,7 @@ def _n11(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], fl
 
     def run(case: Any, device: torch.device, dtype: torch.dtype) -> float:
         """Largest ratio |kernel - float64 formula| / N11's bound over y, u and every gradient (NaN: inf)."""
-        from rln_verified import _native
+        from rln_verified._native import rnorm
 
         n11_ready(device)
         shape = tuple(case["shape"])
@@ -1148,8 +1148,8 @@ def _n11(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], fl
         mode = 0 if case["affine"] == "none" else (1 if two_d else 2)
         p_, l_ = shape[-2], shape[-1]
         w_, b_ = (params["weight"] if mode else None), (params["bias"] if case["affine"] == "both" else None)
-        if not _native.usable(x32, w_, b_, params["lambda_raw"], mode, p_, l_):
-            raise NotApplicable(f"the fused kernel does not serve these tensors here: {_native.reason()}")
+        if not rnorm.usable(x32, w_, b_, params["lambda_raw"], mode, p_, l_):
+            raise NotApplicable(f"the fused kernel does not serve these tensors here: {rnorm.reason()}")
         got = _n11_run_layer(cls, case, bayes, two_d, x32, params, gy, gu)
         ref = _n11_run_layer(cls, case, bayes, two_d, x32.double(), params, gy.double(), gu.double())
         if has_nan(got, ref):

@@ -14,7 +14,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests/mutation/patches"
 SP, GA, NF, RN, BL = ("rln_verified/_special.py", "rln_verified/_gaussian.py", "rln_verified/_norm_formula.py",
-                      "rln_verified/_rnorm.py", "rln_verified/_bayes_linear.py")
+                      "rln_verified/_norm.py", "rln_verified/_bayes_linear.py")
 RC, GC = "rln_verified/_native/rnorm.c", "rln_verified/_native/gauss.c"
 
 S = []  # (id, module, listed survivor's claim or "", file, old, new, description)
@@ -90,7 +90,7 @@ m("ga-kl-half", "gaussian", GA, "    kl = 0.5 * (d * d + g)\n", "    kl = 0.5 * 
 m("ga-tail-var-r1", "gaussian", GA, "    var_t = _ldexp(sigma * (core * (2.0 * r2 - h1)), -n1) * _ldexp(sigma, n1 - nexp)",
   "    var_t = _ldexp(sigma * (core * (2.0 * r1 - h1)), -n1) * _ldexp(sigma, n1 - nexp)", "tail variance with r1 for r2")
 
-# ---- _norm_formula.py / _rnorm.py -------------------------------------------------------------------------
+# ---- _norm_formula.py / _norm.py -------------------------------------------------------------------------
 m("nf-reuse-weights-3", "norm", NF, "        return [2 / 3, 5 / 3, 2 / 3]", "        return [2 / 3, 4 / 3, 2 / 3]",
   "reuse weights of a 3-long axis wrong in the middle")
 m("nf-box-reflect-end", "norm", NF, "    t.narrow(dim, n - 1, 1).add_(x.narrow(dim, n - 2, 1))\n    return t\n\n\ndef _box_sum_adjoint_1d",

@@ -8,7 +8,7 @@ contiguous; the expected number of elements), and raises TypeError/ValueError ot
 ``rln_verified::exp_clamp_f32``) with fake kernels and autograd, which the callers use while something records
 the call (``_dispatch.recording()``) or on meta tensors.
 
-Built and loaded like the R-LayerNorm kernel (``_native_build.py``). When no compiler is
+Built and loaded like the R-LayerNorm kernel (``_native/toolchain.py``). When no compiler is
 found, the build fails, or ``RLN_VERIFIED_NATIVE=0`` is set, :func:`available` is False:
 :func:`rln_verified.functional.relu_moments` then uses its eager float64 kernel, which evaluates the same forms, and
 the layers' std uses ``torch.exp``. :func:`disabled` routes calls to those eager paths inside a block.
@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from rln_verified._dispatch import recompute_vjp
-from rln_verified._native_build import Kernel, plain_f32
-from rln_verified._native_build import ptr as _p
+from rln_verified._gaussian_formula import relu_moments_f64
+from rln_verified._native.toolchain import Kernel, plain_f32
+from rln_verified._native.toolchain import ptr as _p
 
 #: float64 planes kept per element for the backward: the mean, phi(|a|) and Q(|a|) (gauss.c, fwd_block).
 NAUX = 3
@@ -46,12 +47,12 @@ def _setup(lib: ctypes.CDLL) -> None:
         fn.restype = _int
 
 
-_KERNEL = Kernel("gauss.c", "rln_gauss_abi_version", 4, _setup)
+KERNEL = Kernel("gauss.c", "rln_gauss_abi_version", 4, _setup)
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-library = _KERNEL.library
-available = _KERNEL.available
-disabled = _KERNEL.disabled
-reason = _KERNEL.reason
+library = KERNEL.library
+available = KERNEL.available
+disabled = KERNEL.disabled
+reason = KERNEL.reason
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -244,9 +245,7 @@ def kl_backward_raw(g: torch.Tensor, mq: torch.Tensor, sq: torch.Tensor, mp: tor
 def relu_moments_plain(mu: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The eager forms of RELU-1/RELU-4 in float64 plain torch, cast back to ``mu``'s dtype: the formula that
     :func:`rln_verified._dispatch.recompute_vjp` differentiates and torch.func transforms run."""
-    from rln_verified._gaussian import _relu_moments_f64
-
-    mean, var = _relu_moments_f64(mu.to(torch.float64), s.to(torch.float64))
+    mean, var = relu_moments_f64(mu.to(torch.float64), s.to(torch.float64))
     return mean.to(mu.dtype), var.to(mu.dtype)
 
 

@@ -1,4 +1,4 @@
-"""Building and loading the C kernels under ``_native/`` (shared by ``_native.py`` and ``_native_gauss.py``).
+"""Building and loading the C kernels of this package (shared by ``rnorm.py`` and ``gauss.py``).
 
 Each source is compiled once per machine with the system C compiler into a cache folder (``$RLN_VERIFIED_CACHE``,
 else ``$XDG_CACHE_HOME/rln_verified``, else ``~/.cache/rln_verified``) and loaded with ctypes. The sources need no
@@ -168,16 +168,16 @@ def plain_f32(*tensors: torch.Tensor | None) -> bool:
 
 
 class Kernel:
-    """One C source of ``_native/``: built and loaded on first use, switchable off for a block (:meth:`disabled`).
+    """One C source of this package: built and loaded on first use, switchable off for a block (:meth:`disabled`).
 
     ``abi_symbol`` names a C function returning the ABI version; a cached build that answers another version is
     rejected. ``setup`` declares the ctypes signatures (and may raise ``RuntimeError`` to reject the library).
-    ``src_dir`` (default: ``_native/`` next to this file) lets a test build a modified copy of a source.
+    ``src_dir`` (default: this package's folder) lets a test build a modified copy of a source.
     """
 
     def __init__(self, source: str, abi_symbol: str, abi: int, setup: Callable[[ctypes.CDLL], None], *,
                  src_dir: Path | None = None) -> None:
-        self.src = (src_dir if src_dir is not None else Path(__file__).with_name("_native")) / source
+        self.src = (src_dir if src_dir is not None else Path(__file__).parent) / source
         self.abi_symbol, self.abi, self.setup = abi_symbol, abi, setup
         self.path: Path | None = None  # the loaded shared library
         self.flags: list[str] = []  # the flags it was built with

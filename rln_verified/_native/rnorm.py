@@ -1,9 +1,9 @@
 """The fused float32 CPU kernel of the R-LayerNorm layers (``_native/rnorm.c``), built on first use
-(``_native_build.py``), as a Python autograd node for plain eager calls and as the torch operators
+(``_native/toolchain.py``), as a Python autograd node for plain eager calls and as the torch operators
 ``rln_verified::rnorm_forward`` / ``rln_verified::rnorm_backward`` for everything that records or transforms a call
 (``torch.compile``, ``torch.export``, ``torch.jit.trace``, fake and meta tensors). Both call the same C functions
 with the same arguments (N11). When the kernel is unavailable, or switched off, the layers use the eager kernel in
-``_rnorm.py``, which computes the same formula.
+``_norm.py``, which computes the same formula.
 
 Every argument is checked in Python before a pointer reaches C (:func:`_check_forward`, :func:`_check_backward`).
 A backward asked to build a graph (``create_graph=True``) differentiates the plain formula of
@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from rln_verified._dispatch import fused_eager_ok, recompute_vjp
-from rln_verified._native_build import Kernel
-from rln_verified._native_build import ptr as _p
+from rln_verified._native.toolchain import Kernel
+from rln_verified._native.toolchain import ptr as _p
 from rln_verified._norm_formula import lambda_of, plain_planes
 
 _NSTAT = 4  # per-group float64 values saved for backward (rnorm.c, NSTAT)
@@ -40,11 +40,11 @@ def _setup(lib: ctypes.CDLL) -> None:
         fn.restype = _int
 
 
-_KERNEL = Kernel("rnorm.c", "rln_abi_version", 5, _setup)
-library = _KERNEL.library
-available = _KERNEL.available
-disabled = _KERNEL.disabled
-reason = _KERNEL.reason
+KERNEL = Kernel("rnorm.c", "rln_abi_version", 5, _setup)
+library = KERNEL.library
+available = KERNEL.available
+disabled = KERNEL.disabled
+reason = KERNEL.reason
 
 
 class PlaneConfig(NamedTuple):

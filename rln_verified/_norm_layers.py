@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rln_verified import _native
 from rln_verified._dispatch import autocast_dtype, onnx_exporting, recording, under_func_transform
+from rln_verified._native import rnorm
+from rln_verified._norm import _as_shape, _check_config, _check_input, _Shape, rnorm_planes
 from rln_verified._norm_formula import lambda_of, raw_of
-from rln_verified._rnorm import _as_shape, _check_config, _check_input, _Shape, rnorm_planes
 from rln_verified._validation import compute_dtype
 
 
@@ -92,11 +92,11 @@ class _RNormBase(nn.Module):
         elif under_func_transform(x, self.lambda_raw):
             return None
         mode = 0 if self.weight is None else (1 if two_d else 2)
-        if not _native.usable(x, self.weight, self.bias, self.lambda_raw, mode, p, l_):
+        if not rnorm.usable(x, self.weight, self.bias, self.lambda_raw, mode, p, l_):
             return None
-        cfg = _native.PlaneConfig(self.lambda_min, self.lambda_max, self.eps, self.alpha if self._bayes else 0.0,
+        cfg = rnorm.PlaneConfig(self.lambda_min, self.lambda_max, self.eps, self.alpha if self._bayes else 0.0,
                                   self._bayes, two_d, mode, p, l_)
-        return _native.apply(x, self.weight, self.bias, self.lambda_raw, cfg, u_shape)
+        return rnorm.apply(x, self.weight, self.bias, self.lambda_raw, cfg, u_shape)
 
     def _run(
         self, planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, two_d: bool

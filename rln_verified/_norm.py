@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from rln_verified import _native
 from rln_verified._dispatch import jit_tracing, onnx_exporting, recompute_vjp, recording, under_func_transform
+from rln_verified._native import rnorm
 from rln_verified._norm_formula import (
     add_edge_term,
     box_sum,
@@ -171,9 +171,9 @@ def rnorm_planes(
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
     mode = 0 if weight is None else (1 if tuple(weight.shape[-2:]) == (1, 1) else 2)
     p, l_ = x.shape[-2], x.shape[-1]
-    cfg = _native.PlaneConfig(None, 0.0, eps, alpha, bayes, two_d, mode, p, l_)
-    if _native.usable(x, weight, bias, lam, mode, p, l_):
-        return _native.apply(x, weight, bias, lam, cfg, (*tuple(x.shape[:-2]), 1, 1))
+    cfg = rnorm.PlaneConfig(None, 0.0, eps, alpha, bayes, two_d, mode, p, l_)
+    if rnorm.usable(x, weight, bias, lam, mode, p, l_):
+        return rnorm.apply(x, weight, bias, lam, cfg, (*tuple(x.shape[:-2]), 1, 1))
     if jit_tracing():  # the trace records plain operations, never a Python autograd node
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
     out = _RNormFn.apply(x, weight, bias, lam, eps, alpha, bayes, two_d)  # type: ignore[no-untyped-call]
