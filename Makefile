@@ -150,7 +150,7 @@ robustness-quick: $(STAMP)
 # (default 3600) per module; --recheck continues a stopped run (tests/mutation/README.md).
 # MUTATION_OPTS="--only i17-" runs a subset; MUTMUT_MODULES= (empty) skips mutmut.
 MUTATION_OPTS ?=
-MUTMUT_MODULES ?= special gaussian norm bayes_linear
+MUTMUT_MODULES ?= special gaussian norm bayesian_linear
 MUTMUT_OPTS ?=
 .PHONY: mutation
 mutation: $(STAMP)

@@ -108,7 +108,7 @@ def require(attr: str, *modules: str) -> Any:
 
 
 NORM_MODULES = ("rln_verified",)
-LINEAR_MODULES = ("rln_verified._bayes_linear", "rln_verified")
+LINEAR_MODULES = ("rln_verified._bayesian_linear", "rln_verified._bayesian_mlp", "rln_verified")
 
 
 def record(

@@ -1,15 +1,15 @@
 """rln_verified: robust and Bayesian normalization and Bayesian linear layers with verified numerics."""
 
 from rln_verified import functional
-from rln_verified._bayes_linear import (
+from rln_verified._bayesian_linear import (
     BayesianLinear,
-    BayesianMLP,
     BBBLinear,
     CLTLinear,
     CLTLinearDet,
     CReLU,
     LRLinear,
 )
+from rln_verified._bayesian_mlp import BayesianMLP
 from rln_verified._norm_layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified._tools import forward_with_uncertainty, replace_norm_layers
 from rln_verified.claims import CLAIMS, Claim, get_claim

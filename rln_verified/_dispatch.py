@@ -61,15 +61,23 @@ def recording() -> bool:
     return torch.compiler.is_compiling() or jit_tracing()
 
 
-def fused_eager_ok(*tensors: torch.Tensor | None) -> bool:
-    """The fused eager path may run: nothing records the call, and every tensor given is a plain (not fake, not
-    meta, not wrapped) float32 CPU tensor. ``None`` counts as fine."""
-    if recording():
-        return False
+def is_wrapped(t: torch.Tensor) -> bool:
+    """True for a tensor that a ``torch.func`` transform wraps (its data is not a plain buffer)."""
+    return bool(_wrapped(t))
+
+
+def plain_f32(*tensors: torch.Tensor | None) -> bool:
+    """Every tensor given is a float32 CPU tensor not wrapped by ``torch.func``; ``None`` counts as fine."""
     for t in tensors:  # a loop, not all(...): this runs on every layer call  # noqa: SIM110
         if t is not None and (t.dtype != torch.float32 or not t.is_cpu or _wrapped(t)):
             return False
     return True
+
+
+def fused_eager_ok(*tensors: torch.Tensor | None) -> bool:
+    """The fused eager path may run: nothing records the call, and every tensor given is a plain (not fake, not
+    meta, not wrapped) float32 CPU tensor. ``None`` counts as fine."""
+    return not recording() and plain_f32(*tensors)
 
 
 _AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu", "xla", "mtia", "ipu"})
@@ -118,5 +126,5 @@ def recompute_vjp(
     return tuple(result)
 
 
-__all__ = ["autocast_dtype", "fused_eager_ok", "jit_tracing", "onnx_exporting", "recompute_vjp", "recording",
-           "under_func_transform"]
+__all__ = ["autocast_dtype", "fused_eager_ok", "is_wrapped", "jit_tracing", "onnx_exporting", "plain_f32",
+           "recompute_vjp", "recording", "under_func_transform"]

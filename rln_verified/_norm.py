@@ -13,11 +13,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from rln_verified._dispatch import jit_tracing, onnx_exporting, recompute_vjp, recording, under_func_transform
+from rln_verified._dispatch import (
+    autocast_dtype,
+    jit_tracing,
+    onnx_exporting,
+    recompute_vjp,
+    recording,
+    under_func_transform,
+)
 from rln_verified._native import rnorm
 from rln_verified._norm_formula import (
     add_edge_term,
@@ -25,6 +32,7 @@ from rln_verified._norm_formula import (
     box_sum_adjoint,
     group_stats,
     inflation,
+    lambda_of,
     norm_const,
     plain_planes,
     plane_dot,
@@ -32,9 +40,9 @@ from rln_verified._norm_formula import (
     saturating_cast,
     unscaled_inverse,
 )
-from rln_verified._validation import compute_dtype
+from rln_verified._validation import check_float_tensor, compute_dtype
 
-_Shape = int | Sequence[int] | torch.Size
+Shape = int | Sequence[int] | torch.Size
 
 
 class _RNormFn(torch.autograd.Function):
@@ -180,10 +188,11 @@ def rnorm_planes(
     return out[0], out[1]
 
 
-# ---- configuration and input checks (no tensor data is read: no host sync) ----------------------------
+# ---- configuration (no tensor data is read: no host sync) ----------------------------------------------
 
 
-def _check_config(eps: float, alpha: float, lambda_init: float, lambda_min: float, lambda_max: float) -> None:
+def check_config(eps: float, alpha: float, lambda_init: float, lambda_min: float, lambda_max: float) -> None:
+    """Raise ``ValueError`` naming the first argument out of its domain."""
     for name, v in (
         ("eps", eps),
         ("alpha", alpha),
@@ -207,23 +216,106 @@ def _check_config(eps: float, alpha: float, lambda_init: float, lambda_min: floa
         )
 
 
-def _as_shape(normalized_shape: _Shape) -> tuple[int, ...]:
+def as_shape(normalized_shape: Shape) -> tuple[int, ...]:
     if isinstance(normalized_shape, int):
         return (normalized_shape,)
     return tuple(int(n) for n in normalized_shape)
 
 
-def _check_input(x: object, layer: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{layer}: expected a torch.Tensor input, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{layer}: expected a floating-point input (float64, float32, float16, bfloat16), got {x.dtype}"
-        )
-    return x
+class NormConfig(NamedTuple):
+    """Everything about one R-LayerNorm call but the tensors.
+
+    ``shape``: for the last-dims layout the normalized shape; for the 2d layout ``(C,)`` to require C channels, or
+    ``()`` for any. ``lambda_min`` None: the lambda tensor is lambda itself (the functional forms); else it is the
+    raw parameter of N8, lambda = lambda_min + (lambda_max - lambda_min)(1 + sin raw)/2 (the layers).
+    ``float32_under_autocast``: under autocast, compute from float16/bfloat16 upcast to float32 and return float32,
+    as torch's layer_norm and group_norm do (the layers); otherwise return the input's dtype.
+    """
+
+    eps: float
+    alpha: float
+    bayes: bool
+    two_d: bool
+    shape: tuple[int, ...]
+    lambda_min: float | None = None
+    lambda_max: float = 1.0
+    float32_under_autocast: bool = False
 
 
-# ---- functional forms (the modules call the same kernel) ------------------------------------------
+# ---- the one entry: input checks and the choice of path -------------------------------------------------
+
+
+def _fused(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, lam: torch.Tensor,
+           cfg: NormConfig, p: int, l_: int, u_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The fused float32 kernel on x viewed as (p, l_) planes (N11), or on CUDA the operator with its CUDA kernel
+    (the plain formula), or None where neither applies. It takes lambda as given (raw or not) and the un-reshaped
+    affine, so the graph has one node."""
+    if x.dtype != torch.float32:
+        return None
+    if recording():
+        if onnx_exporting():  # ONNX has no lowering of the operator: the plain formula
+            return None
+    elif under_func_transform(x, weight, bias, lam):
+        return None
+    mode = 0 if weight is None else (1 if cfg.two_d else 2)
+    if not rnorm.usable(x, weight, bias, lam, mode, p, l_):
+        return None
+    pc = rnorm.PlaneConfig(cfg.lambda_min, cfg.lambda_max, cfg.eps, cfg.alpha, cfg.bayes, cfg.two_d, mode, p, l_)
+    return rnorm.apply(x, weight, bias, lam, pc, u_shape)
+
+
+def r_norm(
+    x: object,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    lam: torch.Tensor,
+    cfg: NormConfig,
+    name: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, u)`` of the R-LayerNorm family: every layer's forward and every functional form is one call of this.
+
+    It checks the input (``name`` is the caller named in errors), applies the autocast policy, and picks the path:
+    the fused float32 kernel or its operator (:func:`_fused`), else :func:`rnorm_planes` in the compute dtype
+    (float16 and bfloat16 in float32). ``u`` has the input's shape with the normalized dims kept as 1.
+    """
+    x = check_float_tensor(x, name)
+    if cfg.float32_under_autocast and autocast_dtype(x.device.type) is not None:
+        up = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        with torch.autocast(x.device.type, enabled=False):
+            return r_norm(up, weight, bias, lam, cfg._replace(float32_under_autocast=False), name)
+    if cfg.two_d:
+        if x.ndim != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
+            raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
+        c = x.shape[1]
+        if cfg.shape and c != cfg.shape[0]:
+            raise ValueError(f"{name}: expected {cfg.shape[0]} channels, i.e. shape (N, {cfg.shape[0]}, H, W), "
+                             f"got {tuple(x.shape)}")
+        p, l_ = x.shape[-2], x.shape[-1]
+        u_shape: tuple[int, ...] = (x.shape[0], c, 1, 1)
+        wshape: tuple[int, ...] = (c, 1, 1)
+        planes = x
+    else:
+        ns = cfg.shape
+        k = len(ns)
+        if x.ndim < k or tuple(x.shape[-k:]) != ns or ns[-1] < 2:
+            raise ValueError(f"{name}: expected input of shape (*, {', '.join(map(str, ns))}) with last dim >= 2, "
+                             f"got {tuple(x.shape)}")
+        p, l_ = math.prod(ns[:-1]), ns[-1]
+        u_shape = (*x.shape[: x.ndim - k], *([1] * k))
+        planes, wshape = x.reshape(-1, p, l_), (p, l_)
+    fused = _fused(x, weight, bias, lam, cfg, p, l_, u_shape)
+    if fused is not None:
+        return fused
+    cd = compute_dtype(x.dtype)
+    if cfg.lambda_min is not None:
+        lam = lambda_of(lam, cfg.lambda_min, cfg.lambda_max).reshape(())
+    w = weight.reshape(wshape).to(cd) if weight is not None else None
+    b = bias.reshape(wshape).to(cd) if bias is not None else None
+    y, u = rnorm_planes(planes.to(cd), w, b, lam.to(cd), cfg.eps, cfg.alpha, cfg.bayes, cfg.two_d)
+    return y.reshape(x.shape).to(x.dtype), u.reshape(u_shape).to(x.dtype)
+
+
+# ---- functional forms ---------------------------------------------------------------------------------------
 
 
 def _lambda_tensor(lambda_: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -234,9 +326,9 @@ def _lambda_tensor(lambda_: float | torch.Tensor, like: torch.Tensor) -> torch.T
     return torch.tensor(float(lambda_), dtype=like.dtype, device=like.device)
 
 
-def _functional_last_dims(
+def _functional(
     x: torch.Tensor,
-    normalized_shape: _Shape,
+    normalized_shape: Shape | None,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     lambda_: float | torch.Tensor,
@@ -244,62 +336,30 @@ def _functional_last_dims(
     eps: float,
     bayes: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    ns = _as_shape(normalized_shape)
-    name = "bayesian_r_layer_norm" if bayes else "r_layer_norm"
-    x = _check_input(x, name)
-    _check_config(eps, alpha, 0.5, 0.0, 1.0)
-    k = len(ns)
-    if x.ndim < k or tuple(x.shape[-k:]) != ns or ns[-1] < 2:
-        raise ValueError(
-            f"{name}: expected input of shape (*, {', '.join(map(str, ns))}) with last dim >= 2, got {tuple(x.shape)}"
-        )
-    cd = compute_dtype(x.dtype)
-    rows, last = math.prod(ns[:-1]), ns[-1]
-    w = weight.reshape(rows, last).to(cd) if weight is not None else None
-    b = bias.reshape(rows, last).to(cd) if bias is not None else None
-    lam = _lambda_tensor(lambda_, x).to(cd)
-    y, u = rnorm_planes(x.reshape(-1, rows, last).to(cd), w, b, lam, eps, alpha if bayes else 0.0, bayes, False)
-    return y.reshape(x.shape).to(x.dtype), u.reshape(*x.shape[: x.ndim - k], *([1] * k)).to(x.dtype)
-
-
-def _functional_2d(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    lambda_: float | torch.Tensor,
-    alpha: float,
-    eps: float,
-    bayes: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    name = "bayesian_r_layer_norm2d" if bayes else "r_layer_norm2d"
-    x = _check_input(x, name)
-    _check_config(eps, alpha, 0.5, 0.0, 1.0)
-    if x.ndim != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
-        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
-    c = x.shape[1]
-    cd = compute_dtype(x.dtype)
-    w = weight.reshape(c, 1, 1).to(cd) if weight is not None else None
-    b = bias.reshape(c, 1, 1).to(cd) if bias is not None else None
-    lam = _lambda_tensor(lambda_, x).to(cd)
-    y, u = rnorm_planes(x.to(cd), w, b, lam, eps, alpha if bayes else 0.0, bayes, True)
-    return y.to(x.dtype), u.to(x.dtype)
+    two_d = normalized_shape is None
+    name = ("bayesian_r_layer_norm" if bayes else "r_layer_norm") + ("2d" if two_d else "")
+    x = check_float_tensor(x, name)
+    check_config(eps, alpha, 0.5, 0.0, 1.0)  # the lambda triple is a placeholder: lambda_ is checked below
+    shape = () if normalized_shape is None else as_shape(normalized_shape)
+    cfg = NormConfig(eps, alpha if bayes else 0.0, bayes, two_d, shape)
+    return r_norm(x, weight, bias, _lambda_tensor(lambda_, x), cfg, name)
 
 
 def r_layer_norm(
     x: torch.Tensor,
-    normalized_shape: _Shape,
+    normalized_shape: Shape,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     lambda_: float | torch.Tensor = 0.5,
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """Functional :class:`RLayerNorm` (``y = w x_c / (sigma (1 + lambda r)) + b``)."""
-    return _functional_last_dims(x, normalized_shape, weight, bias, lambda_, 0.0, eps, False)[0]
+    return _functional(x, normalized_shape, weight, bias, lambda_, 0.0, eps, False)[0]
 
 
 def bayesian_r_layer_norm(
     x: torch.Tensor,
-    normalized_shape: _Shape,
+    normalized_shape: Shape,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     lambda_: float | torch.Tensor = 0.5,
@@ -308,7 +368,7 @@ def bayesian_r_layer_norm(
     return_uncertainty: bool = False,
 ) -> Any:
     """Functional :class:`BayesianRLayerNorm`; returns ``(y, u)`` with ``return_uncertainty``."""
-    y, u = _functional_last_dims(x, normalized_shape, weight, bias, lambda_, alpha, eps, True)
+    y, u = _functional(x, normalized_shape, weight, bias, lambda_, alpha, eps, True)
     return (y, u) if return_uncertainty else y
 
 
@@ -320,7 +380,7 @@ def r_layer_norm2d(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """Functional :class:`RLayerNorm2d`."""
-    return _functional_2d(x, weight, bias, lambda_, 0.0, eps, False)[0]
+    return _functional(x, None, weight, bias, lambda_, 0.0, eps, False)[0]
 
 
 def bayesian_r_layer_norm2d(
@@ -333,14 +393,14 @@ def bayesian_r_layer_norm2d(
     return_uncertainty: bool = False,
 ) -> Any:
     """Functional :class:`BayesianRLayerNorm2d`; returns ``(y, u)`` with ``return_uncertainty``."""
-    y, u = _functional_2d(x, weight, bias, lambda_, alpha, eps, True)
+    y, u = _functional(x, None, weight, bias, lambda_, alpha, eps, True)
     return (y, u) if return_uncertainty else y
 
 
 def noise_ratio(x: torch.Tensor, eps: float = 1e-5, two_d: bool = True) -> torch.Tensor:
     """The noise ratio r = nu/(v + eps) per group (keepdim): over (H, W) of an (N, C, H, W) map when ``two_d``,
     else over the last dim with the width-3 window along it (N0)."""
-    x = _check_input(x, "noise_ratio")
+    x = check_float_tensor(x, "noise_ratio")
     cd = compute_dtype(x.dtype)
     planes = x.to(cd) if two_d else x.to(cd).unsqueeze(-2)
     r = group_stats(planes, eps, two_d, no_frexp=onnx_exporting())["r"]
@@ -348,10 +408,15 @@ def noise_ratio(x: torch.Tensor, eps: float = 1e-5, two_d: bool = True) -> torch
 
 
 __all__ = [
+    "NormConfig",
+    "Shape",
+    "as_shape",
     "bayesian_r_layer_norm",
     "bayesian_r_layer_norm2d",
+    "check_config",
     "noise_ratio",
     "r_layer_norm",
     "r_layer_norm2d",
+    "r_norm",
     "rnorm_planes",
 ]

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any
 
 import torch
 from torch import nn
 
-from rln_verified._dispatch import autocast_dtype, onnx_exporting, recording, under_func_transform
-from rln_verified._native import rnorm
-from rln_verified._norm import _as_shape, _check_config, _check_input, _Shape, rnorm_planes
+from rln_verified._norm import NormConfig, Shape, as_shape, check_config, r_norm
 from rln_verified._norm_formula import lambda_of, raw_of
-from rln_verified._validation import compute_dtype
 
 
 class _RNormBase(nn.Module):
@@ -37,7 +33,7 @@ class _RNormBase(nn.Module):
         alpha: float,
         factory_kwargs: dict[str, Any],
     ) -> None:
-        _check_config(eps, alpha, lambda_init, lambda_min, lambda_max)
+        check_config(eps, alpha, lambda_init, lambda_min, lambda_max)
         self.eps = float(eps)
         self.alpha = float(alpha)
         self.lambda_min = float(lambda_min)
@@ -78,42 +74,10 @@ class _RNormBase(nn.Module):
             s += f", alpha={self.alpha}"
         return s
 
-    def _fused(
-        self, x: torch.Tensor, two_d: bool, p: int, l_: int, u_shape: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The fused float32 kernel on x viewed as (p, l_) planes (N11), or on CUDA the operator with its CUDA kernel
-        (the plain formula), or None where neither applies. It takes the raw lambda parameter and the un-reshaped
-        affine, so the graph has one node."""
-        if x.dtype != torch.float32:
-            return None
-        if recording():
-            if onnx_exporting():  # ONNX has no lowering of the operator: the plain formula
-                return None
-        elif under_func_transform(x, self.lambda_raw):
-            return None
-        mode = 0 if self.weight is None else (1 if two_d else 2)
-        if not rnorm.usable(x, self.weight, self.bias, self.lambda_raw, mode, p, l_):
-            return None
-        cfg = rnorm.PlaneConfig(self.lambda_min, self.lambda_max, self.eps, self.alpha if self._bayes else 0.0,
-                                  self._bayes, two_d, mode, p, l_)
-        return rnorm.apply(x, self.weight, self.bias, self.lambda_raw, cfg, u_shape)
-
-    def _run(
-        self, planes: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, two_d: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        cd = compute_dtype(planes.dtype)
-        lam = self.lambda_.to(cd)
-        w = weight.to(cd) if weight is not None else None
-        b = bias.to(cd) if bias is not None else None
-        y, u = rnorm_planes(planes.to(cd), w, b, lam, self.eps, self.alpha if self._bayes else 0.0, self._bayes, two_d)
-        return y.to(planes.dtype), u.to(planes.dtype)
-
-    def _autocast_input(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Under autocast, the input to compute from with autocast off: float16 and bfloat16 upcast to float32, so
-        the layer returns float32, as torch's layer_norm and group_norm do there. None when autocast is off."""
-        if autocast_dtype(x.device.type) is None:
-            return None
-        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    def _config(self, two_d: bool, shape: tuple[int, ...]) -> NormConfig:
+        """Read on every call, so a changed attribute (``eps``, ``alpha``, the lambda bounds) takes effect."""
+        return NormConfig(self.eps, self.alpha if self._bayes else 0.0, self._bayes, two_d, shape, self.lambda_min,
+                          self.lambda_max, float32_under_autocast=True)
 
 
 def _lambda_raw_as_vector(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
@@ -127,7 +91,7 @@ def _lambda_raw_as_vector(module: nn.Module, state_dict: dict[str, Any], prefix:
 class _LastDims(_RNormBase):
     def __init__(
         self,
-        normalized_shape: _Shape,
+        normalized_shape: Shape,
         eps: float = 1e-5,
         elementwise_affine: bool = True,
         bias: bool = True,
@@ -144,7 +108,7 @@ class _LastDims(_RNormBase):
         raw: tuple[object, ...] = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         if not raw or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in raw):
             raise ValueError(f"normalized_shape must be a non-empty shape of positive ints, got {normalized_shape!r}")
-        shape = _as_shape(normalized_shape)
+        shape = as_shape(normalized_shape)
         if shape[-1] < 2:
             raise ValueError(
                 f"the last normalized dim must be >= 2 for the width-3 reflect-padded window, got {shape[-1]}"
@@ -166,30 +130,8 @@ class _LastDims(_RNormBase):
         return f"{self.normalized_shape}, {self._common_repr()}"
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        name = type(self).__name__
-        x = _check_input(x, name)
-        up = self._autocast_input(x)
-        if up is not None:
-            with torch.autocast(x.device.type, enabled=False):
-                return self._forward(up)
-        k = len(self.normalized_shape)
-        if x.ndim < k or tuple(x.shape[-k:]) != self.normalized_shape:
-            raise ValueError(
-                f"{name}: expected input of shape (*, {', '.join(map(str, self.normalized_shape))}), got "
-                f"{tuple(x.shape)}; the trailing dims must equal normalized_shape"
-            )
-        lead = x.shape[: x.ndim - k]
-        last = self.normalized_shape[-1]
-        rows = math.prod(self.normalized_shape[:-1])
-        fused = self._fused(x, False, rows, last, (*lead, *([1] * k)))
-        if fused is not None:
-            return fused
-        planes = x.reshape(-1, rows, last)
-        wshape = (rows, last)
-        w = self.weight.reshape(wshape) if self.weight is not None else None
-        b = self.bias.reshape(wshape) if self.bias is not None else None
-        y, u = self._run(planes, w, b, two_d=False)
-        return y.reshape(x.shape), u.reshape(*lead, *([1] * k))
+        cfg = self._config(False, self.normalized_shape)
+        return r_norm(x, self.weight, self.bias, self.lambda_raw, cfg, type(self).__name__)
 
 
 class _TwoD(_RNormBase):
@@ -222,29 +164,8 @@ class _TwoD(_RNormBase):
         return f"{self.num_channels}, {self._common_repr()}"
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        name = type(self).__name__
-        x = _check_input(x, name)
-        up = self._autocast_input(x)
-        if up is not None:
-            with torch.autocast(x.device.type, enabled=False):
-                return self._forward(up)
-        if x.ndim != 4:
-            raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got {x.ndim}-D of shape {tuple(x.shape)}")
-        _, c, h, w_ = x.shape
-        if c != self.num_channels:
-            raise ValueError(
-                f"{name}: expected {self.num_channels} channels, i.e. shape (N, {self.num_channels}, H, W), "
-                f"got {tuple(x.shape)}"
-            )
-        if h < 2 or w_ < 2:
-            raise ValueError(f"{name}: H and W must be >= 2 for the 3x3 reflect-padded window, got {tuple(x.shape)}")
-        fused = self._fused(x, True, h, w_, (x.shape[0], c, 1, 1))
-        if fused is not None:
-            return fused
-        wv = self.weight.reshape(c, 1, 1) if self.weight is not None else None
-        bv = self.bias.reshape(c, 1, 1) if self.bias is not None else None
-        y, u = self._run(x, wv, bv, two_d=True)
-        return y, u
+        cfg = self._config(True, (self.num_channels,))
+        return r_norm(x, self.weight, self.bias, self.lambda_raw, cfg, type(self).__name__)
 
 
 class RLayerNorm(_LastDims):

@@ -14,13 +14,13 @@ from rln_verified._validation import check_float_tensor, compute_dtype
 # Below t0 the all-positive series in w = t/(2+t) is used with J terms, whose truncation is < eps/4
 # there (PSI-1); above it the direct form log1p(t) - t/(1+t), whose cancellation factor c(t) <= c(t0) is
 # small (PSI-3: c(0.1) < 43, c(1) < 6.2). (t0, J) per compute dtype.
-_PSI_SPLIT: dict[torch.dtype, tuple[float, int]] = {
+PSI_SPLIT: dict[torch.dtype, tuple[float, int]] = {
     torch.float64: (0.1, 7),
     torch.float32: (1.0, 8),
 }
 
 # SP-1: above this x, exp(-x) < u * x, so x itself is the correctly rounded softplus(x).
-_SOFTPLUS_THRESHOLD: dict[torch.dtype, float] = {torch.float64: 37.0, torch.float32: 17.0}
+SOFTPLUS_THRESHOLD: dict[torch.dtype, float] = {torch.float64: 37.0, torch.float32: 17.0}
 
 _LN2 = math.log(2.0)
 
@@ -31,7 +31,7 @@ def _series_coeffs(j: int) -> list[float]:
 
 def _psi_forward(t: torch.Tensor) -> torch.Tensor:
     """psi in t's dtype (float32 or float64); no autograd. PSI-1 (series), PSI-3 (accuracy, switch point)."""
-    t0, j = _PSI_SPLIT[t.dtype]
+    t0, j = PSI_SPLIT[t.dtype]
     small = t <= t0
     ts = torch.where(small, t, torch.zeros_like(t))
     # t = +inf or NaN must not reach the series; t > max is impossible for finite floats.
@@ -136,7 +136,7 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     check_float_tensor(x, "softplus: x")
     cd = compute_dtype(x.dtype)
     xc = x.to(cd)
-    return F.softplus(xc, beta=1.0, threshold=_SOFTPLUS_THRESHOLD[cd]).to(x.dtype)
+    return F.softplus(xc, beta=1.0, threshold=SOFTPLUS_THRESHOLD[cd]).to(x.dtype)
 
 
 def _log1mexp(y: torch.Tensor) -> torch.Tensor:
@@ -177,4 +177,4 @@ def inv_softplus(y: torch.Tensor) -> torch.Tensor:
     return x.to(y.dtype)
 
 
-__all__ = ["inv_softplus", "psi", "psi_and_dpsi", "psi_plain", "softplus"]
+__all__ = ["PSI_SPLIT", "SOFTPLUS_THRESHOLD", "inv_softplus", "psi", "psi_and_dpsi", "psi_plain", "softplus"]

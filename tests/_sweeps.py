@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from rln_verified._gaussian import kl_normal
-from rln_verified._special import _PSI_SPLIT, _SOFTPLUS_THRESHOLD, inv_softplus, psi, softplus
+from rln_verified._special import PSI_SPLIT, SOFTPLUS_THRESHOLD, inv_softplus, psi, softplus
 from rln_verified._validation import compute_dtype
 from rln_verified.verify._core import eps, smallest_normal
 from rln_verified.verify._margins import has_nan
@@ -157,7 +157,7 @@ def psi_sweep(device: str | torch.device, dtype: torch.dtype, per_decade: int = 
     psi(t) is a normal float; 0 or subnormal, never negative, below; finite and >= 0 everywhere."""
     cd = compute_dtype(dtype)
     lo, hi = _PSI_RANGE[dtype]
-    t0, _ = _PSI_SPLIT[cd]
+    t0, _ = PSI_SPLIT[cd]
     tiny, tol = smallest_normal(dtype), _psi_tol(dtype)
     pts = decades(_smallest_subnormal(dtype), _max(dtype), per_decade)
     # Dense where the direct form's cancellation factor c(t) is large (t just above any switch in [1e-3, 10]): a
@@ -185,7 +185,7 @@ def softplus_sweep(device: str | torch.device, dtype: torch.dtype, per_decade: i
     (ln tiny) and underflows (ln of the smallest subnormal). SP-1: finite for every finite x; exactly x above
     T; relative error <= 3 eps_c (+ u_d) wherever softplus(x) is normal; 0 or subnormal below."""
     cd = compute_dtype(dtype)
-    big_t = _SOFTPLUS_THRESHOLD[cd]
+    big_t = SOFTPLUS_THRESHOLD[cd]
     tiny, tol = smallest_normal(dtype), _sp_tol(dtype)
     mags = decades(_smallest_subnormal(dtype), _max(dtype), per_decade)
     pts = mags + [-m for m in mags] + [0.0, 100.0, -100.0]

@@ -21,14 +21,14 @@ import pytest
 import torch
 from torch import nn
 
-from rln_verified._bayes_linear import (
+from rln_verified._bayesian_linear import (
     BayesianLinear,
-    BayesianMLP,
     BBBLinear,
     CLTLinear,
     CLTLinearDet,
     LRLinear,
 )
+from rln_verified._bayesian_mlp import BayesianMLP
 from rln_verified._gaussian import (
     crelu_moments,
     kl_normal,

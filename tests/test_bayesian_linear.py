@@ -16,17 +16,16 @@ import pytest
 import torch
 from torch import nn
 
-from rln_verified._bayes_linear import (
-    INIT_STD,
+from rln_verified._bayesian_linear import (
     BayesianLinear,
-    BayesianMLP,
     BBBLinear,
     CLTLinear,
     CLTLinearDet,
     CReLU,
     LRLinear,
-    std_bounds,
 )
+from rln_verified._bayesian_mlp import BayesianMLP
+from rln_verified._bayesian_std import INIT_STD, std_bounds
 from rln_verified.functional import crelu_moments, relu_moments
 from rln_verified.verify._core import assert_check
 
@@ -608,7 +607,7 @@ def test_nn_linear_equivalence_in_map() -> None:
     assert torch.equal(layer(x), lin(x))
 
 
-# ---- the fused autograd nodes (_CLTPreact, _LRSample, _BBBSample, _ExpStd) against the autograd forms -----------
+# ---- the fused autograd nodes (CLTPreact, LRSample, BBBSample, ExpStd) against the autograd forms -----------
 
 
 def _std_ref(layer: BayesianLinear, rho: torch.Tensor) -> torch.Tensor:
@@ -687,7 +686,7 @@ def test_clt_fused_node_matches_autograd_form(act: str, variant: str) -> None:
 @pytest.mark.claim("C3", "RELU-6", "EXP-1")
 @pytest.mark.parametrize("act", ["relu", "crelu"])
 def test_clt_fused_float32_is_the_kernel_composition(act: str) -> None:
-    """float32 on CPU: the node's output is bit for bit relu_moments(m, _safe_sqrt(v)) of its own pre-activation
+    """float32 on CPU: the node's output is bit for bit relu_moments(m, safe_sqrt(v)) of its own pre-activation
     moments (C3's activation identity), and its gradients are within a few float32 ulps of the composed autograd
     graph's."""
     pre = CLTLinear(7, 5, act=act, is_output=True)
@@ -721,7 +720,7 @@ def _noise_from(layer: BayesianLinear, eps_w: torch.Tensor, eps_b: torch.Tensor 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("variant", ["plain", "nobias_zero_rows", "softplus", "saturated", "3d"])
 def test_lr_fused_node_matches_autograd_form(dtype: torch.dtype, variant: str) -> None:
-    """LRLinear's one-node sample equals F.linear + _safe_sqrt + addcmul with the same noise bit for bit, and its
+    """LRLinear's one-node sample equals F.linear + safe_sqrt + addcmul with the same noise bit for bit, and its
     gradients agree (float64: 1e-10 relative; float32: a few ulps), zero-variance rows and saturated rho
     included."""
     import torch.nn.functional as F
@@ -795,7 +794,7 @@ def test_bbb_fused_weight_matches_autograd_form(dtype: torch.dtype) -> None:
 def test_std_var_and_forward_share_one_sigma() -> None:
     """float32 on CPU: std(), var() = std()**2 bit for bit, and the CLT node's sigma^2 are the same values; the
     std's gradient is sigma inside the clamp range and 0 outside (C6)."""
-    from rln_verified._bayes_linear import _squared_std
+    from rln_verified._bayesian_std import squared_std
     from rln_verified._native import gauss
 
     layer = CLTLinear(64, 70)  # 4480 elements: the fused path for any size
@@ -806,7 +805,7 @@ def test_std_var_and_forward_share_one_sigma() -> None:
     assert torch.equal(wv, ws * ws) and torch.equal(bv, bs * bs)
     assert layer.weight_rho is not None
     lo, hi = std_bounds(torch.float32)
-    sq, mask, _ = _squared_std(layer.weight_rho.detach(), math.log(lo), math.log(hi))
+    sq, mask, _ = squared_std(layer.weight_rho.detach(), math.log(lo), math.log(hi))
     assert mask is None and torch.equal(sq, wv.detach())
     if gauss.available():  # EXP-1: the kernel's exp, within 1 ulp of the float64 exp
         ref = torch.exp(layer.weight_rho.detach().double())
@@ -818,9 +817,9 @@ def test_std_var_and_forward_share_one_sigma() -> None:
     assert float(g[0]) == 0.0 and float(g[3]) == 0.0 and torch.equal(g[1:3], sd.detach()[1:3])
 
 
-# ---- the graph path (create_graph=True), _safe_sqrt at the fused size, and the contracts users see --------------
-# Each fused node (_BBBSample, _LRSample, _CLTPreact, _SafeSqrt), asked for a graph, returns the VJP of its plain form
-# (_bbb_plain, _lr_plain, _clt_plain, _safe_sqrt_plain): these tests reach those forms and compare first derivatives
+# ---- the graph path (create_graph=True), safe_sqrt at the fused size, and the contracts users see --------------
+# Each fused node (BBBSample, LRSample, CLTPreact, _SafeSqrt), asked for a graph, returns the VJP of its plain form
+# (_bbb_plain, _lr_plain, _clt_plain, safe_sqrt_plain): these tests reach those forms and compare first derivatives
 # (built as a graph) and second derivatives with the same derivatives of the F.linear reference forms above.
 
 U32 = 2.0**-24  # float32 unit roundoff
@@ -870,7 +869,7 @@ _F32_RTOL = 4 * 18 * U32
 @pytest.mark.parametrize("variant", ["var", "input", "nobias", "softplus", "saturated", "f32-relu", "f32-crelu",
                                      "f32-input-crelu"])
 def test_clt_fused_node_second_order_is_the_plain_form(variant: str) -> None:
-    """_CLTPreact's graph (create_graph=True) is the F.linear form's: first and second derivatives in every input and
+    """CLTPreact's graph (create_graph=True) is the F.linear form's: first and second derivatives in every input and
     parameter, float64 and (with the activation inside the node, RELU-6) float32 against a float64 copy; a saturated
     rho has derivative 0 of both orders (C6)."""
     f32 = variant.startswith("f32")
@@ -909,7 +908,7 @@ def test_clt_fused_node_second_order_is_the_plain_form(variant: str) -> None:
 @pytest.mark.claim("C2", "C6")
 @pytest.mark.parametrize("variant", ["plain", "nobias_zero_rows", "saturated", "3d"])
 def test_lr_fused_node_second_order_is_the_plain_form(variant: str) -> None:
-    """_LRSample's graph is the F.linear + sqrt(clamp_min(v, tiny)) + addcmul form's, to second order (float64, the
+    """LRSample's graph is the F.linear + sqrt(clamp_min(v, tiny)) + addcmul form's, to second order (float64, the
     same noise); zero-variance rows and saturated rho included."""
     import torch.nn.functional as F
 
@@ -956,7 +955,7 @@ def test_lr_fused_node_second_order_is_the_plain_form(variant: str) -> None:
 @pytest.mark.claim("C5", "C6")
 @pytest.mark.parametrize("variant", ["bias", "nobias"])
 def test_bbb_fused_node_second_order_is_the_plain_form(variant: str) -> None:
-    """_BBBSample's graph is F.linear(x, addcmul(mu, exp(clamp(rho)), eps), ...)'s to second order (float64, the same
+    """BBBSample's graph is F.linear(x, addcmul(mu, exp(clamp(rho)), eps), ...)'s to second order (float64, the same
     noise), and a saturated rho, weight or bias, has derivative 0 on the fast (first-order) backward and on the graph
     (C6)."""
     import torch.nn.functional as F
@@ -999,33 +998,33 @@ def test_bbb_fused_node_second_order_is_the_plain_form(variant: str) -> None:
 @pytest.mark.claim("C6")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_safe_sqrt_at_the_fused_size_is_the_clamped_sqrt(dtype: torch.dtype) -> None:
-    """At >= _FUSE_MIN elements _safe_sqrt runs the _SafeSqrt node: its values and gradient are sqrt(clamp_min(v,
+    """At >= FUSE_MIN elements safe_sqrt runs the _SafeSqrt node: its values and gradient are sqrt(clamp_min(v,
     tiny))'s bit for bit (0 below tiny, C6), its graph gives the same second derivative, and under torch.func (where
     no custom autograd.Function may run) it still gives that gradient."""
-    from rln_verified._bayes_linear import _FUSE_MIN, _safe_sqrt
+    from rln_verified._bayesian_std import FUSE_MIN, safe_sqrt
 
     tiny = torch.finfo(dtype).tiny
     g = torch.Generator().manual_seed(91)
-    v0 = torch.rand(_FUSE_MIN, generator=g, dtype=torch.float64).to(dtype) + 0.5
+    v0 = torch.rand(FUSE_MIN, generator=g, dtype=torch.float64).to(dtype) + 0.5
     v0[:5] = torch.tensor([0.0, tiny / 4, tiny, 2 * tiny, 1e-30], dtype=dtype)
-    u = torch.randn(_FUSE_MIN, generator=g, dtype=torch.float64).to(dtype)
-    w = torch.randn(_FUSE_MIN, generator=g, dtype=torch.float64).to(dtype)
+    u = torch.randn(FUSE_MIN, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(FUSE_MIN, generator=g, dtype=torch.float64).to(dtype)
 
     def ref(t: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(t.clamp_min(tiny))
 
     v = v0.clone().requires_grad_(True)
-    got, want = _safe_sqrt(v), ref(v)
+    got, want = safe_sqrt(v), ref(v)
     assert torch.equal(got, want)
     (ga,) = torch.autograd.grad(got, v, u)
     (gb,) = torch.autograd.grad(want, v, u)
     assert torch.equal(ga, gb) and bool((ga[:2] == 0).all())
-    (fa,) = torch.autograd.grad(_safe_sqrt(v), v, u, create_graph=True)
+    (fa,) = torch.autograd.grad(safe_sqrt(v), v, u, create_graph=True)
     (fb,) = torch.autograd.grad(ref(v), v, u, create_graph=True)
     (ha,) = torch.autograd.grad((fa * w).sum(), v)
     (hb,) = torch.autograd.grad((fb * w).sum(), v)
     assert torch.equal(fa, fb) and torch.equal(ha, hb)
-    gf = torch.func.grad(lambda t: (_safe_sqrt(t) * u).sum())(v0)
+    gf = torch.func.grad(lambda t: (safe_sqrt(t) * u).sum())(v0)
     assert torch.equal(gf, gb)
 
 
@@ -1393,21 +1392,21 @@ def _node(t: torch.Tensor) -> str:
 @pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 3, 5)])
 def test_each_layer_sample_is_one_autograd_node(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
     """The module's speed design: in plain eager mode on CPU, with exp std, a BBB or LR sample and a CLT
-    layer's moments are one autograd node with a hand-written backward (_BBBSample, _LRSample, _CLTPreact), for any
+    layer's moments are one autograd node with a hand-written backward (BBBSample, LRSample, CLTPreact), for any
     number of leading dimensions; a softplus std takes the F.linear form."""
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
-    assert _node(BBBLinear(5, 3, dtype=dtype)(x)) == "_BBBSampleBackward"
-    assert _node(LRLinear(5, 3, dtype=dtype)(x)) == "_LRSampleBackward"
+    assert _node(BBBLinear(5, 3, dtype=dtype)(x)) == "BBBSampleBackward"
+    assert _node(LRLinear(5, 3, dtype=dtype)(x)) == "LRSampleBackward"
     m, v = CLTLinear(5, 3, is_output=True, dtype=dtype)(x, x.detach().abs())
-    assert v is not None and _node(m) == _node(v) == "_CLTPreactBackward"
+    assert v is not None and _node(m) == _node(v) == "CLTPreactBackward"
     if dtype == torch.float32:  # the activation joins the node where the fused kernel applies (RELU-6)
         from rln_verified._native import gauss
 
         if gauss.available():
             m, v = CLTLinear(5, 3, dtype=dtype)(x, x.detach().abs())
-            assert v is not None and _node(m) == "_CLTPreactBackward"
-    assert _node(BBBLinear(5, 3, use_softplus=True, dtype=dtype)(x)) != "_BBBSampleBackward"
-    assert _node(LRLinear(5, 3, use_softplus=True, dtype=dtype)(x)) != "_LRSampleBackward"
+            assert v is not None and _node(m) == "CLTPreactBackward"
+    assert _node(BBBLinear(5, 3, use_softplus=True, dtype=dtype)(x)) != "BBBSampleBackward"
+    assert _node(LRLinear(5, 3, use_softplus=True, dtype=dtype)(x)) != "LRSampleBackward"
 
 
 @pytest.mark.claim("C4")
@@ -1476,7 +1475,8 @@ def test_plain_forms_match_closed_forms() -> None:
     t >= 3 var = E[y^2] - mean^2 loses E[y^2]/var <= t^2 + 1 = 10. With |t| <= 3 (asserted) the closed form is
     within 100 * 2^-52 = 2.2e-14 relative, and F.linear's 4-term sums add a few ulps: 1e-12 leaves room and is far
     below the effect of any wrong term at these inputs."""
-    from rln_verified import _bayes_linear as bl
+    from rln_verified import _bayesian_ops as ops
+    from rln_verified import _bayesian_std as bstd
 
     g = torch.Generator().manual_seed(3)
     d = torch.float64
@@ -1489,26 +1489,26 @@ def test_plain_forms_match_closed_forms() -> None:
     sd_w, sd_b = torch.exp(rho_w.clamp(lo, hi)), torch.exp(rho_b.clamp(lo, hi))
     close = {"rtol": 1e-12, "atol": 0.0}
 
-    torch.testing.assert_close(bl._std_plain(rho_w, lo, hi, False), sd_w, **close)
-    torch.testing.assert_close(bl._std_plain(rho_b, lo, hi, True), sd_b * sd_b, **close)
-    assert bl._std_plain(None, lo, hi, True) is None
+    torch.testing.assert_close(bstd.std_plain(rho_w, lo, hi, False), sd_w, **close)
+    torch.testing.assert_close(bstd.std_plain(rho_b, lo, hi, True), sd_b * sd_b, **close)
+    assert bstd.std_plain(None, lo, hi, True) is None
 
     tiny = torch.finfo(d).tiny
     v = torch.tensor([-1.0, 0.0, tiny / 2, tiny, 4.0], dtype=d)
     want = torch.tensor([math.sqrt(tiny)] * 4 + [2.0], dtype=d)
-    torch.testing.assert_close(bl._safe_sqrt_plain(v)[0], want, **close)
+    torch.testing.assert_close(bstd.safe_sqrt_plain(v)[0], want, **close)
 
-    (y,) = bl._bbb_plain(x, wm, rho_w, eps_w, bm, rho_b, eps_b, lo, hi)
+    (y,) = ops._bbb_plain(x, wm, rho_w, eps_w, bm, rho_b, eps_b, lo, hi)
     torch.testing.assert_close(y, x @ (wm + sd_w * eps_w).T + (bm + sd_b * eps_b), **close)
-    (y,) = bl._bbb_plain(x, wm, rho_w, eps_w, None, None, None, lo, hi)
+    (y,) = ops._bbb_plain(x, wm, rho_w, eps_w, None, None, None, lo, hi)
     torch.testing.assert_close(y, x @ (wm + sd_w * eps_w).T, **close)
 
     eps = torch.randn(3, 5, generator=g, dtype=d)
     m = x @ wm.T + bm
     var = (x * x) @ (sd_w * sd_w).T + sd_b * sd_b
-    (y,) = bl._lr_plain(x, wm, bm, rho_w, rho_b, eps, lo, hi)
+    (y,) = ops._lr_plain(x, wm, bm, rho_w, rho_b, eps, lo, hi)
     torch.testing.assert_close(y, m + var.sqrt() * eps, **close)
-    (y,) = bl._lr_plain(x, wm, None, rho_w, None, eps, lo, hi)
+    (y,) = ops._lr_plain(x, wm, None, rho_w, None, eps, lo, hi)
     torch.testing.assert_close(y, x @ wm.T + ((x * x) @ (sd_w * sd_w).T).sqrt() * eps, **close)
 
     mu_h, var_h = x, torch.rand(3, 4, generator=g, dtype=d) + 0.1
@@ -1517,21 +1517,21 @@ def test_plain_forms_match_closed_forms() -> None:
     v_in = (var_h + mu_h * mu_h) @ (sd_w * sd_w).T + sd_b * sd_b + var_h @ (wm * wm).T
     for vh, want_v in ((None, v_no), (var_h, v_in)):
         assert bool(((m_no / want_v.sqrt()).abs() <= 3.0).all())  # the tolerance's premise
-        mean, vv = bl._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), None)
+        mean, vv = ops._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), None)
         torch.testing.assert_close(mean, m_no, **close)
         torch.testing.assert_close(vv, want_v, **close)
         rm, rv = _relu_moments_closed(m_no, want_v.sqrt())
-        mean, vv = bl._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), "relu")
+        mean, vv = ops._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), "relu")
         torch.testing.assert_close(mean, rm, **close)
         torch.testing.assert_close(vv, rv, **close)
         nm, nv = _relu_moments_closed(-m_no, want_v.sqrt())
-        mean, vv = bl._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), "crelu")
+        mean, vv = ops._clt_plain(mu_h, vh, wm, bm, rho_w, rho_b, (lo, hi), "crelu")
         torch.testing.assert_close(mean, torch.cat([rm, nm], -1), **close)
         torch.testing.assert_close(vv, torch.cat([rv, nv], -1), **close)
     # rho_bounds None: the variances are given directly (CLTLinearDet's parameterization)
-    mean, vv = bl._clt_plain(mu_h, None, wm, bm, sd_w * sd_w, sd_b * sd_b, None, None)
+    mean, vv = ops._clt_plain(mu_h, None, wm, bm, sd_w * sd_w, sd_b * sd_b, None, None)
     torch.testing.assert_close(vv, v_no, **close)
-    mean, vv = bl._clt_plain(mu_h, None, wm, None, sd_w * sd_w, None, None, None)
+    mean, vv = ops._clt_plain(mu_h, None, wm, None, sd_w * sd_w, None, None, None)
     torch.testing.assert_close(mean, mu_h @ wm.T, **close)
     torch.testing.assert_close(vv, (mu_h * mu_h) @ (sd_w * sd_w).T, **close)
 
@@ -1540,7 +1540,7 @@ def test_fused_safe_sqrt_values_and_gradient() -> None:
     """_SafeSqrt (the fused sqrt, used at >= 4096 elements): sqrt above tiny, sqrt(tiny) at and below it, and the
     gradient 1/(2 sqrt(v)) above tiny and 0 below it (C6), exactly as the plain clamp form; with nothing below
     tiny it skips the clamp and still matches."""
-    from rln_verified import _bayes_linear as bl
+    from rln_verified import _bayesian_std as bstd
 
     for d in (torch.float32, torch.float64):
         tiny = torch.finfo(d).tiny
@@ -1551,7 +1551,7 @@ def test_fused_safe_sqrt_values_and_gradient() -> None:
                 vin[:4] = torch.tensor([-1.0, 0.0, tiny / 2, tiny], dtype=d)
             a = vin.clone().requires_grad_(True)
             b = vin.clone().requires_grad_(True)
-            out = bl._SafeSqrt.apply(a)
+            out = bstd._SafeSqrt.apply(a)
             ref = torch.sqrt(b.clamp_min(tiny))
             assert torch.equal(out, ref)
             w = torch.randn(4096, dtype=d, generator=torch.Generator().manual_seed(2))
@@ -1593,7 +1593,7 @@ def test_second_order_through_the_fused_functions_matches_torch_func(cls: type[B
     """A Hessian-vector product in the parameters and the input, through the custom autograd Functions that run at
     >= 4096 weights (create_graph: each backward differentiates its plain form), against the same product under
     torch.func, which runs the plain forms themselves (checked against closed forms above). The loss adds the KL
-    and var(), which reach the fused std (_ExpStd). Both in float64 on one layer with its noise drawn once, with
+    and var(), which reach the fused std (ExpStd). Both in float64 on one layer with its noise drawn once, with
     exp and softplus (rho's second derivative differs). A few rho sit below the std bound: their first and second
     derivatives are exactly 0 (C6).
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import rln_verified as rv
-from rln_verified._bayes_linear import BBBLinear, CLTLinear, CLTLinearDet, LRLinear
+from rln_verified._bayesian_linear import BBBLinear, CLTLinear, CLTLinearDet, LRLinear
 from rln_verified._gaussian import relu_moments
 from rln_verified._native import gauss, rnorm
 from rln_verified._native.rnorm import PlaneConfig
@@ -263,7 +263,7 @@ _ROUTING = textwrap.dedent("""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
     import rln_verified as rv
-    from rln_verified._bayes_linear import BBBLinear, CLTLinear, CLTLinearDet, LRLinear
+    from rln_verified._bayesian_linear import BBBLinear, CLTLinear, CLTLinearDet, LRLinear
 
     class Log(TorchDispatchMode):
         def __init__(self):

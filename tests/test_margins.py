@@ -19,12 +19,13 @@ import pytest
 import torch
 from hypothesis import find
 
-import rln_verified._bayes_linear as bayes_mod
+import rln_verified._bayesian_linear as bayes_mod
 import rln_verified._norm_formula as norm_formula
 import rln_verified.verify.gaussian as gaussian_checks
 import rln_verified.verify.special as special_checks
 from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
-from rln_verified._bayes_linear import BayesianMLP, BBBLinear, CLTLinear, CLTLinearDet, LRLinear
+from rln_verified._bayesian_linear import BBBLinear, CLTLinear, CLTLinearDet, LRLinear
+from rln_verified._bayesian_mlp import BayesianMLP
 from rln_verified.verify._core import Check, NotApplicable, registered_checks
 from rln_verified.verify._margins import fold, guarded, has_nan, ratio, rel_err
 

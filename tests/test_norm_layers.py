@@ -565,10 +565,10 @@ def test_functional_argument_errors() -> None:
         with pytest.raises(ValueError, match=rf"^{name}: expected input of shape \(\*, 1\) with last dim >= 2, "
                                              r"got \(4, 1\)$"):
             fn(torch.zeros(4, 1), 1)
-        with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point input \(float64, float32, "
-                                            r"float16, bfloat16\), got torch.int64$"):
+        with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point tensor \(float64, float32, "
+                                            r"float16 or bfloat16\), got torch.int64$"):
             fn(torch.zeros(2, 6, dtype=torch.int64), 6)
-        with pytest.raises(TypeError, match=rf"^{name}: expected a torch.Tensor input, got list$"):
+        with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point torch.Tensor, got list$"):
             fn([[0.0, 1.0]], 2)
     for name in ("r_layer_norm2d", "bayesian_r_layer_norm2d"):
         fn = _FUNCTIONALS[name][0]
@@ -576,8 +576,8 @@ def test_functional_argument_errors() -> None:
             with pytest.raises(ValueError, match=rf"^{name}: expected a 4-D input \(N, C, H, W\) with H, W >= 2, "
                                                  rf"got \({', '.join(map(str, bad.shape))}\)$"):
                 fn(bad)
-        with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point input \(float64, float32, "
-                                            r"float16, bfloat16\), got torch.int32$"):
+        with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point tensor \(float64, float32, "
+                                            r"float16 or bfloat16\), got torch.int32$"):
             fn(torch.zeros(1, 1, 3, 3, dtype=torch.int32))
     for name in _FUNCTIONALS:
         for bad_lam, shown in ((0.0, "0.0"), (-0.5, "-0.5"), (float("inf"), "inf"), (float("nan"), "nan")):
@@ -612,10 +612,10 @@ def test_noise_ratio_defaults_shapes_and_dtypes() -> None:
         r16 = noise_ratio(h.half(), two_d=two_d)
         assert r16.dtype == torch.float16
         assert torch.equal(r16, noise_ratio(h.half().float(), two_d=two_d).half())
-    with pytest.raises(TypeError, match=r"^noise_ratio: expected a floating-point input \(float64, float32, float16, "
-                                        r"bfloat16\), got torch.int64$"):
+    with pytest.raises(TypeError, match=r"^noise_ratio: expected a floating-point tensor \(float64, float32, float16 "
+                                        r"or bfloat16\), got torch.int64$"):
         noise_ratio(torch.zeros(1, 1, 3, 3, dtype=torch.int64))
-    with pytest.raises(TypeError, match=r"^noise_ratio: expected a torch.Tensor input, got list$"):
+    with pytest.raises(TypeError, match=r"^noise_ratio: expected a floating-point torch.Tensor, got list$"):
         noise_ratio([[0.0, 1.0]])  # type: ignore[arg-type]
 
 

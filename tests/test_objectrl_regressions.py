@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rln_verified._bayes_linear import BayesianLinear, BayesianMLP, CLTLinear, CLTLinearDet, LRLinear
+from rln_verified._bayesian_linear import BayesianLinear, CLTLinear, CLTLinearDet, LRLinear
+from rln_verified._bayesian_mlp import BayesianMLP
 
 
 @pytest.mark.claim("C3")

@@ -11,7 +11,7 @@ import torch
 from _sweeps import inv_softplus_exhaustive, inv_softplus_sweep, psi_sweep, softplus_sweep
 
 from rln_verified import functional as Fn
-from rln_verified._special import _PSI_SPLIT, psi_and_dpsi
+from rln_verified._special import PSI_SPLIT, psi_and_dpsi
 from rln_verified.verify import assert_check
 from rln_verified.verify._core import ALL_DTYPES
 from rln_verified.verify.special import (
@@ -31,7 +31,7 @@ ALL = pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).removepr
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_series_truncation_bound(dtype: torch.dtype) -> None:
     """The J-term series leaves the remainder PSI-1 states, and that remainder is below u at the switch."""
-    t0, j = _PSI_SPLIT[dtype]
+    t0, j = PSI_SPLIT[dtype]
     for t in [t0, t0 / 3, t0 / 10, t0 / 1000]:
         # 150 digits: the remainders reach 1e-60, far below the 50-digit noise floor.
         with mpmath.workdps(150):
@@ -59,7 +59,7 @@ def test_series_remainder_property(dtype: torch.dtype, device: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_switch_point_is_continuous(dtype: torch.dtype, device: str) -> None:
     """Both sides of the series/direct switch agree with mpmath to PSI-3's derived bound (44 eps / 10 eps)."""
-    t0, _ = _PSI_SPLIT[dtype]
+    t0, _ = PSI_SPLIT[dtype]
     below, above = math.nextafter(t0, 0.0), math.nextafter(t0, 2.0)
     out = Fn.psi(torch.tensor([below, t0, above], dtype=dtype, device=device)).double().cpu().tolist()
     tol = psi_tol(dtype)

@@ -278,7 +278,7 @@ static __attribute__((noinline)) void tail(double sigma, double a, double *mean,
 
 /* The std of four lanes. With no variance (vp NULL), sp holds sigma. With a variance v (vp), sp holds the float32
  * sqrt(v) the caller computed with torch, and sigma is that value where v >= 2^-126 and sqrt(2^-126) = 2^-63 (exact)
- * below: bit for bit the sqrt(clamp_min(v, 2^-126)) of the CLT layers' _safe_sqrt, NaN included. */
+ * below: bit for bit the sqrt(clamp_min(v, 2^-126)) of the CLT layers' safe_sqrt, NaN included. */
 static inline v4d vstd(const float *sp, const float *vp) {
     const v4d s = vload(sp);
     if (!vp) return s;

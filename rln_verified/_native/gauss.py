@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from rln_verified._dispatch import recompute_vjp
+from rln_verified._dispatch import is_wrapped, plain_f32, recompute_vjp
 from rln_verified._gaussian_formula import relu_moments_f64
-from rln_verified._native.toolchain import Kernel, plain_f32
+from rln_verified._native.toolchain import Kernel
 from rln_verified._native.toolchain import ptr as _p
 
 #: float64 planes kept per element for the backward: the mean, phi(|a|) and Q(|a|) (gauss.c, fwd_block).
@@ -48,7 +48,6 @@ def _setup(lib: ctypes.CDLL) -> None:
 
 
 KERNEL = Kernel("gauss.c", "rln_gauss_abi_version", 4, _setup)
-_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 library = KERNEL.library
 available = KERNEL.available
 disabled = KERNEL.disabled
@@ -70,7 +69,7 @@ def _check(fn: str, name: str, t: object, n: int | None, dtype: torch.dtype = to
     contiguous CPU tensor. Raises TypeError (type, dtype) or ValueError (device, layout, size) otherwise."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if type(t) not in _PLAIN_TYPES or _wrapped(t):
+    if type(t) not in _PLAIN_TYPES or is_wrapped(t):
         raise TypeError(f"{fn}: {name} must be a plain tensor (the C kernel reads its memory), got "
                         f"{type(t).__name__}; call the torch.library op rln_verified::* under tracing instead")
     if t.dtype != dtype:
@@ -101,7 +100,7 @@ def forward_raw(mu: torch.Tensor, s: torch.Tensor,
                 v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(mean, var, aux)`` of relu(N(mu, sigma^2)) for contiguous float32 CPU tensors of one shape (no autograd);
     ``aux`` holds the float64 planes the backward reads. ``s`` is sigma, or, with a variance ``v``, torch's
-    ``sqrt(v)``: sigma is then ``sqrt(clamp_min(v, 2^-126))`` bit for bit (the CLT layers' ``_safe_sqrt``).
+    ``sqrt(v)``: sigma is then ``sqrt(clamp_min(v, 2^-126))`` bit for bit (the CLT layers' ``safe_sqrt``).
 
     Raises:
         TypeError, ValueError: a tensor that is not float32, CPU, contiguous and of mu's shape."""

@@ -36,13 +36,14 @@ static void box_row_adj(const double *z, double *out, i64 n) {
 }
 
 /* 1-D reuse weights (count of windows holding position i, with multiplicity) / 3 (N0). */
-static void reuse_weights(i64 n, double *w) {
-    double *ones = (double *)calloc((size_t)n, sizeof(double));
-    if (!ones) return;
+static int reuse_weights(i64 n, double *w) {
+    double *ones = (double *)malloc(sizeof(double) * (size_t)n);
+    if (!ones) return 2; /* out of memory: the caller fails the call (w is left unset) */
     for (i64 i = 0; i < n; ++i) ones[i] = 1.0;
     box_row_adj(ones, w, n);
     for (i64 i = 0; i < n; ++i) w[i] /= 3.0;
     free(ones);
+    return 0;
 }
 
 /* ---- psi (PSI-1, PSI-3: the float64 split t0 = 0.1 with 7 series terms) ------------------------------ */
@@ -299,9 +300,10 @@ static int make_cfg(Cfg *c, i64 p, i64 l, int two_d, int bayes, double eps, doub
     double *wp = (double *)malloc(sizeof(double) * (size_t)p), *wl = (double *)malloc(sizeof(double) * (size_t)l);
     c->wf = (double *)malloc(sizeof(double) * (size_t)c->m);
     if (!wp || !wl || !c->wf) { free(wp); free(wl); free(c->wf); return 2; }
-    reuse_weights(l, wl);
-    if (two_d) reuse_weights(p, wp);
-    else for (i64 i = 0; i < p; ++i) wp[i] = 1.0;
+    int rc = reuse_weights(l, wl);
+    if (rc == 0 && two_d) rc = reuse_weights(p, wp);
+    else if (rc == 0) for (i64 i = 0; i < p; ++i) wp[i] = 1.0;
+    if (rc) { free(wp); free(wl); free(c->wf); c->wf = NULL; return rc; }
     for (i64 i = 0; i < p; ++i)
         for (i64 j = 0; j < l; ++j) c->wf[i * l + j] = wp[i] * wl[j];
     free(wp);

@@ -156,17 +156,6 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else int(t.data_ptr())
 
 
-_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-
-
-def plain_f32(*tensors: torch.Tensor | None) -> bool:
-    """Every tensor given is a float32 CPU tensor not wrapped by torch.func (vmap, grad, jacrev); None counts."""
-    for t in tensors:  # a loop, not all(...): this runs on every layer call  # noqa: SIM110
-        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or _wrapped(t)):
-            return False
-    return True
-
-
 class Kernel:
     """One C source of this package: built and loaded on first use, switchable off for a block (:meth:`disabled`).
 
@@ -253,4 +242,4 @@ class Kernel:
 
 __all__ = ["FLAGS", "NATIVE_ENV", "REQUIRE_ENV", "SANITIZE_ENV", "SANITIZE_FLAGS", "Kernel", "NativeBuildError",
            "asan_runtime_loaded", "build", "cache_dir", "compile_flags", "compiler", "cpu_id", "off_by_request",
-           "plain_f32", "ptr", "required", "sanitized", "settings_problem", "switch"]
+           "ptr", "required", "sanitized", "settings_problem", "switch"]

@@ -14,16 +14,10 @@ import mpmath
 import torch
 from hypothesis import strategies as st
 
-from rln_verified._bayes_linear import (
-    BayesianLinear,
-    BayesianMLP,
-    BBBLinear,
-    CLTLinear,
-    CLTLinearDet,
-    LRLinear,
-    std_bounds,
-)
-from rln_verified._special import _SOFTPLUS_THRESHOLD
+from rln_verified._bayesian_linear import LAYER_TYPES, BayesianLinear, CLTLinear
+from rln_verified._bayesian_mlp import BayesianMLP
+from rln_verified._bayesian_std import std_bounds
+from rln_verified._special import SOFTPLUS_THRESHOLD
 from rln_verified.verify._core import PSI_REL_ERR, Check, eps, finite_floats, log_uniform, register, unit_roundoff
 from rln_verified.verify._margins import fold, guarded, has_nan, ratio
 from rln_verified.verify.gaussian import kl_ref
@@ -92,13 +86,9 @@ def std_rel_bound(layer: BayesianLinear, dtype: torch.dtype) -> float:
     return ec + eps(torch.float64) + extra
 
 
-_KINDS: dict[str, type[BayesianLinear]] = {"bbb": BBBLinear, "lr": LRLinear, "clt": CLTLinear,
-                                           "cltdet": CLTLinearDet}
-
-
 def _make(kind: str, case: dict[str, Any], device: torch.device, dtype: torch.dtype, **kw: Any) -> BayesianLinear:
     """A layer of ``kind`` with parameters drawn from ``case['seed']`` (rho around ``case['rho']``)."""
-    cls = _KINDS[kind]
+    cls = LAYER_TYPES[kind]
     extra: dict[str, Any] = {}
     if issubclass(cls, CLTLinear):
         extra = {"act": case.get("act", "relu"), "is_input": case.get("is_input", False),
@@ -169,7 +159,7 @@ def _exact_rho(layer: BayesianLinear) -> float:
     """A rho whose sigma every element computes exactly, whatever its position: exp(0) = 1, and softplus(x) = x above
     the threshold T of SP-1 (T + 3 is a float of every dtype, inside the std bounds)."""
     if layer.use_softplus:
-        return _SOFTPLUS_THRESHOLD[_compute(layer.weight_mu.dtype)] + 3.0
+        return SOFTPLUS_THRESHOLD[_compute(layer.weight_mu.dtype)] + 3.0
     return 0.0
 
 
@@ -426,7 +416,7 @@ def _std_var_gradients(layer: BayesianLinear, dtype: torch.dtype) -> float:
 
 def _map_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
     return st.builds(lambda base, kind, act, out: {**base, "kind": kind, "act": act, "is_output": out},
-                     _layer_cases(dtype), st.sampled_from(sorted(_KINDS)), st.sampled_from(["relu", "crelu"]),
+                     _layer_cases(dtype), st.sampled_from(sorted(LAYER_TYPES)), st.sampled_from(["relu", "crelu"]),
                      st.booleans())
 
 

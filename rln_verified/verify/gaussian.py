@@ -732,7 +732,7 @@ register(
 
 # EXP-1's range: C6's std bounds as logs, rounded to float32 as torch.clamp rounds them for a float32 tensor.
 def exp1_range() -> tuple[float, float]:
-    from rln_verified._bayes_linear import std_bounds
+    from rln_verified._bayesian_std import std_bounds
 
     lo, hi = std_bounds(_F32)
     return round_to(math.log(lo), _F32), round_to(math.log(hi), _F32)
@@ -768,7 +768,7 @@ def _exp1(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     """EXP-1 through a float32 layer on the CPU: std() = E(clamp(rho, lo, hi)) within 0.99 ulp of e^clamp (mpmath at
     30 digits), var() = std()**2 bit for bit, and the rho gradients sigma and 2 sigma^2 (bit for bit: the backward
     multiplies by sigma, and by 2, exactly) inside [lo, hi] and 0 outside."""
-    from rln_verified._bayes_linear import BBBLinear
+    from rln_verified._bayesian_linear import BBBLinear
     from rln_verified._native import gauss
 
     fused_kernel_ready("EXP-1", device)

@@ -10,7 +10,7 @@ import mpmath
 import torch
 from hypothesis import strategies as st
 
-from rln_verified._special import _PSI_SPLIT, inv_softplus, psi, softplus
+from rln_verified._special import PSI_SPLIT, inv_softplus, psi, softplus
 from rln_verified._validation import compute_dtype
 from rln_verified.verify._core import (
     ALL_DTYPES,
@@ -88,7 +88,7 @@ def _psi_series(case: Any, device: torch.device, dtype: torch.dtype) -> float:
     if has_nan(rem, bound) or not rem >= 0:
         return math.inf  # every omitted term is positive
     margin = ratio(rem, bound)
-    t0, j_impl = _PSI_SPLIT[compute_dtype(dtype)]
+    t0, j_impl = PSI_SPLIT[compute_dtype(dtype)]
     if t <= t0:
         _, bound_impl = psi_series_remainder(t, j_impl)
         margin = fold(margin, ratio(bound_impl, eps(compute_dtype(dtype)) / 4))
@@ -96,7 +96,7 @@ def _psi_series(case: Any, device: torch.device, dtype: torch.dtype) -> float:
 
 
 def _psi_series_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
-    t0, _ = _PSI_SPLIT[compute_dtype(dtype)]
+    t0, _ = PSI_SPLIT[compute_dtype(dtype)]
     ts = st.one_of(log_uniform(1e-12, _PSI1_T_MAX), st.sampled_from([t0, math.nextafter(t0, 0.0), _PSI1_T_MAX]))
     return st.tuples(ts, st.integers(min_value=1, max_value=12))
 

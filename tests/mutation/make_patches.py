@@ -13,8 +13,10 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests/mutation/patches"
-SP, GA, NF, RN, BL = ("rln_verified/_special.py", "rln_verified/_gaussian.py", "rln_verified/_norm_formula.py",
-                      "rln_verified/_norm.py", "rln_verified/_bayes_linear.py")
+SP, GF, GA, NF, RN = ("rln_verified/_special.py", "rln_verified/_gaussian_formula.py", "rln_verified/_gaussian.py",
+                      "rln_verified/_norm_formula.py", "rln_verified/_norm.py")
+BL_STD, BL_OPS, BL_LIN = ("rln_verified/_bayesian_std.py", "rln_verified/_bayesian_ops.py",
+                          "rln_verified/_bayesian_linear.py")
 RC, GC = "rln_verified/_native/rnorm.c", "rln_verified/_native/gauss.c"
 
 S = []  # (id, module, listed survivor's claim or "", file, old, new, description)
@@ -27,15 +29,15 @@ m("i17-psi3-switch-0.04", "special", SP, "    torch.float64: (0.1, 7),", "    to
   "float64 switch point moved from 0.1 to 0.04: the direct form runs where its cancellation factor reaches ~100", "PSI-3")
 m("i17-psi3-log-not-log1p", "special", SP, "    direct = torch.log1p(tb) - tb / (1.0 + tb)",
   "    direct = torch.log(1.0 + tb) - tb / (1.0 + tb)", "direct branch uses log(1 + t) instead of log1p(t) (1 + t rounds)", "PSI-3")
-m("i17-gauss1-no-pow2", "gaussian", GA, "    out = _ldexp(base / s_mant, -nexp - e)\n", "    out = _ldexp(base, -nexp) / s_ok\n",
+m("i17-gauss1-no-pow2", "gaussian", GA, "    out = ldexp(base / s_mant, -nexp - e)\n", "    out = ldexp(base, -nexp) / s_ok\n",
   "normal_pdf divides a possibly subnormal phi(z) by sigma (no power-of-two bookkeeping)", "GAUSS-1")
 m("i17-kl1-no-logdiff", "gaussian", GA,
   "    ln_r = torch.where(rr >= tiny, torch.log(torch.where(rr >= tiny, rr, one)), torch.log(sq_l) - torch.log(sp_l))",
   "    ln_r = torch.log(rr)", "kl_normal takes log of the quotient even where it underflows (no log sq - log sp)", "KL-1")
 m("i17-n3-no-f64-stats", "norm", NF, "    return torch.float64 if dtype == torch.float32 else dtype",
   "    return dtype", "float32 planes keep their per-group statistics in float32 (eager path)", "N3")
-m("i17-var-grad-sigma2", "bayes_linear", BL, "            g_rho = g_rho * 2.0\n", "            g_rho = g_rho * 1.0\n",
-  "d var/d rho = sigma^2 instead of 2 sigma^2 (_ExpStd, square=True)", "C6/var")
+m("i17-var-grad-sigma2", "bayesian_linear", BL_STD, "            g_rho = g_rho * 2.0\n", "            g_rho = g_rho * 1.0\n",
+  "d var/d rho = sigma^2 instead of 2 sigma^2 (ExpStd, square=True)", "C6/var")
 m("i17-u-one-minus-exp", "norm", NF, "        return torch.exp(alpha * p), alpha * dp, -torch.expm1(-2.0 * alpha * p)",
   "        return torch.exp(alpha * p), alpha * dp, 1.0 - torch.exp(-2.0 * alpha * p)",
   "u = 1 - exp(-2 alpha psi) (cancels to 0 for small psi) on the eager path", "N4/u")
@@ -72,14 +74,14 @@ m("sp-dpsi-inf-where", "special", SP, "    return torch.where(t == math.inf, tor
   "psi'(inf) from the masked value instead of the explicit 0")
 
 # ---- _gaussian.py -----------------------------------------------------------------------------------------
-m("ga-xexp-max-30", "gaussian", GA, "_X_EXP_MAX = 100.0", "_X_EXP_MAX = 30.0", "phi's argument clamped at 30 instead of 100")
-m("ga-no-ln2-lo", "gaussian", GA, "    f = (ee - nexp * _LN2_HI) - nexp * _LN2_LO\n", "    f = ee - nexp * _LN2_HI\n",
+m("ga-xexp-max-30", "gaussian", GF, "_X_EXP_MAX = 100.0", "_X_EXP_MAX = 30.0", "phi's argument clamped at 30 instead of 100")
+m("ga-no-ln2-lo", "gaussian", GF, "    f = (ee - nexp * _LN2_HI) - nexp * _LN2_LO\n", "    f = ee - nexp * _LN2_HI\n",
   "Cody-Waite reduction without the low part of ln 2")
 m("ga-logcdf-split-40", "gaussian", GA, "    pos = z > 1\n", "    pos = z > 40\n", "normal_logcdf uses log_ndtr up to z = 40")
-m("ga-relu-vpos-sign", "gaussian", GA,
+m("ga-relu-vpos-sign", "gaussian", GF,
   "    v_pos = cdf + y * y * cdf * q - y * pdf * (cdf - q) - pdf * pdf",
   "    v_pos = cdf + y * y * cdf * q - y * pdf * (cdf + q) - pdf * pdf", "rearranged variance with (P + Q) for (P - Q)")
-m("ga-xsplit-3", "gaussian", GA, "X_SPLIT = 4.5\n", "X_SPLIT = 3.0\n", "continued-fraction tail from a < -3 instead of -4.5")
+m("ga-xsplit-3", "gaussian", GF, "X_SPLIT = 4.5\n", "X_SPLIT = 3.0\n", "continued-fraction tail from a < -3 instead of -4.5")
 m("ga-relu-bwd-mu-factor", "gaussian", GA, "        g_mu = g_mean * cdf + g_var * (2.0 * mean_q)",
   "        g_mu = g_mean * cdf + g_var * mean_q", "RELU-5: dvar/dmu missing its factor 2 (float64 backward)")
 m("ga-sigma-zero-not-nan", "gaussian", GA, "    z = torch.where(sc > 0, z, torch.full_like(z, math.nan))",
@@ -87,8 +89,8 @@ m("ga-sigma-zero-not-nan", "gaussian", GA, "    z = torch.where(sc > 0, z, torch
 m("ga-kl-t-square", "gaussian", GA, "    g_up = t * (t / (1.0 + t)) - psi(t)", "    g_up = t * t / (1.0 + t) - psi(t)",
   "KL's t^2/(1+t) with t^2 formed (overflows)")
 m("ga-kl-half", "gaussian", GA, "    kl = 0.5 * (d * d + g)\n", "    kl = 0.5 * d * d + g\n", "KL = d^2/2 + g (g not halved)")
-m("ga-tail-var-r1", "gaussian", GA, "    var_t = _ldexp(sigma * (core * (2.0 * r2 - h1)), -n1) * _ldexp(sigma, n1 - nexp)",
-  "    var_t = _ldexp(sigma * (core * (2.0 * r1 - h1)), -n1) * _ldexp(sigma, n1 - nexp)", "tail variance with r1 for r2")
+m("ga-tail-var-r1", "gaussian", GF, "    var_t = ldexp(sigma * (core * (2.0 * r2 - h1)), -n1) * ldexp(sigma, n1 - nexp)",
+  "    var_t = ldexp(sigma * (core * (2.0 * r1 - h1)), -n1) * ldexp(sigma, n1 - nexp)", "tail variance with r1 for r2")
 
 # ---- _norm_formula.py / _norm.py -------------------------------------------------------------------------
 m("nf-reuse-weights-3", "norm", NF, "        return [2 / 3, 5 / 3, 2 / 3]", "        return [2 / 3, 4 / 3, 2 / 3]",
@@ -123,29 +125,29 @@ m("rn-bwd-kxc-sign", "norm", RN, "        k_xc = -(a_sum / m) * a / sigma + coef
   "        k_xc = -(a_sum / m) * a / sigma + coef * (1.0 + r)", "eager backward: (1 + r) for (1 - r)")
 m("rn-bwd-glam-no-r", "norm", RN, "        g_lam = (g_t * r).sum()", "        g_lam = g_t.sum()", "eager backward: dL/dlambda without r")
 
-# ---- _bayes_linear.py -------------------------------------------------------------------------------------
-m("bl-std-bound-hi", "bayes_linear", BL, "    return float(fi.tiny) ** 0.25, float(fi.max) ** 0.125",
+# ---- _bayesian_std.py, _bayesian_ops.py, _bayesian_linear.py ----------------------------------------------
+m("bl-std-bound-hi", "bayesian_linear", BL_STD, "    return float(fi.tiny) ** 0.25, float(fi.max) ** 0.125",
   "    return float(fi.tiny) ** 0.25, float(fi.max) ** 0.25", "upper std bound max**(1/4) instead of max**(1/8)")
-m("bl-lr-bwd-q-half", "bayes_linear", BL, "        q = torch.mul(g, eps).div_(s)  # 2 dL/dv", "        q = torch.mul(g, eps).div_(2 * s)  # 2 dL/dv",
+m("bl-lr-bwd-q-half", "bayesian_linear", BL_OPS, "        q = torch.mul(g, eps).div_(s)  # 2 dL/dv", "        q = torch.mul(g, eps).div_(2 * s)  # 2 dL/dv",
   "LR backward: q halved")
-m("bl-bbb-bwd-no-sigma", "bayes_linear", BL, "                g_rw = torch.mul(g_w, eps_w).mul_(sd_w)\n",
+m("bl-bbb-bwd-no-sigma", "bayesian_linear", BL_OPS, "                g_rw = torch.mul(g_w, eps_w).mul_(sd_w)\n",
   "                g_rw = torch.mul(g_w, eps_w)\n", "BBB backward: drho_W without sigma_W")
-m("bl-clt-bwd-mu-factor", "bayes_linear", BL, "                g_mu = torch.mm(g_m, wm).addcmul_(mu_h, g1, value=2.0)",
+m("bl-clt-bwd-mu-factor", "bayesian_linear", BL_OPS, "                g_mu = torch.mm(g_m, wm).addcmul_(mu_h, g1, value=2.0)",
   "                g_mu = torch.mm(g_m, wm).addcmul_(mu_h, g1, value=1.0)", "CLT backward: dmu_h missing the factor 2")
-m("bl-clt-no-vh-mu2", "bayes_linear", BL, "            assert wm2 is not None\n            v.addmm_(var_h, wm2.t())\n",
+m("bl-clt-no-vh-mu2", "bayesian_linear", BL_OPS, "            assert wm2 is not None\n            v.addmm_(var_h, wm2.t())\n",
   "            assert wm2 is not None\n", "CLT forward: v misses v_h mu_W^2")
-m("bl-safe-sqrt-floor-0", "bayes_linear", BL,
+m("bl-safe-sqrt-floor-0", "bayesian_linear", BL_STD,
   "        return out\n    return torch.sqrt(var.clamp_min(torch.finfo(var.dtype).tiny))",
-  "        return out\n    return torch.sqrt(var.clamp_min(0.0))", "_safe_sqrt (small tensors) clamps at 0: infinite gradient at 0")
-m("bl-kl-no-bias", "bayes_linear", BL, "            kl = kl + kl_normal(bm, bs, pm, ps).sum()", "            kl = kl + 0.0 * kl_normal(bm, bs, pm, ps).sum()",
+  "        return out\n    return torch.sqrt(var.clamp_min(0.0))", "safe_sqrt (small tensors) clamps at 0: infinite gradient at 0")
+m("bl-kl-no-bias", "bayesian_linear", BL_LIN, "            kl = kl + kl_normal(bm, bs, pm, ps).sum()", "            kl = kl + 0.0 * kl_normal(bm, bs, pm, ps).sum()",
   "KL() drops the bias terms")
-m("bl-expstd-no-mask", "bayes_linear", BL, "        if mask is not None:\n            g_rho = g_rho.masked_fill(mask, 0.0)\n", "",
-  "_ExpStd backward: saturated rho gets a gradient")
-m("bl-prior-std-zero", "bayes_linear", BL, "    if not bool(((std > 0) & torch.isfinite(std)).all()):",
+m("bl-expstd-no-mask", "bayesian_linear", BL_STD, "        if mask is not None:\n            g_rho = g_rho.masked_fill(mask, 0.0)\n", "",
+  "ExpStd backward: saturated rho gets a gradient")
+m("bl-prior-std-zero", "bayesian_linear", BL_LIN, "    if not bool(((std > 0) & torch.isfinite(std)).all()):",
   "    if not bool(((std >= 0) & torch.isfinite(std)).all()):", "a tensor prior std of 0 is accepted")
-m("bl-bias-init-bound", "bayes_linear", BL, "            bound = 1.0 / math.sqrt(self.in_features)", "            bound = 1.0 / self.in_features",
+m("bl-bias-init-bound", "bayesian_linear", BL_LIN, "            bound = 1.0 / math.sqrt(self.in_features)", "            bound = 1.0 / self.in_features",
   "bias init bound 1/fan_in instead of 1/sqrt(fan_in)")
-m("bl-rho-of-half", "bayes_linear", BL, "        return math.log(std)\n", "        return 0.5 * math.log(std)\n",
+m("bl-rho-of-half", "bayesian_linear", BL_LIN, "        return math.log(std)\n", "        return 0.5 * math.log(std)\n",
   "initial rho gives std sqrt(0.01)")
 
 # ---- rnorm.c ----------------------------------------------------------------------------------------------

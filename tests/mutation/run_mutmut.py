@@ -1,7 +1,7 @@
 """mutmut 3 over the Python kernels, one module at a time with the module's fast test selection
 (``tests/mutation/selection.toml``), in a scratch copy of the working tree.
 
-    .venv/bin/python tests/mutation/run_mutmut.py                   # special, gaussian, norm, bayes_linear
+    .venv/bin/python tests/mutation/run_mutmut.py                   # special, gaussian, norm, bayesian_linear
     .venv/bin/python tests/mutation/run_mutmut.py special --max-children 2
 
 mutmut 3 reads its configuration from ``[tool.mutmut]`` of the ``pyproject.toml`` in the folder it runs in and writes
@@ -47,7 +47,7 @@ else:  # pragma: no cover
 from run_scripted import ROOT, snapshot
 
 HERE = Path(__file__).resolve().parent
-PYTHON_MODULES = ("special", "gaussian", "norm", "bayes_linear")
+PYTHON_MODULES = ("special", "gaussian", "norm", "bayesian_linear")
 
 
 def toml_list(items: list[str]) -> str:

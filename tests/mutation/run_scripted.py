@@ -99,8 +99,10 @@ def snapshot(dest: Path) -> list[str]:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target)
-    kernels = ["rln_verified/_special.py", "rln_verified/_gaussian.py", "rln_verified/_norm_formula.py",
-               "rln_verified/_norm.py", "rln_verified/_bayes_linear.py", "rln_verified/_native/rnorm.c",
+    kernels = ["rln_verified/_special.py", "rln_verified/_gaussian_formula.py", "rln_verified/_gaussian.py",
+               "rln_verified/_norm_formula.py",
+               "rln_verified/_norm.py", "rln_verified/_bayesian_std.py", "rln_verified/_bayesian_ops.py",
+               "rln_verified/_bayesian_linear.py", "rln_verified/_bayesian_mlp.py", "rln_verified/_native/rnorm.c",
                "rln_verified/_native/gauss.c"]
     diff = subprocess.run(["git", "-C", str(ROOT), "diff", "--name-only", "HEAD", "--", *kernels],
                           capture_output=True, text=True, check=True).stdout.split()
