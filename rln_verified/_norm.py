@@ -166,22 +166,22 @@ def rnorm_planes(
     bayes: bool,
     two_d: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the kernel to ``x`` of shape (..., P, L); weight and bias broadcast against it.
+    """Apply the kernel to ``x`` of shape (..., P, L) in its own dtype; weight and bias broadcast against it: per
+    channel, shaped (C, 1, 1), in the 2d layout, per element, shaped (P, L), in the last-dims layout.
 
-    A weight of shape (..., 1, 1) is per group (per channel); any other shape is elementwise.
-    float32 CPU inputs go through the fused kernel of ``_native`` when it is available (same formula, N11); float32
-    CUDA inputs through the operator ``rln_verified::rnorm_forward``, whose CUDA kernel is :func:`plain_planes`.
+    float32 CPU inputs go through the fused kernel of ``_native.rnorm`` when it is available (same formula, N11);
+    float32 CUDA inputs through the operator ``rln_verified::rnorm_forward``, whose CUDA kernel is :func:`plain_planes`
+    (both chosen by :func:`_fused`).
     """
     if recording():
         if onnx_exporting():  # ONNX has neither the operator nor frexp: plain operations only
             return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d, no_frexp=True)
     elif under_func_transform(x, weight, bias, lam):
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
-    mode = 0 if weight is None else (1 if tuple(weight.shape[-2:]) == (1, 1) else 2)
-    p, l_ = x.shape[-2], x.shape[-1]
-    cfg = rnorm.PlaneConfig(None, 0.0, eps, alpha, bayes, two_d, mode, p, l_)
-    if rnorm.usable(x, weight, bias, lam, mode, p, l_):
-        return rnorm.apply(x, weight, bias, lam, cfg, (*tuple(x.shape[:-2]), 1, 1))
+    fused = _fused(x, weight, bias, lam, NormConfig(eps, alpha, bayes, two_d, ()), x.shape[-2], x.shape[-1],
+                   (*tuple(x.shape[:-2]), 1, 1))
+    if fused is not None:
+        return fused
     if jit_tracing():  # the trace records plain operations, never a Python autograd node
         return plain_planes(x, weight, bias, lam, eps, alpha, bayes, two_d)
     out = _RNormFn.apply(x, weight, bias, lam, eps, alpha, bayes, two_d)  # type: ignore[no-untyped-call]
@@ -257,6 +257,7 @@ def _fused(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | No
             return None
     elif under_func_transform(x, weight, bias, lam):
         return None
+    # a weight is per channel (mode 1) in the 2d layout, whether shaped (C,) or (C, 1, 1), else per element (mode 2)
     mode = 0 if weight is None else (1 if cfg.two_d else 2)
     if not rnorm.usable(x, weight, bias, lam, mode, p, l_):
         return None
