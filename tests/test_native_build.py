@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from rln_verified import _native
 from rln_verified._native import gauss, rnorm, toolchain
 from rln_verified._native.toolchain import (
     FLAGS,
@@ -27,7 +28,7 @@ from rln_verified._native.toolchain import (
     compile_flags,
 )
 
-KERNELS = {"rnorm.c": rnorm.KERNEL, "gauss.c": gauss.KERNEL}
+KERNELS = _native.KERNELS
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZE_RUN = toolchain.sanitized()  # read before any test clears the switches
 
@@ -161,6 +162,19 @@ def test_both_kernels_in_use_where_a_compiler_exists(name: str) -> None:
     # With a compiler (or under RLN_VERIFIED_REQUIRE_NATIVE=1), a kernel that did not build fails here.
     assert kernel.available(), kernel.reason()
     assert kernel.path is not None and kernel.flags == compile_flags()
+
+
+def test_the_package_answers_for_every_kernel() -> None:
+    """_native.available() is every kernel's answer together, and reason() names each kernel with its own reason, so a
+    report can never show one kernel in use while another silently fell back."""
+    assert set(KERNELS) == {p.name for p in Path(_native.__file__).parent.glob("*.c")}, "a C source with no Kernel"
+    assert KERNELS["rnorm.c"] is rnorm.KERNEL and KERNELS["gauss.c"] is gauss.KERNEL
+    lines = _native.reason().splitlines()
+    assert lines == [f"{name}: {k.reason()}" for name, k in KERNELS.items()]
+    assert _native.available() == all(k.available() for k in KERNELS.values())
+    if _native.available():
+        with gauss.disabled():
+            assert not _native.available() and rnorm.available()
 
 
 # ---- the sanitizer build ------------------------------------------------------------------------------------------
