@@ -285,12 +285,14 @@ def r_norm(
         with torch.autocast(x.device.type, enabled=False):
             return r_norm(up, weight, bias, lam, cfg._replace(float32_under_autocast=False), name)
     if cfg.two_d:
-        if x.ndim != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
+        if x.ndim != 4:
             raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
         c = x.shape[1]
         if cfg.shape and c != cfg.shape[0]:
             raise ValueError(f"{name}: expected {cfg.shape[0]} channels, i.e. shape (N, {cfg.shape[0]}, H, W), "
                              f"got {tuple(x.shape)}")
+        if x.shape[-1] < 2 or x.shape[-2] < 2:
+            raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}")
         p, l_ = x.shape[-2], x.shape[-1]
         u_shape: tuple[int, ...] = (x.shape[0], c, 1, 1)
         wshape: tuple[int, ...] = (c, 1, 1)
@@ -304,6 +306,10 @@ def r_norm(
         p, l_ = math.prod(ns[:-1]), ns[-1]
         u_shape = (*x.shape[: x.ndim - k], *([1] * k))
         planes, wshape = x.reshape(-1, p, l_), (p, l_)
+    for arg, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != math.prod(wshape):
+            want = f"{c} elements, one per channel" if cfg.two_d else f"{p * l_} elements, one per normalized element"
+            raise ValueError(f"{name}: {arg} must have {want}, got shape {tuple(t.shape)}")
     fused = _fused(x, weight, bias, lam, cfg, p, l_, u_shape)
     if fused is not None:
         return fused

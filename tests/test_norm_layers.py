@@ -579,6 +579,22 @@ def test_functional_argument_errors() -> None:
         with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point tensor \(float64, float32, "
                                             r"float16 or bfloat16\), got torch.int32$"):
             fn(torch.zeros(1, 1, 3, 3, dtype=torch.int32))
+    # A weight or bias of the wrong size is a ValueError naming it, before any reshape or kernel sees it.
+    for name in ("r_layer_norm", "bayesian_r_layer_norm"):
+        fn = _FUNCTIONALS[name][0]
+        for arg in ("weight", "bias"):
+            with pytest.raises(ValueError, match=rf"^{name}: {arg} must have 24 elements, one per normalized element, "
+                                                 r"got shape \(5,\)$"):
+                fn(x, (4, 6), **{arg: torch.ones(5)})
+    for name in ("r_layer_norm2d", "bayesian_r_layer_norm2d"):
+        fn = _FUNCTIONALS[name][0]
+        for arg in ("weight", "bias"):
+            with pytest.raises(ValueError, match=rf"^{name}: {arg} must have 3 elements, one per channel, "
+                                                 r"got shape \(4, 1, 1\)$"):
+                fn(x, **{arg: torch.ones(4, 1, 1)})
+    # The layers check the channels before the spatial size, as torch's GroupNorm checks C first.
+    with pytest.raises(ValueError, match=r"^RLayerNorm2d: expected 3 channels"):
+        RLayerNorm2d(3)(torch.randn(2, 4, 1, 6))
     for name in _FUNCTIONALS:
         for bad_lam, shown in ((0.0, "0.0"), (-0.5, "-0.5"), (float("inf"), "inf"), (float("nan"), "nan")):
             with pytest.raises(ValueError, match=rf"^lambda_ must be a positive finite number, got {shown}$"):
