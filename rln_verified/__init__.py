@@ -10,6 +10,7 @@ from rln_verified._bayesian_linear import (
     LRLinear,
 )
 from rln_verified._bayesian_mlp import BayesianMLP
+from rln_verified._bayesian_train import elbo, predictive
 from rln_verified._norm_layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
 from rln_verified._tools import forward_with_uncertainty, replace_norm_layers
 from rln_verified.claims import CLAIMS, Claim, get_claim
@@ -31,8 +32,10 @@ __all__ = [
     "RLayerNorm",
     "RLayerNorm2d",
     "__version__",
+    "elbo",
     "forward_with_uncertainty",
     "functional",
     "get_claim",
+    "predictive",
     "replace_norm_layers",
 ]

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("functional", ("rln_verified._norm", "rln_verified._gaussian", "rln_verified._bayesian_std",
                     "rln_verified._bayesian_ops")),
     ("modules", ("rln_verified._norm_layers", "rln_verified._bayesian_linear", "rln_verified._bayesian_mlp",
-                 "rln_verified._tools")),
+                 "rln_verified._tools", "rln_verified._bayesian_train")),
     ("public", ("rln_verified", "rln_verified.functional", "rln_verified.claims", "rln_verified.seed")),
     ("verify", ("rln_verified.verify", "rln_verified.verify.*", "rln_verified.cli", "rln_verified.__main__")),
 ]
