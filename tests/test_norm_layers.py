@@ -532,6 +532,12 @@ def test_functional_dtype_contract(name: str, shape: tuple[int, ...], ns: tuple[
         assert torch.equal(got, want)
         tol = 8 * torch.finfo(torch.float32).eps * max(1.0, float(r64.abs().max()))
         torch.testing.assert_close(got.double(), r64, rtol=0, atol=tol)
+    # One float64 affine tensor beside float32 ones: cast like the others, never handed to the fused kernel's float32
+    # boundary (which would raise), and the same float32 result.
+    for w_, b_ in ((w.float(), b), (w, b.float())):
+        one = _functional(name, x32, ns, w_, b_, **(kw | {"lambda_": lam64.float()}))
+        for got, want in zip(one if bayes else (one,), same if bayes else (same,), strict=True):
+            assert torch.equal(got, want)
     # float32 on the CPU takes the fused kernel (rnorm_planes' contract), not the eager autograd node.
     if rnorm._kernel_ready():
         for out in (same, _functional(name, x32, ns, **kw)):
@@ -592,6 +598,14 @@ def test_functional_argument_errors() -> None:
             with pytest.raises(ValueError, match=rf"^{name}: {arg} must have 3 elements, one per channel, "
                                                  r"got shape \(4, 1, 1\)$"):
                 fn(x, **{arg: torch.ones(4, 1, 1)})
+    # The layers name themselves in their input errors, as the functional forms do.
+    for layer in (RLayerNorm(6), BayesianRLayerNorm2d(3)):
+        lname = type(layer).__name__
+        with pytest.raises(TypeError, match=rf"^{lname}: expected a floating-point torch.Tensor, got list$"):
+            layer([[0.0, 1.0]])
+        with pytest.raises(TypeError, match=rf"^{lname}: expected a floating-point tensor \(float64, float32, "
+                                            r"float16 or bfloat16\), got torch.int32$"):
+            layer(torch.zeros(1, 3, 4, 6, dtype=torch.int32))
     # The layers check the channels before the spatial size, as torch's GroupNorm checks C first.
     with pytest.raises(ValueError, match=r"^RLayerNorm2d: expected 3 channels"):
         RLayerNorm2d(3)(torch.randn(2, 4, 1, 6))

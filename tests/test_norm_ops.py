@@ -242,3 +242,18 @@ def test_autocast_computes_in_float32_and_returns_float32(cls: type[nn.Module], 
         y = m(x)
     assert y.dtype == torch.float32
     assert torch.equal(y, m(x.float()))  # the same float32 computation, bit for bit
+    # float32 and float64 inputs are left as they are under autocast: the same result as outside it, bit for bit
+    for wide in (torch.float32, torch.float64):
+        mw = _make(cls, arg, wide)
+        xw = x.to(wide)
+        with torch.autocast("cpu", dtype=dtype):
+            yw = mw(xw)
+        assert yw.dtype == wide and torch.equal(yw, mw(xw))
+    # The functional forms keep the input's dtype under autocast, as outside it (computed in float32, cast back).
+    functional = {rv.RLayerNorm: rv.functional.r_layer_norm, rv.BayesianRLayerNorm: rv.functional.bayesian_r_layer_norm}
+    fn = functional.get(cls)
+    if fn is not None:
+        ns = (arg,) if isinstance(arg, int) else tuple(arg)
+        with torch.autocast("cpu", dtype=dtype):
+            yf = fn(x, ns)
+        assert yf.dtype == dtype and torch.equal(yf, fn(x, ns))
