@@ -940,6 +940,24 @@ def test_eager_float32_u_is_float32(cls: type[nn.Module]) -> None:
         assert float((u - u_fused).abs().max()) <= 2.0**-20
 
 
+@pytest.mark.skipif(not rnorm.available(), reason=f"the fused kernel is not in use here: {rnorm.reason()}")
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("cls", [RLayerNorm, BayesianRLayerNorm, RLayerNorm2d, BayesianRLayerNorm2d],
+                         ids=lambda c: c.__name__)
+def test_float32_layer_is_one_fused_node_on_its_parameters(cls: type[nn.Module], affine: bool) -> None:
+    """A float32 CPU layer calls the fused kernel on its input as given, its raw lambda parameter (the kernel maps it
+    to lambda and back, N8) and its affine as stored: y's graph is one fused node whose inputs are the parameters
+    themselves, with no reshape or lambda node in between."""
+    m = _make(cls) if affine else cls((4, 6) if cls in (RLayerNorm, BayesianRLayerNorm) else 3,
+                                      **({"elementwise_affine": False} if cls in (RLayerNorm, BayesianRLayerNorm)
+                                         else {"affine": False}))
+    x = _input(cls).requires_grad_()
+    y = m(x)
+    assert type(y.grad_fn).__name__ == "_NativeFnBackward"
+    leaves = {id(fn.variable) for fn, _ in y.grad_fn.next_functions if hasattr(fn, "variable")}
+    assert {id(p) for p in m.parameters()} <= leaves and id(x) in leaves
+
+
 @pytest.mark.claim("N2")
 @pytest.mark.parametrize("cls", [RLayerNorm2d, BayesianRLayerNorm2d], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("eps", [1e-38, 1e-42])

@@ -48,10 +48,7 @@ def _setup(lib: ctypes.CDLL) -> None:
 
 
 KERNEL = Kernel("gauss.c", "rln_gauss_abi_version", 4, _setup)
-library = KERNEL.library
-available = KERNEL.available
-disabled = KERNEL.disabled
-reason = KERNEL.reason
+library, available, disabled, reason = KERNEL.library, KERNEL.available, KERNEL.disabled, KERNEL.reason
 
 
 def usable(*tensors: torch.Tensor) -> bool:

@@ -41,10 +41,7 @@ def _setup(lib: ctypes.CDLL) -> None:
 
 
 KERNEL = Kernel("rnorm.c", "rln_abi_version", 5, _setup)
-library = KERNEL.library
-available = KERNEL.available
-disabled = KERNEL.disabled
-reason = KERNEL.reason
+library, available, disabled, reason = KERNEL.library, KERNEL.available, KERNEL.disabled, KERNEL.reason
 
 
 class PlaneConfig(NamedTuple):
