@@ -249,6 +249,9 @@ def test_autocast_computes_in_float32_and_returns_float32(cls: type[nn.Module], 
         with torch.autocast("cpu", dtype=dtype):
             yw = mw(xw)
         assert yw.dtype == wide and torch.equal(yw, mw(xw))
+    # An error raised under autocast names the layer, as outside it.
+    with torch.autocast("cpu", dtype=dtype), pytest.raises(ValueError, match=rf"^{cls.__name__}: expected "):
+        m(x[..., :1, :1] if cls in (rv.RLayerNorm2d, rv.BayesianRLayerNorm2d) else x[..., :3])
     # The functional forms keep the input's dtype under autocast, as outside it (computed in float32, cast back).
     functional = {rv.RLayerNorm: rv.functional.r_layer_norm, rv.BayesianRLayerNorm: rv.functional.bayesian_r_layer_norm}
     fn = functional.get(cls)
