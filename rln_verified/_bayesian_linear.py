@@ -16,8 +16,10 @@ returns the autocast dtype, as ``nn.Linear`` does.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -264,6 +266,19 @@ class BayesianLinear(nn.Module):
     def map(self, on: bool = True) -> None:
         """Maximum a posteriori mode: forward uses the means only and is deterministic (C4)."""
         self._map = bool(on)
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Inside the block the layer samples: MAP mode and ``manual_reset`` are off, so every call draws fresh
+        noise. On exit, also when the block raises, the MAP mode, ``manual_reset`` and any stored noise are put
+        back as they were."""
+        saved = (self._map, self._manual_reset, self._random_weight, self._random_bias)
+        self.map(False)
+        self.set_manual_reset(False)
+        try:
+            yield
+        finally:
+            self._map, self._manual_reset, self._random_weight, self._random_bias = saved
 
     def update_prior(self, prior_mean: Prior, prior_std: Prior) -> None:
         """Replace the prior (same accepted forms and checks as the constructor)."""

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -147,14 +148,11 @@ def predictive(model: nn.Module, x: torch.Tensor, samples: int = 16) -> tuple[to
         raise ValueError("predictive: CLT layers give moments, not samples, and only a BayesianMLP with "
                          "layer_type 'clt' or 'cltdet' passes them from layer to layer; pass that BayesianMLP "
                          "itself, or use BBBLinear/LRLinear layers")
-    saved = [(m, m._map, m.get_manual_reset(), m._random_weight, m._random_bias) for m in layers]
-    try:
+    with contextlib.ExitStack() as stack:
         for m in layers:
-            m.map(False)
-            m.set_manual_reset(False)
+            stack.enter_context(m.sampling())
         if n_clt:
-            out = model(x)
-            mean, var = out
+            mean, var = model(x)
             return mean, (torch.zeros_like(mean) if var is None else var)
         draws: list[torch.Tensor] = []
         for _ in range(int(samples)):
@@ -165,11 +163,6 @@ def predictive(model: nn.Module, x: torch.Tensor, samples: int = 16) -> tuple[to
             draws.append(y)
         stacked = torch.stack(draws)
         return stacked.mean(dim=0), stacked.var(dim=0, correction=1)
-    finally:
-        for m, was_map, reset, rw, rb in saved:
-            m.map(was_map)
-            m.set_manual_reset(reset)
-            m._random_weight, m._random_bias = rw, rb
 
 
 __all__ = ["elbo", "predictive"]

@@ -392,3 +392,24 @@ def test_bayesian_linear_page_example_runs() -> None:
     exec(compile(blocks[0], str(page), "exec"), ns)
     assert bool(torch.isfinite(ns["loss"])) and ns["mean"].shape == ns["var"].shape == (256, 1)
     assert bool((ns["var"] > 0).all())
+
+
+def test_sampling_block_samples_and_restores_the_layer() -> None:
+    """BayesianLinear.sampling(): inside, MAP mode and manual_reset are off (two calls differ); after it, also after a
+    raise, the mode, manual_reset and the stored noise are as before (the next call repeats the stored draw)."""
+    torch.manual_seed(0)
+    layer = LRLinear(3, 2)
+    x = torch.randn(4, 3)
+    layer.set_manual_reset(True)
+    first = layer(x)  # draws and stores the noise
+    layer.map(True)
+    with layer.sampling():
+        assert not layer.get_manual_reset()
+        assert not torch.equal(layer(x), layer(x))
+    assert layer.get_manual_reset()
+    assert torch.equal(layer(x), layer(x)) and not torch.equal(layer(x), first)  # MAP again: the means only
+    layer.map(False)
+    assert torch.equal(layer(x), first)  # the stored noise is back
+    with pytest.raises(RuntimeError, match=r"^inside$"), layer.sampling():
+        raise RuntimeError("inside")
+    assert layer.get_manual_reset() and torch.equal(layer(x), first)

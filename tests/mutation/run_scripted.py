@@ -102,7 +102,8 @@ def snapshot(dest: Path) -> list[str]:
     kernels = ["rln_verified/_special.py", "rln_verified/_gaussian_formula.py", "rln_verified/_gaussian.py",
                "rln_verified/_norm_formula.py",
                "rln_verified/_norm.py", "rln_verified/_bayesian_std.py", "rln_verified/_bayesian_ops.py",
-               "rln_verified/_bayesian_linear.py", "rln_verified/_bayesian_mlp.py", "rln_verified/_native/rnorm.c",
+               "rln_verified/_bayesian_linear.py", "rln_verified/_bayesian_mlp.py", "rln_verified/_bayesian_train.py",
+               "rln_verified/_native/rnorm.c",
                "rln_verified/_native/gauss.c"]
     diff = subprocess.run(["git", "-C", str(ROOT), "diff", "--name-only", "HEAD", "--", *kernels],
                           capture_output=True, text=True, check=True).stdout.split()
