@@ -16,6 +16,7 @@ from torch import nn
 
 from rln_verified._bayesian_linear import BayesianLinear, CLTLinear, is_int
 from rln_verified._bayesian_mlp import BayesianMLP
+from rln_verified._tools import unwrap_compiled
 
 
 def _posterior_layers(model: nn.Module) -> list[BayesianLinear]:
@@ -91,9 +92,7 @@ def elbo(model: nn.Module, nll: torch.Tensor, n_data: int, kl_weight: float = 1.
 
 def _as_bayesian_mlp(model: nn.Module) -> BayesianMLP | None:
     """``model`` itself, or the module inside ``torch.compile(model)``, when it is a BayesianMLP."""
-    inner: object = model
-    while not isinstance(inner, BayesianMLP) and isinstance(inner, nn.Module):
-        inner = getattr(inner, "_orig_mod", None)
+    inner = unwrap_compiled(model)
     return inner if isinstance(inner, BayesianMLP) else None
 
 

@@ -39,7 +39,8 @@ def _compiled_in_place(module: nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
 
 
-def _unwrap_compiled(model: nn.Module) -> nn.Module:
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module that ``torch.compile`` wrapped (through any number of wrappers), or ``model`` itself."""
     while _is_compiled_wrapper(model):
         inner = model._orig_mod
         assert isinstance(inner, nn.Module)
@@ -99,7 +100,7 @@ def forward_with_uncertainty(model: nn.Module, *args: Any, **kwargs: Any) -> tup
     if not isinstance(model, nn.Module):
         raise TypeError(f"forward_with_uncertainty: expected an nn.Module, got {type(model).__name__}")
     kinds = _bayesian_norm_types()
-    model = _unwrap_compiled(model)
+    model = unwrap_compiled(model)
     for name, module in model.named_modules():
         if _is_compiled_wrapper(module) and any(isinstance(m, kinds) for m in module.modules()):
             raise ValueError(
@@ -261,4 +262,4 @@ def replace_norm_layers(
     return model
 
 
-__all__ = ["forward_with_uncertainty", "replace_norm_layers"]
+__all__ = ["forward_with_uncertainty", "replace_norm_layers", "unwrap_compiled"]

@@ -145,8 +145,11 @@ def _bad_elbo_cases() -> list[Any]:
     nll = torch.tensor(0.1)
     cases: list[tuple[str, dict[str, Any], type[Exception], str]] = [
         ("model-not-module", {"model": "net"}, TypeError, r"^elbo: model must be an nn\.Module, got str$"),
-        ("nll-float", {"nll": 0.1}, TypeError, r"^elbo: nll must be a real floating-point tensor"),
-        ("nll-int", {"nll": torch.tensor(1)}, TypeError, r"^elbo: nll must be a real floating-point tensor"),
+        ("nll-float", {"nll": 0.1}, TypeError,
+         r"^elbo: nll must be a real floating-point tensor \(the batch's mean NLL\), got float$"),
+        ("nll-int", {"nll": torch.tensor(1)}, TypeError,
+         r"^elbo: nll must be a real floating-point tensor \(the batch's mean NLL\), got a tensor of dtype "
+         r"torch\.int64$"),
         ("nll-complex", {"nll": torch.tensor(1 + 1j)}, TypeError,
          r"^elbo: nll must be a real floating-point tensor"),
         ("nll-vector", {"nll": torch.zeros(3)}, ValueError, r"^elbo: nll must be a 0-d tensor .*got shape \(3,\)"),
@@ -162,7 +165,8 @@ def _bad_elbo_cases() -> list[Any]:
         ("w-inf", {"kl_weight": math.inf}, ValueError, r"^elbo: kl_weight must be finite and >= 0, got inf$"),
         ("w-nan", {"kl_weight": math.nan}, ValueError, r"^elbo: kl_weight must be finite and >= 0, got nan$"),
         ("no-bayes", {"model": nn.Sequential(nn.Linear(2, 2))}, ValueError,
-         r"^elbo: model holds no Bayesian linear layer with a posterior"),
+         r"^elbo: model holds no Bayesian linear layer with a posterior \(BBBLinear, LRLinear or CLTLinear; "
+         r"CLTLinearDet has none\), so there is no KL term$"),
         ("cltdet-only", {"model": BayesianMLP(2, 1, depth=2, width=3, layer_type="cltdet")}, ValueError,
          r"^elbo: model holds no Bayesian linear layer with a posterior"),
     ]
@@ -363,11 +367,15 @@ class _Pair(nn.Module):
                  id="s-bool"),
     pytest.param(BBBLinear(2, 2), 4.0, ValueError, r"^predictive: samples must be an int >= 2 .*got 4\.0$",
                  id="s-float"),
-    pytest.param(nn.Linear(2, 2), 4, ValueError, r"^predictive: model holds no Bayesian linear layer", id="plain"),
+    pytest.param(nn.Linear(2, 2), 4, ValueError, r"^predictive: model holds no Bayesian linear layer \(BBBLinear, "
+                 r"LRLinear, CLTLinear or CLTLinearDet\), so it has no predictive distribution$", id="plain"),
     pytest.param("net", 4, TypeError, r"^predictive: model must be an nn\.Module, got str$", id="not-module"),
     pytest.param(nn.Sequential(CLTLinear(2, 2, is_input=True, is_output=True)), 4, ValueError,
-                 r"^predictive: CLT layers give moments, not samples", id="clt-outside-mlp"),
-    pytest.param(_Pair(), 4, TypeError, r"^predictive: the model returned tuple", id="tuple-output"),
+                 r"^predictive: CLT layers give moments, not samples, and only a BayesianMLP with layer_type 'clt' "
+                 r"or 'cltdet' passes them from layer to layer; pass that BayesianMLP itself, or use "
+                 r"BBBLinear/LRLinear layers$", id="clt-outside-mlp"),
+    pytest.param(_Pair(), 4, TypeError, r"^predictive: the model returned tuple; sampling needs a model that "
+                 r"returns one tensor per call$", id="tuple-output"),
 ])
 def test_predictive_rejects_bad_arguments(model: Any, samples: Any, exc: type[Exception], pattern: str) -> None:
     with pytest.raises(exc, match=pattern):
@@ -413,3 +421,35 @@ def test_sampling_block_samples_and_restores_the_layer() -> None:
     with pytest.raises(RuntimeError, match=r"^inside$"), layer.sampling():
         raise RuntimeError("inside")
     assert layer.get_manual_reset() and torch.equal(layer(x), first)
+
+
+class _Counting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = LRLinear(2, 2)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        y: torch.Tensor = self.layer(x)
+        return y
+
+
+def test_predictive_draws_sixteen_samples_by_default() -> None:
+    net = _Counting()
+    predictive(net, torch.randn(3, 2))
+    assert net.calls == 16
+
+
+def test_predictive_sees_through_torch_compile() -> None:
+    """A compiled CLT BayesianMLP is still the closed form: the wrapper's _orig_mod is the BayesianMLP. A compiled
+    model whose original is not a BayesianMLP, with CLT layers inside, is refused as the original would be."""
+    net = BayesianMLP(3, 2, depth=2, width=4, layer_type="clt")
+    wrapped = torch.compile(net, backend="eager")
+    x = torch.randn(5, 3)
+    mean, var = predictive(wrapped, x)
+    want = wrapped(x)  # the compiled call itself (compile runs the plain forms, eager the fused node)
+    assert torch.equal(mean, want[0]) and want[1] is not None and torch.equal(var, want[1])
+    seq = torch.compile(nn.Sequential(CLTLinear(3, 2, is_input=True, is_output=True)), backend="eager")
+    with pytest.raises(ValueError, match=r"^predictive: CLT layers give moments, not samples"):
+        predictive(seq, x)
