@@ -3,15 +3,11 @@
 Theorems C1-C6 in ``proofs/bayesian_linear.md``. The defects of ObjectRL's implementation are fixed here and pinned by
 ``tests/test_objectrl_regressions.py``.
 
-Speed: each layer's sample or moments is one autograd node with a hand-written backward (``_bayesian_ops``), and
-its std one node too (``_bayesian_std.ExpStd``). Under ``torch.func`` the plain autograd forms run; under
-``torch.compile``/``torch.export``/``torch.jit.trace`` the plain forms with the kernels as ``torch.library`` operators.
-float32 on CUDA takes the compile path in eager mode too: the plain forms with the kernels as operators, whose CUDA
-kernels (``gauss.exp_clamp_cuda``, ``relu_moments_cuda``) are eager torch, so CUDA eager, compile and
-autocast run one code path.
-
-Autocast: each layer computes in float32 (or its parameters' wider dtype) with autocast disabled inside, and
-returns the autocast dtype, as ``nn.Linear`` does.
+Each layer's ``forward`` is one call of its functional entry in ``_bayesian_ops`` (``bbb_linear``, ``lr_linear``,
+``clt_linear``, ``clt_linear_det``), which holds MAP mode, the autocast policy and the choice of path: the single
+autograd nodes with hand-written backwards where they may run, else the plain forms (under ``torch.func``), with the
+kernels as ``torch.library`` operators under ``torch.compile``/``torch.export``/``torch.jit.trace`` and for float32
+CUDA in eager mode. The layers hold the parameters, the prior and the noise kept under ``manual_reset`` (C5).
 """
 
 from __future__ import annotations
@@ -26,9 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rln_verified._bayesian_ops import BBBSample, CLTPreact, LRSample
-from rln_verified._bayesian_std import FUSE_MIN, INIT_STD, ExpStd, eager_nodes_ok, safe_sqrt, std_bounds
-from rln_verified._dispatch import onnx_exporting, recording, under_func_transform
+from rln_verified._bayesian_ops import (
+    Act,
+    MomentConfig,
+    SampleConfig,
+    bbb_linear,
+    clt_linear,
+    clt_linear_det,
+    lr_linear,
+)
+from rln_verified._bayesian_std import INIT_STD, posterior_std
+from rln_verified._dispatch import under_func_transform
 from rln_verified._gaussian import (
     crelu_moments,
     kl_normal,
@@ -37,28 +41,10 @@ from rln_verified._gaussian import (
     normal_pdf,
     relu_moments,
 )
-from rln_verified._native import gauss
 from rln_verified._special import inv_softplus, softplus
 
 Prior = int | float | torch.Tensor | None
 LayerType = Literal["bbb", "lr", "clt", "cltdet"]
-Act = Literal["relu", "crelu"]
-
-
-# Not _validation.compute_dtype: that keeps every dtype but float16/bfloat16, this gives float32 for every dtype but
-# float64 (the dtype the layer computes in under autocast).
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a layer computes in under autocast: float32, or its parameters' dtype when wider."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# Not _dispatch.autocast_dtype(t.device.type): that also answers for xpu, mps, hpu and other autocast devices; the
-# layers apply autocast on cpu and cuda only.
-def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
-    dev = t.device.type
-    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
-        return None
-    return torch.get_autocast_dtype(dev)
 
 
 def is_int(v: object) -> bool:
@@ -298,26 +284,7 @@ class BayesianLinear(nn.Module):
     # ---- posterior ------------------------------------------------------------------------------------
 
     def _std_of(self, rho: torch.Tensor, square: bool = False) -> torch.Tensor:
-        lo, hi = std_bounds(rho.dtype)
-        if self.use_softplus:
-            r = rho.clamp(float(inv_softplus(torch.tensor(lo, dtype=torch.float64))), hi)
-            sd = softplus(r)
-            return sd.square() if square else sd
-        # The same values, a shorter backward (ExpStd); always where the fused kernel serves, whose exp is then
-        # the std's exp for every use of this rho. Under compile/export/trace: the kernel as an operator.
-        if recording():
-            if not onnx_exporting() and rho.dtype == torch.float32 and (rho.is_cpu or rho.is_cuda):
-                op_out: torch.Tensor = gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
-                return op_out
-        elif rho.is_cuda and rho.dtype == torch.float32 and not under_func_transform(rho):
-            # float32 CUDA, eager: the operator, as under compile (its CUDA kernel is torch's exp)
-            cuda_out: torch.Tensor = gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
-            return cuda_out
-        if eager_nodes_ok(rho) and (rho.numel() >= FUSE_MIN or gauss.usable(rho)):
-            out: torch.Tensor = ExpStd.apply(rho, math.log(lo), math.log(hi), square)  # type: ignore[no-untyped-call]
-            return out
-        sd = torch.exp(rho.clamp(math.log(lo), math.log(hi)))
-        return sd.square() if square else sd
+        return posterior_std(rho, self.use_softplus, square)
 
     def mean(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(weight_mu, bias_mu)``."""
@@ -356,12 +323,10 @@ class BayesianLinear(nn.Module):
             n += bm.numel()
         return kl, n
 
-    def _noise(self, attr: str, like: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like ``like``; kept between calls under manual_reset (C5)."""
-        return self._noise_shaped(attr, tuple(like.shape), like.dtype, like.device)
-
-    def _noise_shaped(self, attr: str, shape: tuple[int, ...], dtype: torch.dtype,
-                      device: torch.device) -> torch.Tensor:
+    def _noise(self, slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Standard normal noise for ``slot`` ("weight" or "bias"); kept between calls under manual_reset (C5).
+        The layers' ``_bayesian_ops.Noise``."""
+        attr = "_random_" + slot
         stored: torch.Tensor | None = getattr(self, attr)
         if self._manual_reset and stored is not None:
             if tuple(stored.shape) != shape and under_func_transform():
@@ -387,9 +352,6 @@ class BayesianLinear(nn.Module):
         raise NotImplementedError(f"{type(self).__name__}: BayesianLinear is a base class; use BBBLinear, LRLinear, "
                                   "CLTLinear or CLTLinearDet")
 
-    def _upcast(self, t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        return None if t is None else t.to(dtype)
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_mu is not None}, "
                 f"use_softplus={self.use_softplus}, manual_reset={self._manual_reset}")
@@ -405,34 +367,8 @@ class BBBLinear(BayesianLinear):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        ac = _autocast_dtype(input)
-        if ac is not None:  # autocast: compute in float32 with autocast off, return the autocast dtype
-            cd = _compute_dtype(self.weight_mu.dtype)
-            with torch.autocast(input.device.type, enabled=False):
-                out: torch.Tensor = self._forward(input.to(cd))
-            return out.to(ac)
-        return self._forward(input)
-
-    def _forward(self, input: torch.Tensor) -> torch.Tensor:
-        wm, bm = self.mean()
-        if self._map:
-            return F.linear(input, wm, bm)
-        rho_w, rho_b = self.weight_rho, self.bias_rho
-        assert rho_w is not None
-        if (not self.use_softplus and input.dim() >= 1 and input.shape[-1] == self.in_features
-                and eager_nodes_ok(input, wm, bm, rho_w, rho_b)):
-            # One node for the whole sample (BBBSample), the same values as the form below.
-            lo, hi = std_bounds(rho_w.dtype)
-            eps_w = self._noise("_random_weight", wm)
-            eps_b = self._noise("_random_bias", bm) if bm is not None else None
-            x2 = input if input.dim() == 2 else input.reshape(-1, self.in_features)
-            y: torch.Tensor = BBBSample.apply(x2, wm, rho_w, eps_w, bm, rho_b, eps_b,  # type: ignore[no-untyped-call]
-                                               math.log(lo), math.log(hi))
-            return y if input.dim() == 2 else y.reshape(*input.shape[:-1], self.out_features)
-        ws, bs = self.std()
-        w = torch.addcmul(wm, ws, self._noise("_random_weight", wm))
-        b = torch.addcmul(bm, bs, self._noise("_random_bias", bm)) if bm is not None and bs is not None else None
-        return F.linear(input, w, b)
+        return bbb_linear(input, self.weight_mu, self.bias_mu, self.weight_rho, self.bias_rho,
+                          SampleConfig(self.use_softplus, self._map), self._noise)
 
 
 class LRLinear(BayesianLinear):
@@ -447,35 +383,8 @@ class LRLinear(BayesianLinear):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        ac = _autocast_dtype(input)
-        if ac is not None:  # autocast: compute in float32 with autocast off, return the autocast dtype
-            cd = _compute_dtype(self.weight_mu.dtype)
-            with torch.autocast(input.device.type, enabled=False):
-                out: torch.Tensor = self._forward(input.to(cd))
-            return out.to(ac)
-        return self._forward(input)
-
-    def _forward(self, input: torch.Tensor) -> torch.Tensor:
-        wm, bm = self.mean()
-        if self._map:
-            return F.linear(input, wm, bm)
-        rho_w, rho_b = self.weight_rho, self.bias_rho
-        assert rho_w is not None
-        if (not self.use_softplus and input.dim() >= 1 and input.shape[-1] == self.in_features
-                and eager_nodes_ok(input, wm, bm, rho_w, rho_b)):
-            # One node for the whole sample (LRSample), the same values as the form below.
-            out_shape = (*input.shape[:-1], self.out_features)
-            eps = self._noise_shaped("_random_weight", out_shape, wm.dtype, wm.device)
-            lo, hi = std_bounds(rho_w.dtype)
-            two_d = input.dim() == 2
-            y: torch.Tensor = LRSample.apply(  # type: ignore[no-untyped-call]
-                input if two_d else input.reshape(-1, self.in_features), wm, bm, rho_w, rho_b,
-                eps if two_d else eps.reshape(-1, self.out_features), math.log(lo), math.log(hi))
-            return y if two_d else y.reshape(out_shape)
-        out_mu = F.linear(input, wm, bm)
-        wv, bv = self.var()
-        out_std = safe_sqrt(F.linear(input.square(), wv, bv))
-        return torch.addcmul(out_mu, out_std, self._noise("_random_weight", out_mu))
+        return lr_linear(input, self.weight_mu, self.bias_mu, self.weight_rho, self.bias_rho,
+                         SampleConfig(self.use_softplus, self._map), self._noise)
 
 
 class CReLU(nn.Module):
@@ -541,78 +450,13 @@ class CLTLinear(BayesianLinear):
     def reset_randomness(self) -> None:
         """Nothing to reset: the forward is analytic (ObjectRL raises NotImplementedError here)."""
 
-    def _activate_map(self, m: torch.Tensor) -> torch.Tensor:
-        if self.is_output:
-            return m
-        if self.act == "relu":
-            return F.relu(m)
-        return torch.cat([F.relu(m), F.relu(-m)], dim=-1)
-
-    def _activate(self, m: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.is_output:
-            return m, v
-        s = safe_sqrt(v)
-        return relu_moments(m, s) if self.act == "relu" else crelu_moments(m, s)
-
-    def _check_call(self, var_h: torch.Tensor | None) -> None:
-        if self._map and var_h is not None:
-            raise ValueError(f"{type(self).__name__}: var_h must be None in MAP mode (the MAP forward is "
-                             "deterministic), got a tensor")
+    def _config(self) -> MomentConfig:
+        return MomentConfig(self.use_softplus, self._map, self.act, self.is_input, self.is_output, type(self).__name__)
 
     def forward(
         self, mu_h: torch.Tensor, var_h: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ac = _autocast_dtype(mu_h)
-        if ac is not None:  # autocast: compute in float32 with autocast off, return the autocast dtype
-            cd = _compute_dtype(self.weight_mu.dtype)
-            with torch.autocast(mu_h.device.type, enabled=False):
-                m, v = self._forward(mu_h.to(cd), self._upcast(var_h, cd))
-            return m.to(ac), (None if v is None else v.to(ac))
-        return self._forward(mu_h, var_h)
-
-    def _forward(
-        self, mu_h: torch.Tensor, var_h: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self._check_call(var_h)
-        wm, bm = self.mean()
-        if self._map:
-            return self._activate_map(F.linear(mu_h, wm, bm)), None
-        if var_h is None and not self.is_input:
-            raise ValueError(f"{type(self).__name__}: var_h is required for a non-input layer outside MAP mode "
-                             "(set is_input=True for a deterministic input)")
-        rho_w, rho_b = self.weight_rho, self.bias_rho
-        fused = (mu_h.dim() >= 1 and mu_h.shape[-1] == self.in_features and rho_w is not None
-                 and (var_h is None or var_h.shape == mu_h.shape) and eager_nodes_ok(mu_h, var_h, wm, bm, rho_w, rho_b))
-        if fused and rho_w is not None:
-            # One autograd node for the pre-activation, with the std's exp(clamp(rho))**2 inside it (the same
-            # values as var()), or var() itself under softplus.
-            bounds: tuple[float, float] | None = None
-            sw: torch.Tensor = rho_w
-            sb: torch.Tensor | None = rho_b
-            if self.use_softplus:
-                sw, sb = self.var()
-            else:
-                lo, hi = std_bounds(rho_w.dtype)
-                bounds = (math.log(lo), math.log(hi))
-            two_d = mu_h.dim() == 2
-            mu2 = mu_h if two_d else mu_h.reshape(-1, self.in_features)
-            var2 = var_h if two_d or var_h is None else var_h.reshape(-1, self.in_features)
-            # The activation joins the node where the fused float32 kernel applies (RELU-6).
-            act = None if self.is_output or not gauss.usable(mu2, wm) else self.act
-            m, v = CLTPreact.apply(mu2, var2, wm, bm, sw, sb, bounds, act)  # type: ignore[no-untyped-call]
-            if not two_d:
-                lead = tuple(mu_h.shape[:-1])
-                m, v = m.reshape(*lead, m.shape[-1]), v.reshape(*lead, v.shape[-1])
-            if act is not None:
-                return m, v
-        else:
-            wv, bv = self.var()
-            m = F.linear(mu_h, wm, bm)
-            if var_h is None:
-                v = F.linear(mu_h.square(), wv, bv)
-            else:
-                v = F.linear(var_h + mu_h.square(), wv, bv) + F.linear(var_h, wm.square())
-        return self._activate(m, v)
+        return clt_linear(mu_h, var_h, self.weight_mu, self.bias_mu, self.weight_rho, self.bias_rho, self._config())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, act={self.act!r}, is_input={self.is_input}, is_output={self.is_output}"
@@ -634,15 +478,10 @@ class CLTLinearDet(CLTLinear):
     def KL(self) -> tuple[torch.Tensor, int]:
         raise ValueError(f"{type(self).__name__} has deterministic weights, so no KL divergence")
 
-    def _forward(
+    def forward(
         self, mu_h: torch.Tensor, var_h: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self._check_call(var_h)
-        wm, bm = self.mean()
-        m = F.linear(mu_h, wm, bm)
-        if self._map or var_h is None:
-            return self._activate_map(m), None
-        return self._activate(m, F.linear(var_h, wm.square()))
+        return clt_linear_det(mu_h, var_h, self.weight_mu, self.bias_mu, self._config())
 
 
 #: The layer classes by ``LayerType`` name.

@@ -1,4 +1,8 @@
-"""The samples and moments of the Bayesian linear layers as single autograd nodes.
+"""The Bayesian linear layers' forward: one functional entry per layer type, and the single autograd nodes it runs.
+
+``bbb_linear``, ``lr_linear``, ``clt_linear`` and ``clt_linear_det`` are each layer's whole forward: MAP mode, the
+autocast policy (compute in float32, or the parameters' wider dtype, with autocast off; return the autocast dtype,
+as ``nn.Linear`` does) and the choice of path. Each layer's ``forward`` is one call of its entry.
 
 Each layer's sample or moments is one autograd node with a hand-written backward (``BBBSample``, ``LRSample``,
 ``CLTPreact``; C2, C3, C5, C6 in ``proofs/bayesian_linear.md``), which forms the same values as the ``F.linear``
@@ -10,14 +14,33 @@ their VJP instead (``_dispatch.recompute_vjp``), so second and higher derivative
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from rln_verified._bayesian_std import no_autocast_backward, safe_sqrt_plain, sqrt_and_mask, squared_std, std_plain
+from rln_verified._bayesian_std import (
+    eager_nodes_ok,
+    no_autocast_backward,
+    posterior_std,
+    safe_sqrt,
+    safe_sqrt_plain,
+    sqrt_and_mask,
+    squared_std,
+    std_bounds,
+    std_plain,
+)
 from rln_verified._dispatch import recompute_vjp
+from rln_verified._gaussian import crelu_moments, relu_moments
 from rln_verified._native import gauss
+
+Act = Literal["relu", "crelu"]
+#: A source of standard normal noise: ``(slot, shape, dtype, device) -> tensor``, ``slot`` "weight" or "bias" (the
+#: local reparameterization's output noise is its "weight" slot). The layers pass one that keeps the noise between
+#: calls under ``manual_reset`` (C5).
+Noise = Callable[[str, tuple[int, ...], torch.dtype, torch.device], torch.Tensor]
 
 
 def _bbb_plain(x: torch.Tensor, wm: torch.Tensor, rho_w: torch.Tensor, eps_w: torch.Tensor, bm: torch.Tensor | None,
@@ -270,4 +293,236 @@ class CLTPreact(torch.autograd.Function):
         return g_mu, g_var, g_wm, g_bm, g_sw, g_sb, None, None
 
 
-__all__ = ["BBBSample", "CLTPreact", "LRSample"]
+# ---- the functional entries -------------------------------------------------------------------------------------
+
+
+def fresh_noise(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """New standard normal noise on every call (a :data:`Noise`)."""
+    return torch.randn(shape, dtype=dtype, device=device)
+
+
+class SampleConfig(NamedTuple):
+    """Everything about one BBB or LR call but the tensors: ``use_softplus``, ``sigma = softplus(rho)`` instead of
+    ``exp(rho)``; ``map``, the posterior mean's forward only (C4)."""
+
+    use_softplus: bool = False
+    map: bool = False
+
+
+class MomentConfig(NamedTuple):
+    """Everything about one CLT call but the tensors: ``use_softplus`` and ``map`` as :class:`SampleConfig`;
+    ``act`` the activation whose moments are returned, none when ``is_output``; ``is_input``, a deterministic
+    input (``var_h`` None) is allowed outside MAP mode; ``layer``, the name errors are reported under."""
+
+    use_softplus: bool = False
+    map: bool = False
+    act: Act = "relu"
+    is_input: bool = False
+    is_output: bool = False
+    layer: str = "CLTLinear"
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a layer computes in under autocast: float32, or its parameters' dtype when wider. (Not
+    ``_validation.compute_dtype``, which keeps every dtype but float16 and bfloat16.)"""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype on ``t``'s device, None when autocast is off there. cpu and cuda only (not
+    ``_dispatch.autocast_dtype``, which also answers for xpu, mps, hpu and other autocast devices)."""
+    dev = t.device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return None
+    return torch.get_autocast_dtype(dev)
+
+
+def _need_rho(rho: torch.Tensor | None, entry: str) -> torch.Tensor:
+    if rho is None:
+        raise ValueError(f"{entry} samples from the posterior and needs weight_rho; got None")
+    return rho
+
+
+def bbb_linear(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tensor | None,
+               weight_rho: torch.Tensor | None, bias_rho: torch.Tensor | None,
+               config: SampleConfig, noise: Noise = fresh_noise) -> torch.Tensor:
+    r"""Bayes by Backprop: ``F.linear(x, mu + sigma eps, mu_b + sigma_b eps_b)`` with one weight sample
+    (``noise("weight", ...)``, ``noise("bias", ...)``) shared by the batch (C5, C6); MAP mode ``F.linear(x, mu,
+    mu_b)`` (C4). Without softplus the sample is one node (:class:`BBBSample`) where it may run."""
+    ac = _autocast_dtype(input)
+    if ac is None:
+        return _bbb(input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
+    with torch.autocast(input.device.type, enabled=False):
+        x = input.to(_compute_dtype(weight_mu.dtype))
+        return _bbb(x, weight_mu, bias_mu, weight_rho, bias_rho, config, noise).to(ac)
+
+
+def _bbb(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor | None,
+         rho_b: torch.Tensor | None, cfg: SampleConfig, noise: Noise) -> torch.Tensor:
+    if cfg.map:
+        return F.linear(input, wm, bm)
+    rho_w = _need_rho(rho_w, "bbb_linear")
+    if (not cfg.use_softplus and input.dim() >= 1 and input.shape[-1] == wm.shape[-1]
+            and eager_nodes_ok(input, wm, bm, rho_w, rho_b)):
+        # One node for the whole sample (BBBSample), the same values as the form below.
+        lo, hi = std_bounds(rho_w.dtype)
+        eps_w = noise("weight", tuple(wm.shape), wm.dtype, wm.device)
+        eps_b = noise("bias", tuple(bm.shape), bm.dtype, bm.device) if bm is not None else None
+        x2 = input if input.dim() == 2 else input.reshape(-1, wm.shape[-1])
+        y: torch.Tensor = BBBSample.apply(x2, wm, rho_w, eps_w, bm, rho_b, eps_b,  # type: ignore[no-untyped-call]
+                                           math.log(lo), math.log(hi))
+        return y if input.dim() == 2 else y.reshape(*input.shape[:-1], wm.shape[0])
+    ws = posterior_std(rho_w, cfg.use_softplus)
+    w = torch.addcmul(wm, ws, noise("weight", tuple(wm.shape), wm.dtype, wm.device))
+    b = None
+    if bm is not None and rho_b is not None:
+        eps_b = noise("bias", tuple(bm.shape), bm.dtype, bm.device)
+        b = torch.addcmul(bm, posterior_std(rho_b, cfg.use_softplus), eps_b)
+    return F.linear(input, w, b)
+
+
+def lr_linear(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tensor | None,
+              weight_rho: torch.Tensor | None, bias_rho: torch.Tensor | None,
+              config: SampleConfig, noise: Noise = fresh_noise) -> torch.Tensor:
+    r"""Local reparameterization: ``x mu^T + mu_b + sqrt(x^2 (sigma^2)^T + sigma_b^2) eps`` with ``eps`` of the
+    output's shape (``noise("weight", ...)``; C2, C6); MAP mode ``F.linear(x, mu, mu_b)`` (C4). Without softplus
+    the sample is one node (:class:`LRSample`) where it may run."""
+    ac = _autocast_dtype(input)
+    if ac is None:
+        return _lr(input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
+    with torch.autocast(input.device.type, enabled=False):
+        x = input.to(_compute_dtype(weight_mu.dtype))
+        return _lr(x, weight_mu, bias_mu, weight_rho, bias_rho, config, noise).to(ac)
+
+
+def _lr(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor | None,
+        rho_b: torch.Tensor | None, cfg: SampleConfig, noise: Noise) -> torch.Tensor:
+    if cfg.map:
+        return F.linear(input, wm, bm)
+    rho_w = _need_rho(rho_w, "lr_linear")
+    if (not cfg.use_softplus and input.dim() >= 1 and input.shape[-1] == wm.shape[-1]
+            and eager_nodes_ok(input, wm, bm, rho_w, rho_b)):
+        # One node for the whole sample (LRSample), the same values as the form below.
+        out_shape = (*input.shape[:-1], wm.shape[0])
+        eps = noise("weight", out_shape, wm.dtype, wm.device)
+        lo, hi = std_bounds(rho_w.dtype)
+        two_d = input.dim() == 2
+        y: torch.Tensor = LRSample.apply(  # type: ignore[no-untyped-call]
+            input if two_d else input.reshape(-1, wm.shape[-1]), wm, bm, rho_w, rho_b,
+            eps if two_d else eps.reshape(-1, wm.shape[0]), math.log(lo), math.log(hi))
+        return y if two_d else y.reshape(out_shape)
+    out_mu = F.linear(input, wm, bm)
+    wv = posterior_std(rho_w, cfg.use_softplus, square=True)
+    bv = posterior_std(rho_b, cfg.use_softplus, square=True) if rho_b is not None else None
+    out_std = safe_sqrt(F.linear(input.square(), wv, bv))
+    return torch.addcmul(out_mu, out_std, noise("weight", tuple(out_mu.shape), out_mu.dtype, out_mu.device))
+
+
+def _activate_map(m: torch.Tensor, cfg: MomentConfig) -> torch.Tensor:
+    if cfg.is_output:
+        return m
+    if cfg.act == "relu":
+        return F.relu(m)
+    return torch.cat([F.relu(m), F.relu(-m)], dim=-1)
+
+
+def _activate(m: torch.Tensor, v: torch.Tensor, cfg: MomentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.is_output:
+        return m, v
+    s = safe_sqrt(v)
+    return relu_moments(m, s) if cfg.act == "relu" else crelu_moments(m, s)
+
+
+def _check_map(var_h: torch.Tensor | None, cfg: MomentConfig) -> None:
+    if cfg.map and var_h is not None:
+        raise ValueError(f"{cfg.layer}: var_h must be None in MAP mode (the MAP forward is deterministic), got a "
+                         "tensor")
+
+
+def clt_linear(mu_h: torch.Tensor, var_h: torch.Tensor | None, weight_mu: torch.Tensor, bias_mu: torch.Tensor | None,
+               weight_rho: torch.Tensor | None, bias_rho: torch.Tensor | None,
+               config: MomentConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""CLT moment propagation: the pre-activation's exact moments (C3)
+    ``m = mu_h mu^T + mu_b``, ``v = (v_h + mu_h^2)(sigma^2)^T + v_h (mu^2)^T + sigma_b^2`` (``var_h`` None: a
+    deterministic input, ``config.is_input``), then unless ``config.is_output`` the activation's moments of
+    ``N(m, v)``; MAP mode ``(act(F.linear(mu_h, mu, mu_b)), None)`` with ``var_h`` None. The moments (and, float32
+    on CPU, the activation: RELU-6) are one node (:class:`CLTPreact`) where it may run."""
+    ac = _autocast_dtype(mu_h)
+    if ac is None:
+        return _clt(mu_h, var_h, weight_mu, bias_mu, weight_rho, bias_rho, config)
+    cd = _compute_dtype(weight_mu.dtype)
+    with torch.autocast(mu_h.device.type, enabled=False):
+        m, v = _clt(mu_h.to(cd), None if var_h is None else var_h.to(cd), weight_mu, bias_mu, weight_rho, bias_rho,
+                    config)
+        return m.to(ac), (None if v is None else v.to(ac))
+
+
+def _clt(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor, bm: torch.Tensor | None,
+         rho_w: torch.Tensor | None, rho_b: torch.Tensor | None,
+         cfg: MomentConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    _check_map(var_h, cfg)
+    if cfg.map:
+        return _activate_map(F.linear(mu_h, wm, bm), cfg), None
+    if var_h is None and not cfg.is_input:
+        raise ValueError(f"{cfg.layer}: var_h is required for a non-input layer outside MAP mode "
+                         "(set is_input=True for a deterministic input)")
+    rho_w = _need_rho(rho_w, "clt_linear")
+    if (mu_h.dim() >= 1 and mu_h.shape[-1] == wm.shape[-1] and (var_h is None or var_h.shape == mu_h.shape)
+            and eager_nodes_ok(mu_h, var_h, wm, bm, rho_w, rho_b)):
+        # One autograd node for the pre-activation, with the std's exp(clamp(rho))**2 inside it (the same
+        # values as posterior_std), or posterior_std itself under softplus.
+        bounds: tuple[float, float] | None = None
+        sw: torch.Tensor = rho_w
+        sb: torch.Tensor | None = rho_b
+        if cfg.use_softplus:
+            sw = posterior_std(rho_w, True, square=True)
+            sb = posterior_std(rho_b, True, square=True) if rho_b is not None else None
+        else:
+            lo, hi = std_bounds(rho_w.dtype)
+            bounds = (math.log(lo), math.log(hi))
+        two_d = mu_h.dim() == 2
+        mu2 = mu_h if two_d else mu_h.reshape(-1, wm.shape[-1])
+        var2 = var_h if two_d or var_h is None else var_h.reshape(-1, wm.shape[-1])
+        # The activation joins the node where the fused float32 kernel applies (RELU-6).
+        act = None if cfg.is_output or not gauss.usable(mu2, wm) else cfg.act
+        m, v = CLTPreact.apply(mu2, var2, wm, bm, sw, sb, bounds, act)  # type: ignore[no-untyped-call]
+        if not two_d:
+            lead = tuple(mu_h.shape[:-1])
+            m, v = m.reshape(*lead, m.shape[-1]), v.reshape(*lead, v.shape[-1])
+        if act is not None:
+            return m, v
+    else:
+        wv = posterior_std(rho_w, cfg.use_softplus, square=True)
+        bv = posterior_std(rho_b, cfg.use_softplus, square=True) if rho_b is not None else None
+        m = F.linear(mu_h, wm, bm)
+        if var_h is None:
+            v = F.linear(mu_h.square(), wv, bv)
+        else:
+            v = F.linear(var_h + mu_h.square(), wv, bv) + F.linear(var_h, wm.square())
+    return _activate(m, v, cfg)
+
+
+def clt_linear_det(mu_h: torch.Tensor, var_h: torch.Tensor | None, weight_mu: torch.Tensor,
+                   bias_mu: torch.Tensor | None, config: MomentConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""CLT propagation through deterministic weights: ``m = mu_h mu^T + mu_b``, ``v = v_h (mu^2)^T``, then the
+    activation's moments as :func:`clt_linear`; ``var_h`` None (or MAP mode): ``(act(m), None)``."""
+    ac = _autocast_dtype(mu_h)
+    if ac is None:
+        return _clt_det(mu_h, var_h, weight_mu, bias_mu, config)
+    cd = _compute_dtype(weight_mu.dtype)
+    with torch.autocast(mu_h.device.type, enabled=False):
+        m, v = _clt_det(mu_h.to(cd), None if var_h is None else var_h.to(cd), weight_mu, bias_mu, config)
+        return m.to(ac), (None if v is None else v.to(ac))
+
+
+def _clt_det(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor, bm: torch.Tensor | None,
+             cfg: MomentConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    _check_map(var_h, cfg)
+    m = F.linear(mu_h, wm, bm)
+    if cfg.map or var_h is None:
+        return _activate_map(m, cfg), None
+    return _activate(m, F.linear(var_h, wm.square()), cfg)
+
+
+__all__ = ["Act", "BBBSample", "CLTPreact", "LRSample", "MomentConfig", "Noise", "SampleConfig", "bbb_linear",
+           "clt_linear", "clt_linear_det", "fresh_noise", "lr_linear"]

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from rln_verified._dispatch import recompute_vjp, recording, under_func_transform
+from rln_verified._dispatch import onnx_exporting, recompute_vjp, recording, under_func_transform
 from rln_verified._native import gauss
+from rln_verified._special import inv_softplus, softplus
 
 #: Initial posterior std of every weight and bias (ObjectRL's choice, rho = -4.6 there).
 INIT_STD = 0.01
@@ -155,6 +156,32 @@ class ExpStd(torch.autograd.Function):
         return g_rho, None, None, None
 
 
+def posterior_std(rho: torch.Tensor, use_softplus: bool, square: bool = False) -> torch.Tensor:
+    """The posterior std ``exp(rho)`` or ``softplus(rho)`` kept in :func:`std_bounds` (C6), squared when ``square``.
+
+    The exp: one node (``ExpStd``) where it may run, whose exp float32 on CPU is the fused kernel's (EXP-1);
+    under compile, export or trace, and float32 CUDA in eager mode, the kernel as an operator; elsewhere torch's.
+    """
+    lo, hi = std_bounds(rho.dtype)
+    if use_softplus:
+        r = rho.clamp(float(inv_softplus(torch.tensor(lo, dtype=torch.float64))), hi)
+        sd = softplus(r)
+        return sd.square() if square else sd
+    if recording():
+        if not onnx_exporting() and rho.dtype == torch.float32 and (rho.is_cpu or rho.is_cuda):
+            op_out: torch.Tensor = gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
+            return op_out
+    elif rho.is_cuda and rho.dtype == torch.float32 and not under_func_transform(rho):
+        # float32 CUDA, eager: the operator, as under compile (its CUDA kernel is torch's exp)
+        cuda_out: torch.Tensor = gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
+        return cuda_out
+    if eager_nodes_ok(rho) and (rho.numel() >= FUSE_MIN or gauss.usable(rho)):
+        out: torch.Tensor = ExpStd.apply(rho, math.log(lo), math.log(hi), square)  # type: ignore[no-untyped-call]
+        return out
+    sd = torch.exp(rho.clamp(math.log(lo), math.log(hi)))
+    return sd.square() if square else sd
+
+
 def sqrt_and_mask(var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The values of :func:`safe_sqrt` and the mask of clamped elements (None when nothing is below tiny, so the
     clamp pass is skipped)."""
@@ -184,5 +211,5 @@ class _SafeSqrt(torch.autograd.Function):
         return g_v if low is None else g_v.masked_fill(low, 0.0)
 
 
-__all__ = ["FUSE_MIN", "INIT_STD", "ExpStd", "eager_nodes_ok", "no_autocast_backward", "safe_sqrt", "safe_sqrt_plain",
-           "sqrt_and_mask", "squared_std", "std_bounds", "std_plain"]
+__all__ = ["FUSE_MIN", "INIT_STD", "ExpStd", "eager_nodes_ok", "no_autocast_backward", "posterior_std", "safe_sqrt",
+           "safe_sqrt_plain", "sqrt_and_mask", "squared_std", "std_bounds", "std_plain"]

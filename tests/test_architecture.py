@@ -127,3 +127,20 @@ def test_the_graph_sees_imports() -> None:
     assert "rln_verified._gaussian_formula" in GRAPH["rln_verified._native.gauss"]
     lazy = {n for n in GRAPH["rln_verified.verify.norm"] if n.startswith("rln_verified._native")}
     assert lazy, "verify.norm's function-level import of the kernel package is not seen"
+
+
+@pytest.mark.parametrize(("cls", "entry"), [("BBBLinear", "bbb_linear"), ("LRLinear", "lr_linear"),
+                                            ("CLTLinear", "clt_linear"), ("CLTLinearDet", "clt_linear_det")])
+def test_each_bayesian_layer_forward_is_one_call_of_its_entry(cls: str, entry: str) -> None:
+    """One place per concern: a Bayesian layer's ``forward`` is ``return <entry>(...)``, the entry imported from
+    ``_bayesian_ops``, so MAP mode, autocast and the choice of path live there and nowhere in the layer."""
+    tree = ast.parse(MODULES["rln_verified._bayesian_linear"].read_text())
+    imported = {a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "rln_verified._bayesian_ops"
+                for a in n.names}
+    assert entry in imported
+    (klass,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls]
+    (fwd,) = [n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == "forward"]
+    body = [s for s in fwd.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    assert len(body) == 1 and isinstance(body[0], ast.Return) and isinstance(body[0].value, ast.Call)
+    func = body[0].value.func
+    assert isinstance(func, ast.Name) and func.id == entry

@@ -25,6 +25,15 @@ from rln_verified._bayesian_linear import (
     LRLinear,
 )
 from rln_verified._bayesian_mlp import BayesianMLP
+from rln_verified._bayesian_ops import (
+    MomentConfig,
+    SampleConfig,
+    bbb_linear,
+    clt_linear,
+    clt_linear_det,
+    fresh_noise,
+    lr_linear,
+)
 from rln_verified._bayesian_std import INIT_STD, std_bounds
 from rln_verified.functional import crelu_moments, relu_moments
 from rln_verified.verify._core import assert_check
@@ -1947,3 +1956,70 @@ def test_clamped_rho_has_zero_gradient_on_the_float32_fused_clt_path(act: str) -
     gw, gb = torch.autograd.grad(loss, [layer.weight_rho, layer.bias_rho])
     assert bool((gw[0, :8] == 0).all()) and bool((gb[:2] == 0).all())
     assert bool(torch.isfinite(gw).all()) and bool((gw[1:] != 0).any()) and bool((gb[2:] != 0).any())
+
+
+# ---- the functional entries (_bayesian_ops): what the layers do not reach ------------------------------------------
+
+
+def _entry_params(dt: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    wm, bm = torch.randn(4, 6, generator=g, dtype=dt), torch.randn(4, generator=g, dtype=dt)
+    rw, rb = torch.randn(4, 6, generator=g, dtype=dt) - 1, torch.randn(4, generator=g, dtype=dt) - 1
+    return wm, bm, rw, rb
+
+
+@pytest.mark.claim("C5")
+@pytest.mark.parametrize("use_softplus", [False, True])
+@pytest.mark.parametrize("shape", [(3, 6), (2, 3, 6)])
+def test_entries_draw_fresh_standard_normal_noise_by_default(use_softplus: bool, shape: tuple[int, ...]) -> None:
+    """Without a noise source the sampling entries draw ``torch.randn`` of the weights' (BBB: weights then bias)
+    or the output's (LR) shape, dtype and device: under one seed, the same values as the forms written out with
+    those draws. float64, so the single node and the written-out form agree to rounding (2^-52 relative per
+    operation, a few operations: 1e-13 is far above that and far below any wrong draw's effect)."""
+    wm, bm, rw, rb = _entry_params()
+    x = torch.randn(*shape, dtype=torch.float64)
+    sd = (lambda r: torch.nn.functional.softplus(r)) if use_softplus else torch.exp
+    cfg = SampleConfig(use_softplus=use_softplus)
+    torch.manual_seed(5)
+    y = bbb_linear(x, wm, bm, rw, rb, cfg)
+    torch.manual_seed(5)
+    ew, eb = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    ref = torch.nn.functional.linear(x, wm + sd(rw) * ew, bm + sd(rb) * eb)
+    torch.testing.assert_close(y, ref, rtol=1e-13, atol=1e-13)
+    torch.manual_seed(6)
+    y = lr_linear(x, wm, bm, rw, rb, cfg)
+    torch.manual_seed(6)
+    e = torch.randn(*shape[:-1], 4, dtype=torch.float64)
+    ref = torch.nn.functional.linear(x, wm, bm) + torch.sqrt(
+        torch.nn.functional.linear(x * x, sd(rw) ** 2, sd(rb) ** 2)) * e
+    torch.testing.assert_close(y, ref, rtol=1e-13, atol=1e-13)
+    eps = fresh_noise("bias", (2, 3), torch.float32, torch.device("cpu"))
+    assert eps.shape == (2, 3) and eps.dtype == torch.float32 and eps.device.type == "cpu"
+
+
+@pytest.mark.parametrize("entry", ["bbb_linear", "lr_linear", "clt_linear"])
+def test_entries_that_sample_need_rho_outside_map_mode(entry: str) -> None:
+    """weight_rho None: a ValueError naming the entry outside MAP mode; in MAP mode the posterior mean alone."""
+    wm, bm, _, _ = _entry_params()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    msg = f"{entry} samples from the posterior and needs weight_rho; got None"
+    with pytest.raises(ValueError, match=f"^{msg}$"):
+        if entry == "clt_linear":
+            clt_linear(x, None, wm, bm, None, None, MomentConfig(is_input=True))
+        else:
+            (bbb_linear if entry == "bbb_linear" else lr_linear)(x, wm, bm, None, None, SampleConfig())
+    if entry == "clt_linear":
+        m, v = clt_linear(x, None, wm, bm, None, None, MomentConfig(map=True, is_output=True))
+        assert v is None and torch.equal(m, torch.nn.functional.linear(x, wm, bm))
+    else:
+        y = (bbb_linear if entry == "bbb_linear" else lr_linear)(x, wm, bm, None, None, SampleConfig(map=True))
+        assert torch.equal(y, torch.nn.functional.linear(x, wm, bm))
+
+
+def test_moment_entries_report_errors_under_the_configs_layer_name() -> None:
+    wm, bm, rw, rb = _entry_params()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^Mine: var_h is required for a non-input layer outside MAP mode"):
+        clt_linear(x, None, wm, bm, rw, rb, MomentConfig(layer="Mine"))
+    with pytest.raises(ValueError, match=r"^Other: var_h must be None in MAP mode"):
+        clt_linear_det(x, x.abs(), wm, bm, MomentConfig(map=True, layer="Other"))
