@@ -7,6 +7,7 @@ The bounds below are N11's (proofs/norm.md): the kernel rounds once to float32 a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -100,8 +101,12 @@ def _pin(two_d: bool, shape: tuple[int, ...], vals: list[float], scale: float = 
     return base
 
 
-def _margins(case: dict[str, Any]) -> float:
-    """Largest ratio |kernel - float64 formula| / N11 bound over y, u and every gradient."""
+Runner = Callable[..., tuple[torch.Tensor, ...]]
+
+
+def _margins(case: dict[str, Any], run: Runner = _run) -> float:
+    """Largest ratio |kernel - float64 formula| / N11 bound over y, u and every gradient; ``run`` computes the
+    kernel's values (by default through the functional forms, so float32 on the CPU: the C kernel)."""
     two_d, shape = case["two_d"], case["shape"]
     x32 = (torch.tensor(case["vals"], dtype=torch.float64).reshape(shape) * case["scale"] + case["offset"])
     x32 = x32.clamp(-3e38, 3e38).float()
@@ -115,7 +120,7 @@ def _margins(case: dict[str, Any]) -> float:
     ushape = (*shape[:2], 1, 1) if two_d else shape[:1] + (1,) * (len(shape) - 1)
     gu = torch.randn(ushape, generator=g)
     alpha, bayes = case["alpha"], case["bayes"]
-    got = _run(x32, w, b, lam, alpha, bayes, two_d, gy, gu)
+    got = run(x32, w, b, lam, alpha, bayes, two_d, gy, gu)
     d = [t.double() if t is not None else None for t in (x32, w, b, lam)]
     ref = _run(d[0], d[1], d[2], d[3], alpha, bayes, two_d, gy.double(), gu.double())  # type: ignore[arg-type]
 

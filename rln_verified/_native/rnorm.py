@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from rln_verified._dispatch import fused_eager_ok, recompute_vjp
+from rln_verified._native import rnorm_triton
 from rln_verified._native.toolchain import Kernel
 from rln_verified._native.toolchain import ptr as _p
 from rln_verified._norm_formula import lambda_of, plain_planes
@@ -305,14 +306,16 @@ def _check_forward_shapes(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src
     return groups
 
 
-# ---- the CUDA kernels: the plain formula, eager torch on any device --------------------------------------
+# ---- the CUDA kernels: Triton, or the plain formula ------------------------------------------------------
 #
-# CUDA has no fused kernel. The operators' CUDA kernels evaluate ``plain`` (the formula of N0 in torch operations,
-# float32 planes with float64 per-group sums), so a float32 CUDA call takes the operator path in eager mode, under
-# torch.compile and under autocast alike. ``stats`` is a placeholder there: zeros of the (groups, 4) float64 shape
-# the schema and the fake kernel promise; only the CUDA backward receives it, and it does not read it, since it
-# differentiates the formula at the saved inputs. Neither function reads a data pointer, so neither is tied to
-# CUDA: the tests call them on CPU tensors.
+# With Triton installed (the triton extra) and a plane of at most rnorm_triton.MAX_M elements, the operators' CUDA
+# kernels are the fused Triton kernels of ``rnorm_triton`` (N11's bound), which save the same per-group stats as the
+# C kernel. Otherwise they evaluate ``plain`` (the formula of N0 in torch operations, float32 planes with float64
+# per-group sums); ``stats`` is then a placeholder, zeros of the (groups, 4) float64 shape the schema and the fake
+# kernel promise, which the backward does not read, since it differentiates the formula at the saved inputs. Both
+# functions take the same branch for the same input (``rnorm_triton.usable``). Either way a float32 CUDA call takes
+# the operator path in eager mode, under torch.compile and under autocast alike. The plain branch reads no data
+# pointer and the Triton one runs under Triton's interpreter, so the tests call both on CPU tensors.
 
 
 def _check_formula_args(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig) -> int:
@@ -337,10 +340,13 @@ def _check_formula_args(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: 
 def cuda_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, lo: float | None, hi: float,
                  eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int,
                  l: int) -> tuple[Tensor, Tensor, Tensor]:  # noqa: E741
-    """The CUDA kernel of ``rnorm_forward``: ``(y, u, stats)`` from the plain formula (N0, same values as the fused
-    kernel up to rounding, N11); ``stats`` zeros (a placeholder only :func:`cuda_backward` receives)."""
+    """The CUDA kernel of ``rnorm_forward``: ``(y, u, stats)`` from the Triton kernel where
+    ``rnorm_triton.usable`` holds (N11), else from the plain formula (N0, same values up to rounding) with ``stats``
+    zeros (a placeholder only :func:`cuda_backward` receives)."""
     cfg = PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l)
     groups = _check_formula_args(x, weight, bias, lam_src, cfg)
+    if rnorm_triton.usable(x, two_d, p, l):
+        return rnorm_triton.forward(x, weight, bias, lam_src, *cfg, groups, _channels(x, cfg))
     y, u = plain(x, weight, bias, lam_src, cfg)
     return y.contiguous(), u.contiguous(), x.new_zeros((groups, _NSTAT), dtype=torch.float64)
 
@@ -349,8 +355,10 @@ def cuda_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src:
 def cuda_backward(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
                   lo: float | None, hi: float, eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int,
                   l: int, need_w: bool, need_b: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # noqa: E741
-    """The CUDA kernel of ``rnorm_backward``: the VJP of the plain formula at ``x`` (``torch.func.vjp``, which works
-    below the dispatcher's autograd key, where a kernel runs). ``stats`` is checked for shape only and not read.
+    """The CUDA kernel of ``rnorm_backward``: the Triton kernel from the saved ``stats`` where
+    ``rnorm_triton.usable`` holds (the branch :func:`cuda_forward` took), else the VJP of the plain formula at ``x``
+    (``torch.func.vjp``, which works below the dispatcher's autograd key, where a kernel runs), for which ``stats``
+    is checked for shape only and not read.
 
     The backward op receives no bias: y is ``... + bias``, so dL/dbias does not depend on its value, and the VJP is
     taken at a zero bias of the weight's shape."""
@@ -364,6 +372,9 @@ def cuda_backward(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tens
                          f"{tuple(gy.shape)}")
     if gu is not None and (gu.dtype != torch.float32 or gu.numel() != groups):
         raise ValueError(f"rnorm kernel: grad of u must be {groups} float32 values, got {gu.numel()} {gu.dtype}")
+    if rnorm_triton.usable(x, two_d, p, l):
+        return rnorm_triton.backward(x, weight, lam_src, stats, gy, gu, *cfg, need_w, need_b, groups,
+                                     _channels(x, cfg))
     gu_flat = gu.reshape(-1) if (gu is not None and bayes) else x.new_zeros(groups)
     bias0 = torch.zeros_like(weight) if (weight is not None and need_b) else None
 
