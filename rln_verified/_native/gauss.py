@@ -24,6 +24,7 @@ import torch
 
 from rln_verified._dispatch import is_wrapped, plain_f32, recompute_vjp
 from rln_verified._gaussian_formula import relu_moments_f64
+from rln_verified._native import gauss_triton
 from rln_verified._native.toolchain import Kernel
 from rln_verified._native.toolchain import ptr as _p
 
@@ -377,13 +378,16 @@ def _exp_op_backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, Non
 exp_clamp_op.register_autograd(_exp_op_backward, setup_context=_exp_op_setup)
 
 
-# ---- the CUDA kernels: the eager forms, plain torch on any device ----------------------------------------------
+# ---- the CUDA kernels: Triton, or the eager forms in plain torch -------------------------------------------------
 #
-# CUDA has no fused kernel: the operators' CUDA kernels evaluate the same forms in plain torch, so a float32 CUDA
-# call takes the operator path in eager mode, under torch.compile and under autocast alike. ``aux`` is a placeholder
-# there (zeros of the NAUX * n float64 shape the schema and the fake kernel promise): the CUDA backward receives it
-# and does not read it, since it differentiates the forms at the saved inputs. No data pointer is read, so the tests
-# call these functions on CPU tensors.
+# With Triton installed (the triton extra), the ReLU moments' CUDA kernels are the Triton kernels of
+# ``gauss_triton`` (gauss.c's operations, RELU-6), which write and read the same float64 aux planes as the C kernel.
+# Otherwise they evaluate the same forms in plain torch; ``aux`` is then a placeholder (zeros of the NAUX * n float64
+# shape the schema and the fake kernel promise) that the backward receives and does not read, since it
+# differentiates the forms at the saved inputs. Both take the branch ``gauss_triton.usable`` picks for ``mu``. Either
+# way a float32 CUDA call takes the operator path in eager mode, under torch.compile and under autocast alike. The
+# plain branch reads no data pointer and the Triton one runs under Triton's interpreter, so the tests call both on
+# CPU tensors.
 
 
 def _check_formula(fn: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
@@ -400,9 +404,12 @@ def _check_formula(fn: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
 
 @relu_moments_op.register_kernel("cuda")
 def relu_moments_cuda(mu: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The CUDA kernel of ``relu_moments_f32``: ``(mean, var, aux)`` from the eager forms of RELU-1/RELU-4 (float64,
-    rounded once to float32), ``aux`` zeros."""
+    """The CUDA kernel of ``relu_moments_f32``: ``(mean, var, aux)`` from the Triton kernel where
+    ``gauss_triton.usable(mu)`` (RELU-6, ``aux`` the float64 planes its backward reads), else from the eager forms
+    of RELU-1/RELU-4 (float64, rounded once to float32) with ``aux`` zeros."""
     _check_formula("relu_moments_f32", mu, s=s)
+    if gauss_triton.usable(mu):
+        return gauss_triton.forward(mu, s)
     mean, var = relu_moments_plain(mu, s)
     return mean.contiguous(), var.contiguous(), mu.new_zeros((NAUX * mu.numel(),), dtype=torch.float64)
 
@@ -410,12 +417,17 @@ def relu_moments_cuda(mu: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, 
 @relu_moments_bwd_op.register_kernel("cuda")
 def relu_moments_bwd_cuda(g_mean: torch.Tensor, g_var: torch.Tensor, mu: torch.Tensor, s: torch.Tensor,
                           aux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CUDA kernel of ``relu_moments_bwd_f32``: the VJP of the eager forms at ``(mu, s)`` (RELU-5 by autograd).
-    ``aux`` is checked for shape only and not read."""
+    """The CUDA kernel of ``relu_moments_bwd_f32``: the Triton kernel from the forward's ``aux`` where
+    ``gauss_triton.usable(mu)`` (the branch :func:`relu_moments_cuda` took; RELU-5's closed form, RELU-6), else the
+    VJP of the eager forms at ``(mu, s)`` (RELU-5 by autograd), for which ``aux`` is checked and not read."""
     _check_formula("relu_moments_bwd_f32", mu, s=s, g_mean=g_mean, g_var=g_var)
     if aux.dtype != torch.float64 or aux.numel() != NAUX * mu.numel():
         raise ValueError(f"relu_moments_bwd_f32: aux must be {NAUX * mu.numel()} float64 values, got "
                          f"{aux.numel()} {aux.dtype}")
+    if aux.device != mu.device:
+        raise ValueError(f"relu_moments_bwd_f32: aux is on {aux.device}, mu on {mu.device}")
+    if gauss_triton.usable(mu):
+        return gauss_triton.backward(g_mean, g_var, mu, s, aux)
     return recompute_plain_relu_vjp(g_mean, g_var, mu, s)
 
 
