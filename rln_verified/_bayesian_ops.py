@@ -337,6 +337,33 @@ def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(dev)
 
 
+def _sampled(form: Callable[..., torch.Tensor], input: torch.Tensor, weight_mu: torch.Tensor,
+             *rest: Any) -> torch.Tensor:
+    """``form(input, weight_mu, *rest)`` under the layers' autocast policy: with autocast on, the input is cast to the
+    compute dtype, ``form`` runs with autocast off, and the result is cast to the autocast dtype."""
+    ac = _autocast_dtype(input)
+    if ac is None:
+        return form(input, weight_mu, *rest)
+    with torch.autocast(input.device.type, enabled=False):
+        return form(input.to(_compute_dtype(weight_mu.dtype)), weight_mu, *rest).to(ac)
+
+
+Moments = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _moments(form: Callable[..., Moments], mu_h: torch.Tensor, var_h: torch.Tensor | None, weight_mu: torch.Tensor,
+             *rest: Any) -> Moments:
+    """``form(mu_h, var_h, weight_mu, *rest)`` under the layers' autocast policy, as :func:`_sampled`, for a mean
+    and an optional variance in and out."""
+    ac = _autocast_dtype(mu_h)
+    if ac is None:
+        return form(mu_h, var_h, weight_mu, *rest)
+    cd = _compute_dtype(weight_mu.dtype)
+    with torch.autocast(mu_h.device.type, enabled=False):
+        m, v = form(mu_h.to(cd), None if var_h is None else var_h.to(cd), weight_mu, *rest)
+        return m.to(ac), (None if v is None else v.to(ac))
+
+
 def _need_rho(rho: torch.Tensor | None, entry: str) -> torch.Tensor:
     if rho is None:
         raise ValueError(f"{entry} samples from the posterior and needs weight_rho; got None")
@@ -349,12 +376,7 @@ def bbb_linear(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tens
     r"""Bayes by Backprop: ``F.linear(x, mu + sigma eps, mu_b + sigma_b eps_b)`` with one weight sample
     (``noise("weight", ...)``, ``noise("bias", ...)``) shared by the batch (C5, C6); MAP mode ``F.linear(x, mu,
     mu_b)`` (C4). Without softplus the sample is one node (:class:`BBBSample`) where it may run."""
-    ac = _autocast_dtype(input)
-    if ac is None:
-        return _bbb(input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
-    with torch.autocast(input.device.type, enabled=False):
-        x = input.to(_compute_dtype(weight_mu.dtype))
-        return _bbb(x, weight_mu, bias_mu, weight_rho, bias_rho, config, noise).to(ac)
+    return _sampled(_bbb, input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
 
 
 def _bbb(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor | None,
@@ -387,12 +409,7 @@ def lr_linear(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tenso
     r"""Local reparameterization: ``x mu^T + mu_b + sqrt(x^2 (sigma^2)^T + sigma_b^2) eps`` with ``eps`` of the
     output's shape (``noise("weight", ...)``; C2, C6); MAP mode ``F.linear(x, mu, mu_b)`` (C4). Without softplus
     the sample is one node (:class:`LRSample`) where it may run."""
-    ac = _autocast_dtype(input)
-    if ac is None:
-        return _lr(input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
-    with torch.autocast(input.device.type, enabled=False):
-        x = input.to(_compute_dtype(weight_mu.dtype))
-        return _lr(x, weight_mu, bias_mu, weight_rho, bias_rho, config, noise).to(ac)
+    return _sampled(_lr, input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
 
 
 def _lr(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor | None,
@@ -447,14 +464,7 @@ def clt_linear(mu_h: torch.Tensor, var_h: torch.Tensor | None, weight_mu: torch.
     deterministic input, ``config.is_input``), then unless ``config.is_output`` the activation's moments of
     ``N(m, v)``; MAP mode ``(act(F.linear(mu_h, mu, mu_b)), None)`` with ``var_h`` None. The moments (and, float32
     on CPU, the activation: RELU-6) are one node (:class:`CLTPreact`) where it may run."""
-    ac = _autocast_dtype(mu_h)
-    if ac is None:
-        return _clt(mu_h, var_h, weight_mu, bias_mu, weight_rho, bias_rho, config)
-    cd = _compute_dtype(weight_mu.dtype)
-    with torch.autocast(mu_h.device.type, enabled=False):
-        m, v = _clt(mu_h.to(cd), None if var_h is None else var_h.to(cd), weight_mu, bias_mu, weight_rho, bias_rho,
-                    config)
-        return m.to(ac), (None if v is None else v.to(ac))
+    return _moments(_clt, mu_h, var_h, weight_mu, bias_mu, weight_rho, bias_rho, config)
 
 
 def _clt(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor, bm: torch.Tensor | None,
@@ -506,13 +516,7 @@ def clt_linear_det(mu_h: torch.Tensor, var_h: torch.Tensor | None, weight_mu: to
                    bias_mu: torch.Tensor | None, config: MomentConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""CLT propagation through deterministic weights: ``m = mu_h mu^T + mu_b``, ``v = v_h (mu^2)^T``, then the
     activation's moments as :func:`clt_linear`; ``var_h`` None (or MAP mode): ``(act(m), None)``."""
-    ac = _autocast_dtype(mu_h)
-    if ac is None:
-        return _clt_det(mu_h, var_h, weight_mu, bias_mu, config)
-    cd = _compute_dtype(weight_mu.dtype)
-    with torch.autocast(mu_h.device.type, enabled=False):
-        m, v = _clt_det(mu_h.to(cd), None if var_h is None else var_h.to(cd), weight_mu, bias_mu, config)
-        return m.to(ac), (None if v is None else v.to(ac))
+    return _moments(_clt_det, mu_h, var_h, weight_mu, bias_mu, config)
 
 
 def _clt_det(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor, bm: torch.Tensor | None,

@@ -165,21 +165,35 @@ def _margins(case: dict[str, Any], run: Runner = _run) -> float:
     return max(ratios)
 
 
+#: N11's pinned inputs, the known-bad cases of a fused kernel (the C kernel's and the Triton kernels' tests use them).
+N11_PINS = [
+    _pin(True, (2, 3, 4, 5), [1.0]),  # constant groups
+    _pin(True, (2, 2, 4, 4), [1.0, -1.0]),  # alternating signs
+    _pin(True, (1, 2, 5, 5), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 0.0]),  # spikes
+    _pin(True, (1, 2, 3, 4), [1.0, -1.0, 0.5, 0.25], scale=3e38 / 1.0),  # float32 max
+    _pin(True, (1, 2, 2, 3), [1.0, -0.5, 0.25], scale=2.0**-140),  # subnormals
+    _pin(False, (2, 3, 6), [0.5, -0.5, 0.0], offset=1e6),  # huge offset
+    _pin(False, (2, 1, 2), [1.0, 2.0]),  # the smallest window
+    _pin(False, (3, 2, 7), [1.0, -1.0, 2.0], bayes=False, affine="none"),
+    # long rows take the 5-tap form of B^T B with computed pads (rnorm.c, pad5): spikes on the end rows and columns
+    _pin(True, (1, 2, 4, 16), [9.0] + [0.0] * 14 + [-5.0] + [0.0] * 32 + [3.0] + [0.0] * 14 + [2.0]),
+    _pin(True, (1, 1, 5, 17), [0.0, 4.0] + [0.0] * 14 + [2.0, -1.0]),
+    _pin(False, (2, 2, 16), [7.0, -3.0] + [0.0] * 12 + [1.0, 5.0]),
+    _pin(True, (1, 2, 3, 3), [2.0, -1.0, 0.0], alpha=3.0, lam=1.0),  # the n = 3 reuse weights, 5/3 in the middle
+]
+
+
+def n11_examples(test: Callable[..., None]) -> Callable[..., None]:
+    """``@example`` of every case in :data:`N11_PINS`."""
+    for case in reversed(N11_PINS):
+        test = example(case)(test)
+    return test
+
+
 @needs_kernel
 @pytest.mark.claim("N11")
 @given(cases())
-@example(_pin(True, (2, 3, 4, 5), [1.0]))  # constant groups
-@example(_pin(True, (2, 2, 4, 4), [1.0, -1.0]))  # alternating signs
-@example(_pin(True, (1, 2, 5, 5), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 0.0]))  # spikes
-@example(_pin(True, (1, 2, 3, 4), [1.0, -1.0, 0.5, 0.25], scale=3e38 / 1.0))  # float32 max
-@example(_pin(True, (1, 2, 2, 3), [1.0, -0.5, 0.25], scale=2.0**-140))  # subnormals
-@example(_pin(False, (2, 3, 6), [0.5, -0.5, 0.0], offset=1e6))  # huge offset
-@example(_pin(False, (2, 1, 2), [1.0, 2.0]))  # the smallest window
-@example(_pin(False, (3, 2, 7), [1.0, -1.0, 2.0], bayes=False, affine="none"))
-# long rows take the 5-tap form of B^T B with computed pads (rnorm.c, pad5): spikes on the end rows and columns
-@example(_pin(True, (1, 2, 4, 16), [9.0] + [0.0] * 14 + [-5.0] + [0.0] * 32 + [3.0] + [0.0] * 14 + [2.0]))
-@example(_pin(True, (1, 1, 5, 17), [0.0, 4.0] + [0.0] * 14 + [2.0, -1.0]))
-@example(_pin(False, (2, 2, 16), [7.0, -3.0] + [0.0] * 12 + [1.0, 5.0]))
+@n11_examples
 def test_fused_kernel_matches_float64_formula(case: dict[str, Any]) -> None:
     margin = _margins(case)
     target(margin, label="N11 error / bound")

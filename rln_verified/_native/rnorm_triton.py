@@ -115,15 +115,16 @@ if triton is not None:
                 + _centred(base, row, jr, mean, live, L))
 
     @triton.jit
+    def _plane(P: Any, L: Any, BLOCK: tl.constexpr) -> Any:
+        # this program's group, its size M = P L, and each lane's offset, liveness, row and column
+        offs = tl.arange(0, BLOCK)
+        return tl.program_id(0).to(tl.int64), P * L, offs, offs < P * L, offs // L, offs % L
+
+    @triton.jit
     def _fwd_kernel(x_ptr: Any, w_ptr: Any, b_ptr: Any, scal_ptr: Any, y_ptr: Any, u_ptr: Any, stats_ptr: Any,
                     P: Any, L: Any, C: Any, TWO_D: tl.constexpr, BAYES: tl.constexpr, MODE: tl.constexpr,
                     HAS_B: tl.constexpr, BLOCK: tl.constexpr) -> None:
-        g = tl.program_id(0).to(tl.int64)
-        M = P * L
-        offs = tl.arange(0, BLOCK)
-        live = offs < M
-        i = offs // L
-        j = offs % L
+        g, M, offs, live, i, j = _plane(P, L, BLOCK)
         eps = tl.load(scal_ptr)
         lam = tl.load(scal_ptr + 1)
         alpha = tl.load(scal_ptr + 2)
@@ -201,12 +202,7 @@ if triton is not None:
                     s1_ptr: Any, s2_ptr: Any, gl_ptr: Any, gw_ptr: Any, gb_ptr: Any, P: Any, L: Any, C: Any,
                     TWO_D: tl.constexpr, BAYES: tl.constexpr, MODE: tl.constexpr, HAS_GU: tl.constexpr,
                     BLOCK: tl.constexpr) -> None:
-        g = tl.program_id(0).to(tl.int64)
-        M = P * L
-        offs = tl.arange(0, BLOCK)
-        live = offs < M
-        i = offs // L
-        j = offs % L
+        g, M, offs, live, i, j = _plane(P, L, BLOCK)
         lam = tl.load(scal_ptr + 1)
         alpha = tl.load(scal_ptr + 2)
         one = lam * 0.0 + 1.0
