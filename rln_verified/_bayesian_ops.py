@@ -337,15 +337,20 @@ def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(dev)
 
 
-def _sampled(form: Callable[..., torch.Tensor], input: torch.Tensor, weight_mu: torch.Tensor,
-             *rest: Any) -> torch.Tensor:
-    """``form(input, weight_mu, *rest)`` under the layers' autocast policy: with autocast on, the input is cast to the
-    compute dtype, ``form`` runs with autocast off, and the result is cast to the autocast dtype."""
+def _sampled(form: Callable[..., torch.Tensor], entry: str, input: torch.Tensor, wm: torch.Tensor,
+             bm: torch.Tensor | None, rho_w: torch.Tensor | None, rho_b: torch.Tensor | None, cfg: SampleConfig,
+             noise: Noise) -> torch.Tensor:
+    """A sampling entry: MAP mode's ``F.linear(input, wm, bm)`` (C4), else ``form`` with the posterior's std; under
+    the layers' autocast policy (with autocast on, the input is cast to the compute dtype, the call runs with autocast
+    off, and the result is cast to the autocast dtype)."""
     ac = _autocast_dtype(input)
     if ac is None:
-        return form(input, weight_mu, *rest)
+        if cfg.map:
+            return F.linear(input, wm, bm)
+        return form(input, wm, bm, _need_rho(rho_w, entry), rho_b, cfg, noise)
     with torch.autocast(input.device.type, enabled=False):
-        return form(input.to(_compute_dtype(weight_mu.dtype)), weight_mu, *rest).to(ac)
+        x = input.to(_compute_dtype(wm.dtype))
+        return _sampled(form, entry, x, wm, bm, rho_w, rho_b, cfg, noise).to(ac)
 
 
 Moments = tuple[torch.Tensor, torch.Tensor | None]
@@ -376,16 +381,20 @@ def bbb_linear(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tens
     r"""Bayes by Backprop: ``F.linear(x, mu + sigma eps, mu_b + sigma_b eps_b)`` with one weight sample
     (``noise("weight", ...)``, ``noise("bias", ...)``) shared by the batch (C5, C6); MAP mode ``F.linear(x, mu,
     mu_b)`` (C4). Without softplus the sample is one node (:class:`BBBSample`) where it may run."""
-    return _sampled(_bbb, input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
+    return _sampled(_bbb, "bbb_linear", input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
 
 
-def _bbb(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor | None,
+def _one_node(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
+              rho_b: torch.Tensor | None, cfg: SampleConfig) -> bool:
+    """The sample may be one node (:class:`BBBSample`, :class:`LRSample`): exp parameterization, an input whose last
+    dimension is the weight's, and nothing that rules the custom Functions out (``eager_nodes_ok``)."""
+    return (not cfg.use_softplus and input.dim() >= 1 and input.shape[-1] == wm.shape[-1]
+            and eager_nodes_ok(input, wm, bm, rho_w, rho_b))
+
+
+def _bbb(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
          rho_b: torch.Tensor | None, cfg: SampleConfig, noise: Noise) -> torch.Tensor:
-    if cfg.map:
-        return F.linear(input, wm, bm)
-    rho_w = _need_rho(rho_w, "bbb_linear")
-    if (not cfg.use_softplus and input.dim() >= 1 and input.shape[-1] == wm.shape[-1]
-            and eager_nodes_ok(input, wm, bm, rho_w, rho_b)):
+    if _one_node(input, wm, bm, rho_w, rho_b, cfg):
         # One node for the whole sample (BBBSample), the same values as the form below.
         lo, hi = std_bounds(rho_w.dtype)
         eps_w = noise("weight", tuple(wm.shape), wm.dtype, wm.device)
@@ -409,16 +418,12 @@ def lr_linear(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tenso
     r"""Local reparameterization: ``x mu^T + mu_b + sqrt(x^2 (sigma^2)^T + sigma_b^2) eps`` with ``eps`` of the
     output's shape (``noise("weight", ...)``; C2, C6); MAP mode ``F.linear(x, mu, mu_b)`` (C4). Without softplus
     the sample is one node (:class:`LRSample`) where it may run."""
-    return _sampled(_lr, input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
+    return _sampled(_lr, "lr_linear", input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
 
 
-def _lr(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor | None,
+def _lr(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
         rho_b: torch.Tensor | None, cfg: SampleConfig, noise: Noise) -> torch.Tensor:
-    if cfg.map:
-        return F.linear(input, wm, bm)
-    rho_w = _need_rho(rho_w, "lr_linear")
-    if (not cfg.use_softplus and input.dim() >= 1 and input.shape[-1] == wm.shape[-1]
-            and eager_nodes_ok(input, wm, bm, rho_w, rho_b)):
+    if _one_node(input, wm, bm, rho_w, rho_b, cfg):
         # One node for the whole sample (LRSample), the same values as the form below.
         out_shape = (*input.shape[:-1], wm.shape[0])
         eps = noise("weight", out_shape, wm.dtype, wm.device)

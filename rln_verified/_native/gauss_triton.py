@@ -42,10 +42,11 @@ NAUX = 3
 BLOCK = 256
 
 _ROWS = 100  # erfcx: 100 Chebyshev rows of 8 float64 (7 coefficients and a 0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
-_SQRT_HALF = math.sqrt(0.5)
-_INV_LN2 = 1.0 / math.log(2.0)
+# gauss.c's constants, each the float64 nearest its value (math.sqrt(0.5 * math.pi) is one ulp below sqrt(pi/2))
+_INV_SQRT_2PI = 0.3989422804014327
+_SQRT_HALF_PI = 1.2533141373155003
+_SQRT_HALF = 0.7071067811865476
+_INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # fdlibm's split, as gauss.c
 _LN2_LO = 1.90821492927058770002e-10
 _MAGIC = 1.5 * 2.0**52
@@ -182,15 +183,9 @@ if triton is not None:
                     BLOCK: tl.constexpr) -> None:
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
-        base = c + 8 * 100
-        inv_sqrt_2pi = tl.load(base)
-        sqrt_half_pi = tl.load(base + 1)
-        sqrt_half = tl.load(base + 2)
-        inv_ln2 = tl.load(base + 3)
-        ln2_hi = tl.load(base + 4)
-        ln2_lo = tl.load(base + 5)
-        inf = tl.load(base + 7)
-        nan = tl.load(base + 8)
+        base = c + 8 * 100  # the scalar constants after the erfcx table (see _constants)
+        inv_sqrt_2pi, sqrt_half_pi, sqrt_half = tl.load(base), tl.load(base + 1), tl.load(base + 2)
+        inf, nan = tl.load(base + 7), tl.load(base + 8)
         mu = tl.load(mu_ptr + offs, mask=live, other=0.0).to(tl.float64)
         sg = tl.load(s_ptr + offs, mask=live, other=1.0).to(tl.float64)
         a = _ratio(mu, sg, inf)
@@ -228,6 +223,9 @@ if triton is not None:
         r0 = r
         ye = tl.minimum(x, 100.0)
         ee = (0.5 * ye) * ye
+        inv_ln2 = tl.load(base + 3)
+        ln2_hi = tl.load(base + 4)
+        ln2_lo = tl.load(base + 5)
         ne = (ee * inv_ln2).to(tl.int64)  # floor: ee >= 0
         nexp = ne.to(tl.float64)
         fr = (ee - nexp * ln2_hi) - nexp * ln2_lo
