@@ -2006,11 +2006,12 @@ def test_entries_that_sample_need_rho_outside_map_mode(entry: str) -> None:
     wm, bm, _, _ = _entry_params()
     x = torch.randn(3, 6, dtype=torch.float64)
     msg = f"{entry} samples from the posterior and needs weight_rho; got None"
-    with pytest.raises(ValueError, match=f"^{msg}$"):
-        if entry == "clt_linear":
-            clt_linear(x, None, wm, bm, None, None, MomentConfig(is_input=True))
-        else:
-            (bbb_linear if entry == "bbb_linear" else lr_linear)(x, wm, bm, None, None, SampleConfig())
+    for autocast in (False, True):  # under autocast the entry runs again in the compute dtype, same message
+        with pytest.raises(ValueError, match=f"^{msg}$"), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            if entry == "clt_linear":
+                clt_linear(x, None, wm, bm, None, None, MomentConfig(is_input=True))
+            else:
+                (bbb_linear if entry == "bbb_linear" else lr_linear)(x, wm, bm, None, None, SampleConfig())
     if entry == "clt_linear":
         m, v = clt_linear(x, None, wm, bm, None, None, MomentConfig(map=True, is_output=True))
         assert v is None and torch.equal(m, torch.nn.functional.linear(x, wm, bm))
