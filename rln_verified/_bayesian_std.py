@@ -67,8 +67,8 @@ def std_plain(rho: torch.Tensor | None, lo: float, hi: float, square: bool) -> t
 def eager_nodes_ok(*tensors: torch.Tensor | None) -> bool:
     """Nothing records the call (compile, export, jit.trace), no torch.func transform is active and the first tensor
     is not float32 CUDA: the custom autograd Functions (here and in ``_bayesian_ops``) may be used. float32 CUDA takes
-    the path compile takes (plain forms with the kernels as operators, whose CUDA kernels are eager torch), in eager
-    mode too."""
+    the path compile takes (plain forms with the kernels as operators, whose CUDA kernels are Triton's or eager
+    torch), in eager mode too."""
     if recording() or under_func_transform(*tensors):
         return False
     t0 = tensors[0]
