@@ -1,7 +1,9 @@
 """rln_verified: robust and Bayesian normalization and Bayesian linear layers with verified numerics."""
 
 from rln_verified import functional
+from rln_verified._bayesian_conv import BayesianConv2d, BBBConv2d, CLTConv2d, LRConv2d
 from rln_verified._bayesian_linear import (
+    BayesianLayer,
     BayesianLinear,
     BBBLinear,
     CLTLinear,
@@ -19,15 +21,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLAIMS",
+    "BBBConv2d",
     "BBBLinear",
+    "BayesianConv2d",
+    "BayesianLayer",
     "BayesianLinear",
     "BayesianMLP",
     "BayesianRLayerNorm",
     "BayesianRLayerNorm2d",
+    "CLTConv2d",
     "CLTLinear",
     "CLTLinearDet",
     "CReLU",
     "Claim",
+    "LRConv2d",
     "LRLinear",
     "RLayerNorm",
     "RLayerNorm2d",

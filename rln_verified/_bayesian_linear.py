@@ -68,7 +68,7 @@ def _prior_number(value: Prior, name: str, default: float) -> float | None:
     return v
 
 
-def _prior_tensor(value: Prior, name: str, default: float, weight_shape: tuple[int, int],
+def _prior_tensor(value: Prior, name: str, default: float, weight_shape: tuple[int, ...],
                   factory_kwargs: dict[str, Any]) -> torch.Tensor:
     """An int, float, 0-d tensor, one-element tensor or weight-shaped tensor, as a buffer of shape
     ``(1,)`` or ``weight_shape``. Anything else raises a ``ValueError`` naming what arrived."""
@@ -108,39 +108,13 @@ def _check_features(in_features: object, out_features: object) -> None:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
-class BayesianLinear(nn.Module):
-    r"""Base of the Bayesian linear layers (``forward`` raises NotImplementedError here; no ABC metaclass, so that
-    FSDP2's ``fully_shard`` can derive its class from a layer's): a factorized Gaussian posterior over weights.
-
-    .. math::
-        W_{ij} \sim N(\mu_{ij}, \sigma_{ij}^2),\quad \sigma = e^{\rho}\ \text{or}\ \mathrm{softplus}(\rho),
-        \qquad \mathrm{KL} = \sum_{ij} KL(N(\mu_{ij}, \sigma_{ij}^2)\,\|\,N(m_{ij}, s_{ij}^2)) + \text{bias terms}.
-
-    ``sigma`` is kept in :func:`std_bounds` (``rho`` outside it is saturated, gradient 0), so it is > 0
-    and finite for every finite ``rho`` (C6). The KL is a sum over all weights and biases; divide by the
-    number of training points yourself for a minibatch ELBO (C1).
-
-    Args:
-        in_features, out_features: sizes (positive ints).
-        bias: learn a bias posterior ``bias_mu``, ``bias_rho`` (registered as None when False).
-        prior_mean, prior_std: int, float, 0-d or one-element tensor (shared by weights and biases),
-            or a weight-shaped ``(out, in)`` tensor (the weights' prior; the biases then keep N(0, 1)).
-            Default N(0, 1). ``prior_std <= 0`` raises ``ValueError``.
-        use_softplus: ``sigma = softplus(rho)`` instead of ``exp(rho)``.
-        manual_reset: keep the sampled noise from call to call until :meth:`reset_randomness` (C5).
-        device, dtype: factory arguments.
-
-    ``device="meta"``: the layer is built without data. Priors given as numbers (or the default) are checked as
-    numbers and refilled by :meth:`reset_parameters`, so ``to_empty(device=...)`` then ``reset_parameters()`` gives
-    a working layer. A tensor prior on meta cannot be checked (it has no values) and is not refilled: set it with
-    :meth:`update_prior` after ``to_empty``.
-
-    Raises:
-        ValueError: bad sizes, a prior of the wrong shape, a non-positive or non-finite prior std.
+class BayesianLayer(nn.Module):
+    r"""Base of every Bayesian layer, linear and conv: a factorized Gaussian posterior over a weight tensor of any
+    shape and a bias vector, with its prior, ``KL()``, ``std()``, MAP mode and the noise kept under ``manual_reset``
+    (C1, C4-C6). ``forward`` raises NotImplementedError here. Subclasses call ``__init__`` with the weight's shape,
+    the number of biases and the fan-in (which sets the bias means' initial range).
     """
 
-    in_features: int
-    out_features: int
     _map: bool = False
     #: Subclasses without learned std (CLTLinearDet) set this False: rho is then registered as None.
     _learn_std: ClassVar[bool] = True
@@ -153,8 +127,9 @@ class BayesianLinear(nn.Module):
 
     def __init__(
         self,
-        in_features: int,
-        out_features: int,
+        weight_shape: tuple[int, ...],
+        bias_features: int,
+        fan_in: int,
         bias: bool = True,
         prior_mean: Prior = None,
         prior_std: Prior = None,
@@ -165,25 +140,23 @@ class BayesianLinear(nn.Module):
     ) -> None:
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        _check_features(in_features, out_features)
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self._fan_in = int(fan_in)
         self.use_softplus = bool(use_softplus)
         self._manual_reset = bool(manual_reset)
         self._random_weight: torch.Tensor | None = None
         self._random_bias: torch.Tensor | None = None
-        shape = (self.out_features, self.in_features)
+        shape = tuple(weight_shape)
         self.weight_mu = nn.Parameter(torch.empty(shape, **factory_kwargs))
         if self._learn_std:
             self.weight_rho = nn.Parameter(torch.empty(shape, **factory_kwargs))
         else:
             self.register_parameter("weight_rho", None)
         if bias:
-            self.bias_mu = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
+            self.bias_mu = nn.Parameter(torch.empty(bias_features, **factory_kwargs))
             if self._learn_std:
-                self.bias_rho = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
+                self.bias_rho = nn.Parameter(torch.empty(bias_features, **factory_kwargs))
             else:
                 self.register_parameter("bias_rho", None)
         else:
@@ -209,7 +182,7 @@ class BayesianLinear(nn.Module):
         if self.weight_rho is not None:
             nn.init.constant_(self.weight_rho, rho0)
         if self.bias_mu is not None:
-            bound = 1.0 / math.sqrt(self.in_features)
+            bound = 1.0 / math.sqrt(self._fan_in)
             nn.init.uniform_(self.bias_mu, -bound, bound)
         if self.bias_rho is not None:
             nn.init.constant_(self.bias_rho, rho0)
@@ -268,7 +241,7 @@ class BayesianLinear(nn.Module):
 
     def update_prior(self, prior_mean: Prior, prior_std: Prior) -> None:
         """Replace the prior (same accepted forms and checks as the constructor)."""
-        shape = (self.out_features, self.in_features)
+        shape = tuple(self.weight_mu.shape)
         pkw = {"device": self.weight_mu.device, "dtype": self.weight_mu.dtype}
         fill = (_prior_number(prior_mean, "prior_mean", 0.0), _prior_number(prior_std, "prior_std", 1.0))
         pm = _prior_tensor(prior_mean, "prior_mean", 0.0, shape, pkw)
@@ -349,12 +322,71 @@ class BayesianLinear(nn.Module):
         return eps
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}: BayesianLayer is a base class; use a Bayesian linear or "
+                                  "conv layer")
+
+    def extra_repr(self) -> str:
+        return f"bias={self.bias_mu is not None}, use_softplus={self.use_softplus}, manual_reset={self._manual_reset}"
+
+
+class BayesianLinear(BayesianLayer):
+    r"""Base of the Bayesian linear layers (``forward`` raises NotImplementedError here; no ABC metaclass, so that
+    FSDP2's ``fully_shard`` can derive its class from a layer's): a factorized Gaussian posterior over weights.
+
+    .. math::
+        W_{ij} \sim N(\mu_{ij}, \sigma_{ij}^2),\quad \sigma = e^{\rho}\ \text{or}\ \mathrm{softplus}(\rho),
+        \qquad \mathrm{KL} = \sum_{ij} KL(N(\mu_{ij}, \sigma_{ij}^2)\,\|\,N(m_{ij}, s_{ij}^2)) + \text{bias terms}.
+
+    ``sigma`` is kept in :func:`std_bounds` (``rho`` outside it is saturated, gradient 0), so it is > 0
+    and finite for every finite ``rho`` (C6). The KL is a sum over all weights and biases; divide by the
+    number of training points yourself for a minibatch ELBO (C1).
+
+    Args:
+        in_features, out_features: sizes (positive ints).
+        bias: learn a bias posterior ``bias_mu``, ``bias_rho`` (registered as None when False).
+        prior_mean, prior_std: int, float, 0-d or one-element tensor (shared by weights and biases),
+            or a weight-shaped ``(out, in)`` tensor (the weights' prior; the biases then keep N(0, 1)).
+            Default N(0, 1). ``prior_std <= 0`` raises ``ValueError``.
+        use_softplus: ``sigma = softplus(rho)`` instead of ``exp(rho)``.
+        manual_reset: keep the sampled noise from call to call until :meth:`reset_randomness` (C5).
+        device, dtype: factory arguments.
+
+    ``device="meta"``: the layer is built without data. Priors given as numbers (or the default) are checked as
+    numbers and refilled by :meth:`reset_parameters`, so ``to_empty(device=...)`` then ``reset_parameters()`` gives
+    a working layer. A tensor prior on meta cannot be checked (it has no values) and is not refilled: set it with
+    :meth:`update_prior` after ``to_empty``.
+
+    Raises:
+        ValueError: bad sizes, a prior of the wrong shape, a non-positive or non-finite prior std.
+    """
+
+    in_features: int
+    out_features: int
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        prior_mean: Prior = None,
+        prior_std: Prior = None,
+        use_softplus: bool = False,
+        manual_reset: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        _check_features(in_features, out_features)
+        super().__init__((int(out_features), int(in_features)), int(out_features), int(in_features), bias,
+                         prior_mean, prior_std, use_softplus, manual_reset, device, dtype)
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}: BayesianLinear is a base class; use BBBLinear, LRLinear, "
                                   "CLTLinear or CLTLinearDet")
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_mu is not None}, "
-                f"use_softplus={self.use_softplus}, manual_reset={self._manual_reset}")
+        return f"in_features={self.in_features}, out_features={self.out_features}, {super().extra_repr()}"
 
 
 class BBBLinear(BayesianLinear):
@@ -489,5 +521,5 @@ LAYER_TYPES: dict[str, type[BayesianLinear]] = {"bbb": BBBLinear, "lr": LRLinear
                                                 "cltdet": CLTLinearDet}
 
 
-__all__ = ["LAYER_TYPES", "Act", "BBBLinear", "BayesianLinear", "CLTLinear", "CLTLinearDet", "CReLU", "LRLinear",
-           "LayerType", "Prior", "is_int"]
+__all__ = ["LAYER_TYPES", "Act", "BBBLinear", "BayesianLayer", "BayesianLinear", "CLTLinear", "CLTLinearDet", "CReLU",
+           "LRLinear", "LayerType", "Prior", "is_int"]

@@ -33,7 +33,7 @@ from rln_verified._bayesian_std import (
     std_plain,
 )
 from rln_verified._dispatch import recompute_vjp
-from rln_verified._gaussian import crelu_moments, relu_moments
+from rln_verified._gaussian import crelu_moments, neg_relu_moments, relu_moments
 from rln_verified._native import gauss
 
 Act = Literal["relu", "crelu"]
@@ -337,20 +337,24 @@ def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(dev)
 
 
-def _sampled(form: Callable[..., torch.Tensor], entry: str, input: torch.Tensor, wm: torch.Tensor,
-             bm: torch.Tensor | None, rho_w: torch.Tensor | None, rho_b: torch.Tensor | None, cfg: SampleConfig,
-             noise: Noise) -> torch.Tensor:
-    """A sampling entry: MAP mode's ``F.linear(input, wm, bm)`` (C4), else ``form`` with the posterior's std; under
-    the layers' autocast policy (with autocast on, the input is cast to the compute dtype, the call runs with autocast
-    off, and the result is cast to the autocast dtype)."""
+def _sampled(form: Callable[..., torch.Tensor], mean: Callable[..., torch.Tensor], entry: str, input: torch.Tensor,
+             wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor | None, rho_b: torch.Tensor | None,
+             cfg: Any, noise: Noise) -> torch.Tensor:
+    """A sampling entry: MAP mode's ``mean(input, wm, bm, cfg)``, the layer's map with the means (C4), else ``form``
+    with the posterior's std; under the layers' autocast policy (with autocast on, the input is cast to the compute
+    dtype, the call runs with autocast off, and the result is cast to the autocast dtype)."""
     ac = _autocast_dtype(input)
     if ac is None:
         if cfg.map:
-            return F.linear(input, wm, bm)
+            return mean(input, wm, bm, cfg)
         return form(input, wm, bm, _need_rho(rho_w, entry), rho_b, cfg, noise)
     with torch.autocast(input.device.type, enabled=False):
         x = input.to(_compute_dtype(wm.dtype))
-        return _sampled(form, entry, x, wm, bm, rho_w, rho_b, cfg, noise).to(ac)
+        return _sampled(form, mean, entry, x, wm, bm, rho_w, rho_b, cfg, noise).to(ac)
+
+
+def _linear(input: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: Any) -> torch.Tensor:
+    return F.linear(input, w, b)
 
 
 Moments = tuple[torch.Tensor, torch.Tensor | None]
@@ -381,7 +385,7 @@ def bbb_linear(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tens
     r"""Bayes by Backprop: ``F.linear(x, mu + sigma eps, mu_b + sigma_b eps_b)`` with one weight sample
     (``noise("weight", ...)``, ``noise("bias", ...)``) shared by the batch (C5, C6); MAP mode ``F.linear(x, mu,
     mu_b)`` (C4). Without softplus the sample is one node (:class:`BBBSample`) where it may run."""
-    return _sampled(_bbb, "bbb_linear", input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
+    return _sampled(_bbb, _linear, "bbb_linear", input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
 
 
 def _one_node(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
@@ -418,7 +422,7 @@ def lr_linear(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tenso
     r"""Local reparameterization: ``x mu^T + mu_b + sqrt(x^2 (sigma^2)^T + sigma_b^2) eps`` with ``eps`` of the
     output's shape (``noise("weight", ...)``; C2, C6); MAP mode ``F.linear(x, mu, mu_b)`` (C4). Without softplus
     the sample is one node (:class:`LRSample`) where it may run."""
-    return _sampled(_lr, "lr_linear", input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
+    return _sampled(_lr, _linear, "lr_linear", input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
 
 
 def _lr(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
@@ -455,7 +459,7 @@ def _activate(m: torch.Tensor, v: torch.Tensor, cfg: MomentConfig) -> tuple[torc
     return relu_moments(m, s) if cfg.act == "relu" else crelu_moments(m, s)
 
 
-def _check_map(var_h: torch.Tensor | None, cfg: MomentConfig) -> None:
+def _check_map(var_h: torch.Tensor | None, cfg: MomentConfig | ConvConfig) -> None:
     if cfg.map and var_h is not None:
         raise ValueError(f"{cfg.layer}: var_h must be None in MAP mode (the MAP forward is deterministic), got a "
                          "tensor")
@@ -533,5 +537,127 @@ def _clt_det(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor, b
     return _activate(m, F.linear(var_h, wm.square()), cfg)
 
 
-__all__ = ["Act", "BBBSample", "CLTPreact", "LRSample", "MomentConfig", "Noise", "SampleConfig", "bbb_linear",
-           "clt_linear", "clt_linear_det", "fresh_noise", "lr_linear"]
+# ---- the conv entries -------------------------------------------------------------------------------------------
+
+
+class ConvConfig(NamedTuple):
+    """Everything about one Bayesian conv call but the tensors: ``use_softplus``, ``map``, ``act``, ``is_input``,
+    ``is_output`` and ``layer`` as :class:`SampleConfig` and :class:`MomentConfig` (the last four for
+    :func:`clt_conv2d` only); the convolution's ``stride``, ``padding`` (a pair, or "same" or "valid"),
+    ``dilation``, ``groups`` and ``padding_mode`` as ``nn.Conv2d`` takes them, and ``pad``, the ``F.pad`` amounts
+    (left, right, top, bottom) a mode other than "zeros" pads the input with first."""
+
+    use_softplus: bool = False
+    map: bool = False
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] | str = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    padding_mode: str = "zeros"
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    act: Act = "relu"
+    is_input: bool = False
+    is_output: bool = False
+    layer: str = "CLTConv2d"
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: ConvConfig) -> torch.Tensor:
+    """``nn.Conv2d``'s map with weight ``w`` and bias ``b``."""
+    if cfg.padding_mode == "zeros":
+        return F.conv2d(x, w, b, cfg.stride, cfg.padding, cfg.dilation, cfg.groups)
+    return F.conv2d(F.pad(x, cfg.pad, mode=cfg.padding_mode), w, b, cfg.stride, 0, cfg.dilation, cfg.groups)
+
+
+def _check_conv_input(x: torch.Tensor, entry: str) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{entry}: the input must be a floating-point tensor, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"{entry}: the input must be (N, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
+
+
+def bbb_conv2d(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tensor | None,
+               weight_rho: torch.Tensor | None, bias_rho: torch.Tensor | None, config: ConvConfig,
+               noise: Noise = fresh_noise) -> torch.Tensor:
+    r"""Bayes by Backprop for a convolution: ``conv(x, mu + sigma eps, mu_b + sigma_b eps_b)`` with one kernel sample
+    shared by the batch (C5, C6, CV1); MAP mode ``conv(x, mu, mu_b)`` (C4)."""
+    _check_conv_input(input, "bbb_conv2d")
+    return _sampled(_bbb_conv, _conv, "bbb_conv2d", input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
+
+
+def _bbb_conv(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
+              rho_b: torch.Tensor | None, cfg: ConvConfig, noise: Noise) -> torch.Tensor:
+    w = torch.addcmul(wm, posterior_std(rho_w, cfg.use_softplus), noise("weight", tuple(wm.shape), wm.dtype, wm.device))
+    b = None
+    if bm is not None and rho_b is not None:
+        eps_b = noise("bias", tuple(bm.shape), bm.dtype, bm.device)
+        b = torch.addcmul(bm, posterior_std(rho_b, cfg.use_softplus), eps_b)
+    return _conv(input, w, b, cfg)
+
+
+def lr_conv2d(input: torch.Tensor, weight_mu: torch.Tensor, bias_mu: torch.Tensor | None,
+              weight_rho: torch.Tensor | None, bias_rho: torch.Tensor | None, config: ConvConfig,
+              noise: Noise = fresh_noise) -> torch.Tensor:
+    r"""Local reparameterization for a convolution: ``conv(x, mu) + mu_b + sqrt(conv(x^2, sigma^2) + sigma_b^2) eps``
+    with ``eps`` of the output's shape (CV1, C6); MAP mode ``conv(x, mu, mu_b)`` (C4). The variance needs a second
+    convolution, of ``x^2`` with ``sigma^2``."""
+    _check_conv_input(input, "lr_conv2d")
+    return _sampled(_lr_conv, _conv, "lr_conv2d", input, weight_mu, bias_mu, weight_rho, bias_rho, config, noise)
+
+
+def _lr_conv(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho_w: torch.Tensor,
+             rho_b: torch.Tensor | None, cfg: ConvConfig, noise: Noise) -> torch.Tensor:
+    out_mu = _conv(input, wm, bm, cfg)
+    wv = posterior_std(rho_w, cfg.use_softplus, square=True)
+    bv = posterior_std(rho_b, cfg.use_softplus, square=True) if rho_b is not None else None
+    out_std = safe_sqrt(_conv(input * input, wv, bv, cfg))
+    return torch.addcmul(out_mu, out_std, noise("weight", tuple(out_mu.shape), out_mu.dtype, out_mu.device))
+
+
+def _channel_act(m: torch.Tensor, cfg: ConvConfig) -> torch.Tensor:
+    if cfg.is_output:
+        return m
+    if cfg.act == "relu":
+        return F.relu(m)
+    return torch.cat([F.relu(m), F.relu(-m)], dim=-3)
+
+
+def clt_conv2d(mu_h: torch.Tensor, var_h: torch.Tensor | None, weight_mu: torch.Tensor, bias_mu: torch.Tensor | None,
+               weight_rho: torch.Tensor | None, bias_rho: torch.Tensor | None, config: ConvConfig) -> Moments:
+    r"""CLT moment propagation through a convolution (CV2): ``m = conv(mu_h, mu) + mu_b``,
+    ``v = conv(v_h + mu_h^2, sigma^2) + conv(v_h, mu^2) + sigma_b^2``, then unless ``config.is_output`` the
+    moments of the activation of ``N(m, v)`` (CReLU doubles the channels); MAP mode ``(act(conv(mu_h, mu, mu_b)),
+    None)``."""
+    _check_conv_input(mu_h, "clt_conv2d")
+    return _moments(_clt_conv, mu_h, var_h, weight_mu, bias_mu, weight_rho, bias_rho, config)
+
+
+def _clt_conv(mu_h: torch.Tensor, var_h: torch.Tensor | None, wm: torch.Tensor, bm: torch.Tensor | None,
+              rho_w: torch.Tensor | None, rho_b: torch.Tensor | None, cfg: ConvConfig) -> Moments:
+    _check_map(var_h, cfg)
+    if cfg.map:
+        return _channel_act(_conv(mu_h, wm, bm, cfg), cfg), None
+    if var_h is None and not cfg.is_input:
+        raise ValueError(f"{cfg.layer}: var_h is required for a non-input layer outside MAP mode "
+                         "(set is_input=True for a deterministic input)")
+    rho_w = _need_rho(rho_w, "clt_conv2d")
+    wv = posterior_std(rho_w, cfg.use_softplus, square=True)
+    bv = posterior_std(rho_b, cfg.use_softplus, square=True) if rho_b is not None else None
+    m = _conv(mu_h, wm, bm, cfg)
+    if var_h is None:
+        v = _conv(mu_h * mu_h, wv, bv, cfg)
+    else:
+        v = _conv(var_h + mu_h * mu_h, wv, bv, cfg) + _conv(var_h, wm * wm, None, cfg)
+    if cfg.is_output:
+        return m, v
+    s = safe_sqrt(v)
+    if cfg.act == "relu":
+        return relu_moments(m, s)
+    mean_p, var_p = relu_moments(m, s)
+    mean_n, var_n = neg_relu_moments(m, s)
+    return torch.cat([mean_p, mean_n], dim=-3), torch.cat([var_p, var_n], dim=-3)
+
+
+__all__ = ["Act", "BBBSample", "CLTPreact", "ConvConfig", "LRSample", "MomentConfig", "Noise", "SampleConfig",
+           "bbb_conv2d", "bbb_linear", "clt_conv2d", "clt_linear", "clt_linear_det", "fresh_noise", "lr_conv2d",
+           "lr_linear"]

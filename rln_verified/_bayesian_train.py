@@ -14,14 +14,14 @@ import numbers
 import torch
 from torch import nn
 
-from rln_verified._bayesian_linear import BayesianLinear, CLTLinear, is_int
+from rln_verified._bayesian_linear import BayesianLayer, CLTLinear, is_int
 from rln_verified._bayesian_mlp import BayesianMLP
 from rln_verified._tools import unwrap_compiled
 
 
-def _posterior_layers(model: nn.Module) -> list[BayesianLinear]:
+def _posterior_layers(model: nn.Module) -> list[BayesianLayer]:
     """The Bayesian linear layers of ``model`` with a posterior (``weight_rho`` set), in ``modules()`` order."""
-    return [m for m in model.modules() if isinstance(m, BayesianLinear) and m.weight_rho is not None]
+    return [m for m in model.modules() if isinstance(m, BayesianLayer) and m.weight_rho is not None]
 
 
 def elbo(model: nn.Module, nll: torch.Tensor, n_data: int, kl_weight: float = 1.0) -> torch.Tensor:
@@ -137,7 +137,7 @@ def predictive(model: nn.Module, x: torch.Tensor, samples: int = 16) -> tuple[to
     if not is_int(samples) or int(samples) < 2:
         raise ValueError(f"predictive: samples must be an int >= 2 (one sample has no sample variance), "
                          f"got {samples!r}")
-    layers = [m for m in model.modules() if isinstance(m, BayesianLinear)]
+    layers = [m for m in model.modules() if isinstance(m, BayesianLayer)]
     if not layers:
         raise ValueError("predictive: model holds no Bayesian linear layer (BBBLinear, LRLinear, CLTLinear or "
                          "CLTLinearDet), so it has no predictive distribution")
