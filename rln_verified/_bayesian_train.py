@@ -14,6 +14,7 @@ import numbers
 import torch
 from torch import nn
 
+from rln_verified._bayesian_conv import CLTConv2d
 from rln_verified._bayesian_linear import BayesianLayer, CLTLinear, is_int
 from rln_verified._bayesian_mlp import BayesianMLP
 from rln_verified._tools import unwrap_compiled
@@ -141,7 +142,7 @@ def predictive(model: nn.Module, x: torch.Tensor, samples: int = 16) -> tuple[to
     if not layers:
         raise ValueError("predictive: model holds no Bayesian linear layer (BBBLinear, LRLinear, CLTLinear or "
                          "CLTLinearDet), so it has no predictive distribution")
-    n_clt = sum(isinstance(m, CLTLinear) for m in layers)
+    n_clt = sum(isinstance(m, (CLTLinear, CLTConv2d)) for m in layers)
     mlp = _as_bayesian_mlp(model)
     if n_clt and (n_clt != len(layers) or mlp is None or not mlp.is_clt):
         raise ValueError("predictive: CLT layers give moments, not samples, and only a BayesianMLP with "
