@@ -1,7 +1,8 @@
-"""Naive same-math Bayesian linear layers, written from the formulas for the benchmarks.
+"""Naive same-math Bayesian linear and conv layers, written from the formulas for the benchmarks.
 
 These are the "same math written naively" baselines of the speed targets: the plainest eager PyTorch that
-computes what ``BBBLinear``, ``LRLinear``, ``CLTLinear`` and ``CLTLinearDet`` compute, with std = exp(rho).
+computes what ``BBBLinear``, ``LRLinear``, ``CLTLinear``, ``CLTLinearDet``, ``BBBConv2d`` and ``LRConv2d`` compute,
+with std = exp(rho) (a conv ``Posterior`` holds a kernel ``(out, in, kH, kW)``).
 No safe gradients, no special cases: only the cost of the math is of interest. Also here: Monte Carlo
 predictive moments of a Bayesian MLP, by sampling whole weight sets.
 """
@@ -21,7 +22,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 @dataclass
 class Posterior:
-    """Mean and rho (std = exp(rho)) of one layer's weight (out, in) and bias (out,)."""
+    """Mean and rho (std = exp(rho)) of one layer's weight (out, in), or kernel (out, in, kH, kW), and bias (out,)."""
 
     weight_mu: torch.Tensor
     weight_rho: torch.Tensor
@@ -54,6 +55,21 @@ def lr_forward(p: Posterior, x: torch.Tensor) -> torch.Tensor:
     """Local reparameterization: mean x mu^T + mu_b, var (x^2) sigma^2^T + sigma_b^2, sample mean + sqrt(var) eps."""
     mean = x @ p.weight_mu.t() + p.bias_mu
     var = (x * x) @ torch.exp(2.0 * p.weight_rho).t() + torch.exp(2.0 * p.bias_rho)
+    return mean + torch.sqrt(var) * torch.randn_like(mean)
+
+
+def bbb_conv_forward(p: Posterior, x: torch.Tensor, padding: int = 0) -> torch.Tensor:
+    """Sample a kernel W = mu + exp(rho) * eps (shared by the batch) and b likewise, then conv(x, W) + b."""
+    w = p.weight_mu + torch.exp(p.weight_rho) * torch.randn_like(p.weight_mu)
+    b = p.bias_mu + torch.exp(p.bias_rho) * torch.randn_like(p.bias_mu)
+    return F.conv2d(x, w, b, padding=padding)
+
+
+def lr_conv_forward(p: Posterior, x: torch.Tensor, padding: int = 0) -> torch.Tensor:
+    """Local reparameterization: mean conv(x, mu) + mu_b, var conv(x^2, sigma^2) + sigma_b^2, sample mean +
+    sqrt(var) eps with eps of the output's shape. Two convolutions where nn.Conv2d has one."""
+    mean = F.conv2d(x, p.weight_mu, p.bias_mu, padding=padding)
+    var = F.conv2d(x * x, torch.exp(2.0 * p.weight_rho), torch.exp(2.0 * p.bias_rho), padding=padding)
     return mean + torch.sqrt(var) * torch.randn_like(mean)
 
 

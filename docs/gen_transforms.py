@@ -112,6 +112,8 @@ def render(results: Path) -> str:
         "",
         "Subjects: `[64x96]` marks the size that takes the fused float32 C path of the Bayesian linear layers; the",
         "norm layers take it at every float32 size. Sampling layers run with `manual_reset` and fixed stored noise.",
+        "The conv layers map (2, 3, 6, 6) to 4 channels (kernel 3, padding 1); `CLTConv2d` is an input layer",
+        "(`is_input=True`, no input variance), `CLTConv2d[var_h]` a hidden one (mean and variance in).",
         "",
         *lines,
         "",

@@ -14,6 +14,7 @@ from rln_verified._bayesian_linear import (
 from rln_verified._bayesian_mlp import BayesianMLP
 from rln_verified._bayesian_train import elbo, predictive
 from rln_verified._norm_layers import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+from rln_verified._to_bayesian import ConversionReport, to_bayesian
 from rln_verified._tools import forward_with_uncertainty, replace_norm_layers
 from rln_verified.claims import CLAIMS, Claim, get_claim
 
@@ -34,6 +35,7 @@ __all__ = [
     "CLTLinearDet",
     "CReLU",
     "Claim",
+    "ConversionReport",
     "LRConv2d",
     "LRLinear",
     "RLayerNorm",
@@ -45,4 +47,5 @@ __all__ = [
     "get_claim",
     "predictive",
     "replace_norm_layers",
+    "to_bayesian",
 ]

@@ -5,10 +5,10 @@ A subject is a :class:`Call` module: a public layer (or a functional form holdin
 parameters) whose ``forward(*inputs)`` returns a tuple of tensors, the layer's outputs with ``None`` dropped. Every
 input has the batch on dim 0, and so has every output.
 
-Determinism. Sampling layers (BBB, LR and the bbb/lr MLPs) run with ``manual_reset`` on and the stored noise put in by
-:func:`install_noise` from a fixed generator, so the float32 module, its float64 reference, a copy, a traced or an
-exported program and each DDP rank all use the same noise. LR's noise is one draw per output row, so a rank or a
-single sample gets the rows of the noise that belong to its rows of the batch.
+Determinism. Sampling layers (BBB, LR and the bbb/lr MLPs, linear and conv) run with ``manual_reset`` on and the stored
+noise put in by :func:`install_noise` from a fixed generator, so the float32 module, its float64 reference, a copy, a
+traced or an exported program and each DDP rank all use the same noise. LR's noise is one draw per output element (of
+the output's shape), so a rank or a single sample gets the rows of the noise that belong to its rows of the batch.
 
 Tolerances (``tol``): a normwise relative error ``max|got - ref| / max|ref|`` in units of the float32 eps. A float32
 forward made of reductions of length at most ``n`` and a chain of at most 32 elementwise operations has, by the
@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import rln_verified as R
@@ -90,7 +91,7 @@ class Subject:
     #: layers whose forward samples: noise is put in by install_noise
     sampling: bool = False
     #: under CPU autocast: "float32" (norm layers and the functional forms keep float32, like torch's layer_norm)
-    #: or "autocast" (Bayesian linear layers return the autocast dtype, like nn.Linear)
+    #: or "autocast" (Bayesian linear and conv layers return the autocast dtype, like nn.Linear and nn.Conv2d)
     autocast_out: str = "float32"
     #: the widest fan-in or fan-out that one rounding of a low-precision output meets (autocast tolerance)
     fan: int = 1
@@ -127,6 +128,8 @@ TWO_D = (2, 3, 5, 6)
 SMALL = (8, 6)  # in, out
 LARGE = (96, 64)  # 6144 weight elements >= 4096: the fused float32 path
 BATCH = 4
+CONV_IN = (2, 3, 6, 6)  # batch 2, 3 channels of 6x6
+CONV_OUT, CONV_K = 4, 3  # 4 channels, kernel 3, padding 1: the output is (2, 4, 6, 6)
 
 
 def _linear_inputs(n_in: int) -> Callable[[torch.Generator], tuple[torch.Tensor, ...]]:
@@ -167,7 +170,27 @@ def _layer_subjects() -> list[Subject]:
                 f"BayesianMLP[{lt}]" + size, partial(R.BayesianMLP, n_in, 6, depth=2, width=width, layer_type=lt), {},
                 _linear_inputs(n_in), n=max(n_in, width), depth=2, sampling=lt in ("bbb", "lr"),
                 autocast_out="autocast", fan=max(n_in, width), fused=big))
+    out += _conv_subjects()
     return out
+
+
+def _conv_subjects() -> list[Subject]:
+    # Reductions: the forward sums in / groups * kH * kW = 27 products per output element; the kernel's gradient sums
+    # over N * H' * W' = 72 positions, the input's over out * kH * kW = 36: n = 72, the longest. Under autocast a
+    # rounded cotangent enters sums of at most those 72 terms (the kernel's gradient): fan = 72.
+    n_batch, c_in, h, w = CONV_IN
+    n = max(c_in * CONV_K * CONV_K, n_batch * h * w, CONV_OUT * CONV_K * CONV_K)
+    conv: dict[str, Any] = {"autocast_out": "autocast", "fan": n, "n": n}
+    args = (c_in, CONV_OUT, CONV_K)
+    mu = lambda g: (_randn(g, *CONV_IN),)  # noqa: E731
+    mu_var = lambda g: (_randn(g, *CONV_IN), _pos(g, *CONV_IN, lo=0.01, hi=0.5))  # noqa: E731
+    return [
+        Subject("BBBConv2d", partial(R.BBBConv2d, *args, padding=1), {}, mu, sampling=True, **conv),
+        Subject("LRConv2d", partial(R.LRConv2d, *args, padding=1), {}, mu, sampling=True, **conv),
+        Subject("CLTConv2d", partial(R.CLTConv2d, *args, padding=1, is_input=True), {}, mu, **conv),
+        # a hidden layer: the input's variance enters both convolutions of the variance (CV2)
+        Subject("CLTConv2d[var_h]", partial(R.CLTConv2d, *args, padding=1), {}, mu_var, **conv),
+    ]
 
 
 # ---- functional forms ---------------------------------------------------------------------------------------------
@@ -232,24 +255,36 @@ SUBJECTS: dict[str, Subject] = {s.name: s for s in _layer_subjects() + _function
 
 # ---- building -----------------------------------------------------------------------------------------------------
 
-def install_noise(module: nn.Module, batch_shape: tuple[int, ...], rows: slice | None = None) -> None:
-    """Turn on manual_reset in every sampling layer of ``module`` and store fixed noise in it.
+def _lr_noise_shape(m: nn.Module, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of LR's output noise (the output's) for a module input of shape ``x_shape``: ``(*batch, out)`` for a
+    linear layer (every LR layer of an MLP has the batch of the MLP's input), the convolution's output for a conv layer
+    (F.conv2d with the layer's arguments on meta tensors; a padding mode other than zeros pads by the same amounts)."""
+    if isinstance(m, R.LRConv2d):
+        x, k = torch.empty(x_shape, device="meta"), torch.empty(m.weight_mu.shape, device="meta")
+        return tuple(F.conv2d(x, k, None, m.stride, m.padding, m.dilation, m.groups).shape)
+    assert isinstance(m, R.LRLinear)
+    return (*x_shape[:-1], m.out_features)
 
-    BBB draws one weight (and bias) noise for the whole batch; LR one noise per output row, of shape
-    ``(*batch_shape, out)``, of which ``rows`` (a slice of the batch) is kept for a shard or a single sample.
+
+def install_noise(module: nn.Module, x_shape: tuple[int, ...], rows: slice | None = None) -> None:
+    """Turn on manual_reset in every sampling layer of ``module`` and store fixed noise in it; ``x_shape`` is the shape
+    of the module's first input.
+
+    BBB draws one weight (and bias) noise for the whole batch; LR one noise per output element, of the output's shape
+    (:func:`_lr_noise_shape`), of which ``rows`` (a slice of the batch) is kept for a shard or a single sample.
     """
     g = _g(NOISE_SEED)
     for m in module.modules():
-        if not isinstance(m, R.BBBLinear | R.LRLinear):
+        if not isinstance(m, R.BBBLinear | R.LRLinear | R.BBBConv2d | R.LRConv2d):
             continue
         m.set_manual_reset(True)
         dtype = m.weight_mu.dtype
-        if isinstance(m, R.BBBLinear):
+        if isinstance(m, R.BBBLinear | R.BBBConv2d):
             m._random_weight = torch.randn(m.weight_mu.shape, generator=g, dtype=torch.float64).to(dtype)
-            m._random_bias = (torch.randn(m.out_features, generator=g, dtype=torch.float64).to(dtype)
+            m._random_bias = (torch.randn(m.bias_mu.shape, generator=g, dtype=torch.float64).to(dtype)
                               if m.bias_mu is not None else None)
         else:
-            eps = torch.randn(*batch_shape, m.out_features, generator=g, dtype=torch.float64).to(dtype)
+            eps = torch.randn(_lr_noise_shape(m, x_shape), generator=g, dtype=torch.float64).to(dtype)
             m._random_weight = eps if rows is None else eps[rows].contiguous()
 
 
@@ -267,7 +302,7 @@ def build(s: Subject, dtype: torch.dtype = torch.float32, rows: slice | None = N
         mod = Fn(s.fn, s.fn_params(_g(SEED + 1)) if s.fn_params is not None else {})
     mod = mod.to(dtype)
     if s.sampling:
-        install_noise(mod, tuple(inputs(s)[0].shape[:-1]), rows)
+        install_noise(mod, tuple(inputs(s)[0].shape), rows)
     return mod
 
 

@@ -149,10 +149,10 @@ def cell_compile_inductor(s: Subject) -> None:
     _compile(s, "inductor")
 
 
-#: The subjects that also run under inductor: each norm kernel family, and each Bayesian linear kernel at the size
-#: that takes the fused path.
+#: The subjects that also run under inductor: each norm kernel family, each Bayesian linear kernel at the size
+#: that takes the fused path, and one convolution (CLT: F.conv2d and the ReLU moments' op in one graph).
 INDUCTOR_SUBJECTS = frozenset({"RLayerNorm", "BayesianRLayerNorm2d", "BBBLinear[64x96]", "LRLinear[64x96]",
-                               "CLTLinear[64x96]"})
+                               "CLTLinear[64x96]", "CLTConv2d"})
 
 
 def cell_export(s: Subject) -> None:
@@ -298,11 +298,12 @@ def _gradcheck(s: Subject, second: bool) -> None:
     # float64, with respect to every input and parameter, torch's default tolerances (atol 1e-5, rtol 1e-3): central
     # differences with h = 1e-6 have truncation error O(h^2 f''') and rounding error O(u / h) ~ 1e-10, far below them.
     # fast_mode (torch's: compares v^T J u for random u, v, which a wrong Jacobian fails with probability 1) for
-    # gradgradcheck and for the 64x96 subjects, to keep the cost down; the full Jacobian for the first order otherwise.
+    # gradgradcheck, for the 64x96 subjects and for the convolutions (400 to 700 input and parameter elements: the
+    # full Jacobian took 20-70 s), to keep the cost down; the full Jacobian for the first order otherwise.
     mod = build(s, F64)
     f, ps = _as_function(mod)
     args = tuple(t.requires_grad_(True) for t in [*inputs(s, 0, F64), *ps])
-    fast = second or "[64x96]" in s.name
+    fast = second or "[64x96]" in s.name or "Conv2d" in s.name
     check = torch.autograd.gradgradcheck if second else torch.autograd.gradcheck
     ok = check(f, args, fast_mode=fast)
     if not ok:
@@ -354,7 +355,7 @@ def cell_meta(s: Subject) -> None:
     got = build(s, F32)
     got.inner = meta
     if s.sampling:
-        install_noise(got, tuple(inputs(s)[0].shape[:-1]))
+        install_noise(got, tuple(inputs(s)[0].shape))
     fresh = build(s, F32)
     _same_state("meta then to_empty", got, fresh)
     _same_outputs("meta then to_empty", got, fresh, s)

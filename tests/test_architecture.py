@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "rln_verified._bayesian_ops")),
     ("modules", ("rln_verified._norm_layers", "rln_verified._bayesian_linear", "rln_verified._bayesian_conv",
                  "rln_verified._bayesian_mlp",
-                 "rln_verified._tools", "rln_verified._bayesian_train")),
+                 "rln_verified._tools", "rln_verified._bayesian_train", "rln_verified._to_bayesian")),
     ("public", ("rln_verified", "rln_verified.functional", "rln_verified.claims", "rln_verified.seed")),
     ("verify", ("rln_verified.verify", "rln_verified.verify.*", "rln_verified.cli", "rln_verified.__main__")),
 ]

@@ -24,6 +24,7 @@ import rln_verified._norm_formula as norm_formula
 import rln_verified.verify.gaussian as gaussian_checks
 import rln_verified.verify.special as special_checks
 from rln_verified import BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+from rln_verified._bayesian_conv import BBBConv2d, CLTConv2d, LRConv2d
 from rln_verified._bayesian_linear import BBBLinear, CLTLinear, CLTLinearDet, LRLinear
 from rln_verified._bayesian_mlp import BayesianMLP
 from rln_verified.verify._core import Check, NotApplicable, registered_checks
@@ -88,7 +89,7 @@ def _poison_attr(mp: pytest.MonkeyPatch, owner: Any, name: str) -> None:
 
 
 _NORM_CLASSES = {c.__name__: c for c in (RLayerNorm, BayesianRLayerNorm, RLayerNorm2d, BayesianRLayerNorm2d)}
-_LINEAR_CLASSES = (BBBLinear, LRLinear, CLTLinear, CLTLinearDet)
+_LINEAR_CLASSES = (BBBLinear, LRLinear, CLTLinear, CLTLinearDet, BBBConv2d, LRConv2d, CLTConv2d)
 
 
 def _poison(mp: pytest.MonkeyPatch, check: Check) -> None:

@@ -35,7 +35,7 @@ if _ROOT not in sys.path:
 
 from benchmarks.robustness import corruptions as C  # noqa: E402
 from benchmarks.robustness import data as D  # noqa: E402
-from benchmarks.robustness.models import MLP_KINDS, NORMS_1D, NORMS_2D, EfficientCNN  # noqa: E402
+from benchmarks.robustness.models import BAYES_CNN_KINDS, MLP_KINDS, NORMS_1D, NORMS_2D, EfficientCNN  # noqa: E402
 
 LAMBDA_MIN = 1e-3  # the seed's clamp floor, and our layers' default lambda_min
 EPS64 = torch.finfo(torch.float64).eps
@@ -236,10 +236,11 @@ def test_robustness_quick_end_to_end(tmp_path: Path) -> None:
     seeds = res["meta"]["config"]["seeds"]
     assert seeds >= 2 and res["meta"]["missing_cells"] == []
     raw = res["raw"]
-    assert set(raw) == {"digits_a", "digits_b", "mnist1d_a", "mnist1d_b", "mlp"}
+    assert set(raw) == {"digits_a", "digits_b", "mnist1d_a", "mnist1d_b", "mlp", "bayes_cnn"}
     assert set(raw["digits_a"]) == set(raw["digits_b"]) == set(NORMS_2D)
     assert set(raw["mnist1d_a"]) == set(raw["mnist1d_b"]) == set(NORMS_1D)
     assert set(raw["mlp"]) == set(MLP_KINDS)
+    assert set(raw["bayes_cnn"]) == set(BAYES_CNN_KINDS)
 
     def numbers(obj: object) -> list[float]:
         if isinstance(obj, dict):
@@ -266,12 +267,16 @@ def test_robustness_quick_end_to_end(tmp_path: Path) -> None:
         for cell in cells:
             assert len(numbers(cell["clean"])) == 3
             assert len(numbers(cell["corrupted"])) == 4 * len(C.SEQ_CORRUPTIONS) * n_sev
+    for cells in raw["bayes_cnn"].values():  # acc, nll, ece, var clean; and auroc_var, auroc_entropy corrupted
+        assert [len(numbers(c["clean"])) for c in cells] == [4] * seeds
+        assert [len(numbers(c["corrupted"])) for c in cells] == [6 * len(C.IMAGE_CORRUPTIONS) * n_sev] * seeds
     assert all(math.isfinite(v) for v in numbers(raw))
     md = tmp_path / "robustness.md"
     assert report.main([str(out), "--md", str(md)]) == 0
     text = md.read_text()
     verdicts = re.findall(r"^\| (?:Gaussian|Shot|Blur|Contrast) \|.*\*\*(reproduced|reversed|not reproduced "
                           r"\(no significant difference\))\*\* \|$", text, flags=re.M)
+    assert "## Bayesian CNN on the digits" in text and "AUROC (variance)" in text
     assert "## The seed's table, settled" in text and len(verdicts) == 16  # 4 rows x 2 layers x 2 baselines
     assert all((tmp_path / f).stat().st_size > 1000 for f in
                ("robustness_digits.png", "robustness_mnist1d.png", "robustness_u.png"))

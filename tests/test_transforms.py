@@ -46,17 +46,17 @@ pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
 #: ONNX: ONNX has no erfcx, and the exp(y^2) erfc(y) an exporter puts in its place overflows in the Gaussian tails
 #: these kernels are accurate in (an earlier tree exported normal_logcdf and onnxruntime returned -inf at x = -5.6,
 #: where the value is -18.4), so everything built on the Gaussian tail refuses to export.
-#: Per-sample gradients of LR: it draws one noise row per sample, and under vmap a stored (manual_reset) noise of the
-#: batch's shape cannot be matched to the samples.
+#: Per-sample gradients of LR (linear and conv): it draws one noise row per sample, and under vmap a stored
+#: (manual_reset) noise of the batch's shape cannot be matched to the samples.
 _ONNX_TAIL = "ONNX export is not supported: ONNX has no erfcx"
 _LR_PER_SAMPLE = "under a torch.func transform (vmap over samples: per-sample gradients)"
 REFUSED: dict[tuple[str, str], str] = {
     **{(s, "onnx"): _ONNX_TAIL for s in (
         "CLTLinear", "CLTLinearDet", "BayesianMLP[clt]", "CLTLinear[64x96]", "CLTLinearDet[64x96]",
         "BayesianMLP[clt][64x96]", "F.normal_cdf", "F.normal_logcdf", "F.relu_moments", "F.neg_relu_moments",
-        "F.crelu_moments")},
+        "F.crelu_moments", "CLTConv2d", "CLTConv2d[var_h]")},
     **{(s, "per_sample_grad"): _LR_PER_SAMPLE for s in (
-        "LRLinear", "BayesianMLP[lr]", "LRLinear[64x96]", "BayesianMLP[lr][64x96]")},
+        "LRLinear", "BayesianMLP[lr]", "LRLinear[64x96]", "BayesianMLP[lr][64x96]", "LRConv2d")},
 }
 
 
@@ -197,8 +197,8 @@ def test_every_subject_and_column_is_covered() -> None:
     import rln_verified
     from rln_verified import functional
 
-    layers = {n for n in rln_verified.__all__ if n.endswith(("Norm", "Norm2d", "Linear", "LinearDet"))} - {
-        "BayesianLinear"}
+    layers = {n for n in rln_verified.__all__ if n.endswith(("Norm", "Norm2d", "Linear", "LinearDet", "Conv2d"))} - {
+        "BayesianLinear", "BayesianConv2d"}
     assert {s.split("[")[0] for s in SUBJECTS} >= layers | {"BayesianMLP"}
     assert {f"F.{n}" for n in functional.__all__} <= set(SUBJECTS)
     assert {s for s, _ in REFUSED} <= set(SUBJECTS) and {c for _, c in REFUSED} <= set(COLUMNS)

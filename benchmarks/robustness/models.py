@@ -1,4 +1,5 @@
-"""The models of the study: the seed's EfficientCNN with each norm, a 1-D CNN for MNIST-1D, and the MLPs.
+"""The models of the study: the seed's EfficientCNN with each norm, a 1-D CNN for MNIST-1D, the MLPs, and a
+Bayesian CNN (Bayesian convolutions and ``BayesianRLayerNorm2d``).
 
 EfficientCNN (the seed's shape): three blocks ``Conv2d(3x3, padding 1) -> norm -> Tanh -> MaxPool2d(2)`` with
 16, 32, 64 channels, then ``Linear(64 * s * s, classes)``; on 8x8 digits the maps are 8x8, 4x4, 2x2 at the norms
@@ -12,7 +13,17 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rln_verified import BayesianMLP, BayesianRLayerNorm, BayesianRLayerNorm2d, RLayerNorm, RLayerNorm2d
+from rln_verified import (
+    BayesianMLP,
+    BayesianRLayerNorm,
+    BayesianRLayerNorm2d,
+    BBBConv2d,
+    BBBLinear,
+    LRConv2d,
+    LRLinear,
+    RLayerNorm,
+    RLayerNorm2d,
+)
 from rln_verified.seed import SeedBayesianRLayerNorm2d, SeedRLayerNorm2d
 
 # Image norms: name -> factory(C). "groupnorm1" is LayerNorm for conv maps (one group over (C, H, W));
@@ -40,6 +51,7 @@ OURS_1D = ("rln", "brln")
 BASELINES_1D = ("layernorm",)
 
 MLP_KINDS = ("det", "bbb", "lr", "clt")
+BAYES_CNN_KINDS = ("lr", "bbb")  # LRConv2d/LRLinear, BBBConv2d/BBBLinear
 
 
 class EfficientCNN(nn.Module):
@@ -98,3 +110,29 @@ def make_mlp(kind: str, dim_in: int = 40, classes: int = 10, width: int = 100, d
     if kind in ("bbb", "lr", "clt"):
         return BayesianMLP(dim_in, classes, depth=depth, width=width, layer_type=kind)  # type: ignore[arg-type]
     raise ValueError(f"unknown MLP kind {kind!r}; expected one of {MLP_KINDS}")
+
+
+class BayesianCNN(nn.Module):
+    """Two ``Bayesian conv(3x3, padding 1) -> BayesianRLayerNorm2d -> ReLU -> MaxPool2d(2)`` blocks (16, 32
+    channels) and a Bayesian linear head: ``kind`` "lr" uses ``LRConv2d``/``LRLinear``, "bbb" ``BBBConv2d``/
+    ``BBBLinear``. On 8x8 digits the maps are 8x8 and 4x4 at the norms, 2x2 before the head."""
+
+    def __init__(self, kind: str = "lr", in_channels: int = 1, classes: int = 10, size: int = 8,
+                 channels: tuple[int, ...] = (16, 32)) -> None:
+        super().__init__()
+        if kind not in BAYES_CNN_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {BAYES_CNN_KINDS}")
+        conv = LRConv2d if kind == "lr" else BBBConv2d
+        linear = LRLinear if kind == "lr" else BBBLinear
+        blocks: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            blocks += [conv(c_in, c, 3, padding=1), BayesianRLayerNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = c
+            size //= 2
+        self.features = nn.Sequential(*blocks)
+        self.head = linear(c_in * size * size, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.features(x).flatten(1))
+        return out

@@ -12,6 +12,9 @@ What runs (every model with the same optimizer, learning rate, batch size and ep
 - MNIST-1D, MLPs: deterministic and ``BayesianMLP`` (bbb, lr, clt) of the same size, trained clean with the ELBO
   ``mean NLL + KL / N`` (docs/bayesian-linear.md); accuracy, NLL, ECE and the AUROC of the predictive entropy for
   corrupted vs clean inputs.
+- digits, a Bayesian CNN (``models.BayesianCNN``: LR or BBB convolutions and ``BayesianRLayerNorm2d``), trained
+  clean with ``rln_verified.elbo``; accuracy, NLL, ECE and the AUROC of the predictive variance for corrupted vs
+  clean inputs (``benchmarks/robustness/bayesian_cnn.py``).
 
 The seed of a run sets the split, the initialization, the data order and the corruption noise; the corrupted
 test sets of a seed are the same for every model, so comparisons are paired on seed and split. Jobs run in
@@ -41,7 +44,7 @@ from torch import nn
 
 from benchmarks.robustness import corruptions as C
 from benchmarks.robustness import data as D
-from benchmarks.robustness.models import MLP_KINDS, NORMS_1D, NORMS_2D, CNN1d, EfficientCNN, make_mlp
+from benchmarks.robustness.models import BAYES_CNN_KINDS, MLP_KINDS, NORMS_1D, NORMS_2D, CNN1d, EfficientCNN, make_mlp
 from benchmarks.robustness.stats import auroc, ece, spearman
 from rln_verified import BayesianMLP, BayesianRLayerNorm, BayesianRLayerNorm2d
 from rln_verified.seed import SeedBayesianRLayerNorm2d
@@ -291,15 +294,23 @@ def job_mlp(cfg: Config, seed: int, kind: str) -> dict[str, Any]:
     return res
 
 
+def job_bayes_cnn(cfg: Config, seed: int, kind: str) -> dict[str, Any]:
+    """``bayesian_cnn.job_bayes_cnn``, imported when called (that module imports this one)."""
+    from benchmarks.robustness.bayesian_cnn import job_bayes_cnn as job
+
+    return job(cfg, seed, kind)
+
+
 JOBS: dict[str, tuple[Callable[[Config, int, str], dict[str, Any]], tuple[str, ...]]] = {
     "digits_a": (job_digits_a, tuple(NORMS_2D)),
     "digits_b": (job_digits_b, tuple(NORMS_2D)),
     "mnist1d_a": (job_seq_a, tuple(NORMS_1D)),
     "mnist1d_b": (job_seq_b, tuple(NORMS_1D)),
     "mlp": (job_mlp, MLP_KINDS),
+    "bayes_cnn": (job_bayes_cnn, BAYES_CNN_KINDS),
 }
 # Relative cost, to start the longest jobs first (measured: the seed forms train 2-3x slower).
-_COST = {"digits_a": 4.0, "digits_b": 1.2, "mnist1d_a": 2.0, "mnist1d_b": 1.2, "mlp": 1.5}
+_COST = {"digits_a": 4.0, "digits_b": 1.2, "mnist1d_a": 2.0, "mnist1d_b": 1.2, "mlp": 1.5, "bayes_cnn": 1.5}
 
 
 def _run_one(task: str, cfg: Config, seed: int, name: str) -> tuple[str, int, str, dict[str, Any], float]:
@@ -396,6 +407,10 @@ def missing_cells(results: dict[str, Any]) -> list[str]:
                     continue
                 if task.endswith("_a"):
                     out += [f"{where}/{c}" for c in corrs if not finite(cell["acc"].get(c))]
+                elif task == "bayes_cnn":
+                    from benchmarks.robustness.bayesian_cnn import missing
+
+                    out += [f"{where}/{m}" for m in missing(cell)]
                 elif task == "mlp":
                     out += [f"{where}/clean/{k}" for k in ("acc", "nll", "ece") if not finite(cell["clean"].get(k))]
                     out += [f"{where}/{c}/{s}/{k}" for c in corrs for s in sev for k in ("acc", "nll", "ece", "auroc")

@@ -14,7 +14,8 @@ import mpmath
 import torch
 from hypothesis import strategies as st
 
-from rln_verified._bayesian_linear import LAYER_TYPES, BayesianLinear, CLTLinear
+from rln_verified._bayesian_conv import CONV_TYPES, BayesianConv2d, CLTConv2d
+from rln_verified._bayesian_linear import LAYER_TYPES, BayesianLayer, BayesianLinear, CLTLinear
 from rln_verified._bayesian_mlp import BayesianMLP
 from rln_verified._bayesian_std import std_bounds
 from rln_verified._special import SOFTPLUS_THRESHOLD
@@ -45,7 +46,7 @@ def _sigmoid64(r: float) -> float:
     return 1.0 / (1.0 + math.exp(-r)) if r >= 0 else math.exp(r) / (1.0 + math.exp(r))
 
 
-def std_reference(layer: BayesianLinear, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def std_reference(layer: BayesianLayer, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sigma, d sigma/d rho, d sigma^2/d rho) of the closed form, in Python float64 (math.exp / log1p, independent of
     the layer and of torch): sigma = exp(c) or softplus(c), c = rho clamped to the layer's bounds as rounded to its
     dtype (C6); the derivatives are 0 where rho is clamped."""
@@ -74,7 +75,7 @@ def std_reference(layer: BayesianLinear, rho: torch.Tensor) -> tuple[torch.Tenso
     return tuple(torch.tensor(v, dtype=torch.float64).reshape(shape) for v in (vals, d1, d2))  # type: ignore[return-value]
 
 
-def std_rel_bound(layer: BayesianLinear, dtype: torch.dtype) -> float:
+def std_rel_bound(layer: BayesianLayer, dtype: torch.dtype) -> float:
     """Relative distance of the layer's sigma from :func:`std_reference`: exp within 1 ulp of the compute dtype (EXP-1:
     the float32 kernel 0.99 ulp; torch's float64 exp < 1 ulp), softplus within 3 eps (SP-1); the reference's own
     rounding adds eps64 (exp) or 3 eps64 (log1p of exp); a float16/bfloat16 result is rounded once more (u_d)."""
@@ -137,9 +138,10 @@ def _kl_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-def _prior_args(case: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+def _prior_args(case: dict[str, Any], dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """The case's prior; a weight-shaped one has ``shape`` (default ``(n_out, n_in)``; a conv kernel's shape)."""
     kind, pm, ps = case["prior"], case["pm"], case["ps"]
-    shape = (case["n_out"], case["n_in"])
+    shape = (case["n_out"], case["n_in"]) if shape is None else shape
     if kind == "default":
         return {}
     if kind == "int":
@@ -155,7 +157,7 @@ def _prior_args(case: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
             "prior_std": (ps * torch.rand(shape, generator=g, dtype=torch.float64).add(0.5)).to(dtype)}
 
 
-def _exact_rho(layer: BayesianLinear) -> float:
+def _exact_rho(layer: BayesianLayer) -> float:
     """A rho whose sigma every element computes exactly, whatever its position: exp(0) = 1, and softplus(x) = x above
     the threshold T of SP-1 (T + 3 is a float of every dtype, inside the std bounds)."""
     if layer.use_softplus:
@@ -163,14 +165,14 @@ def _exact_rho(layer: BayesianLinear) -> float:
     return 0.0
 
 
-def _one_sigma(layer: BayesianLinear) -> bool:
+def _one_sigma(layer: BayesianLayer) -> bool:
     """True when std() gives one value to every weight and bias (all rho being equal)."""
     ws, bs = layer.std()
     vals = torch.cat([ws.detach().reshape(-1)] + ([bs.detach().reshape(-1)] if bs is not None else []))
     return bool((vals == vals[0]).all())
 
 
-def _run_kl_equal(layer: BayesianLinear, case: dict[str, Any]) -> float:
+def _run_kl_equal(layer: BayesianLayer, case: dict[str, Any]) -> float:
     """Posterior := prior exactly; the KL must then be exactly 0.
 
     "Equal" is about the values the layer uses, mean() and std(), not about rho: torch's softplus (and exp) round an
@@ -203,7 +205,7 @@ def _run_kl_equal(layer: BayesianLinear, case: dict[str, Any]) -> float:
             layer.weight_mu.fill_(case["pm"])
             if layer.bias_mu is not None:
                 layer.bias_mu.fill_(case["pm"])
-        layer.update_prior(layer.weight_mu.detach()[0, 0].reshape(1).clone(), ws.detach()[0, 0].reshape(1).clone())
+        layer.update_prior(layer.weight_mu.detach().reshape(-1)[:1].clone(), ws.detach().reshape(-1)[:1].clone())
     # The premise, verified on the values KL() will use: every (mean, sigma) equals the prior's.
     wm, bm = layer.mean()
     ws2, bs2 = layer.std()
@@ -224,11 +226,17 @@ def _run_kl_equal(layer: BayesianLinear, case: dict[str, Any]) -> float:
 
 def _run_kl(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
     layer = _make("bbb", case, device, dtype, **_prior_args(case, dtype))
+    return _kl_margin(layer, case, case["n_in"] * case["n_out"] + (case["n_out"] if case["bias"] else 0), dtype)
+
+
+def _kl_margin(layer: BayesianLayer, case: dict[str, Any], n_expected: int, dtype: torch.dtype) -> float:
+    """C1 on a built layer (linear or conv): n_params is ``n_expected``; the KL against the mpmath sum (or exactly
+    0 in the equality case)."""
     wm, bm = layer.mean()
     if case["equal"]:
         return _run_kl_equal(layer, case)
     kl, n = layer.KL()
-    if n != case["n_in"] * case["n_out"] + (case["n_out"] if case["bias"] else 0):
+    if n != n_expected:
         return math.inf
     got = float(kl.detach())
     if has_nan(got) or not got >= 0.0:
@@ -582,6 +590,314 @@ def _grad_examples(dtype: torch.dtype) -> Sequence[dict[str, Any]]:
     ]
 
 
+# ---- the conv layers: C1, C4-C6 carried over, CV1, CV2 ------------------------------------------------
+
+
+def _conv_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    """A small conv layer and input: every padding mode and padding form, stride, dilation, groups; the posterior
+    drawn as in :func:`_layer_cases`."""
+    return st.fixed_dictionaries({
+        "cin_g": st.integers(1, 3), "cout_g": st.integers(1, 3), "groups": st.integers(1, 2),
+        "k": st.tuples(st.integers(1, 3), st.integers(1, 3)), "stride": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        "dilation": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        "padding": st.sampled_from([0, 1, 2, (1, 0), (0, 2), "same", "valid"]),
+        "mode": st.sampled_from(["zeros", "reflect", "replicate", "circular"]), "extra": st.integers(0, 2),
+        "batch": st.integers(1, 2), "bias": st.booleans(), "softplus": st.booleans(),
+        "seed": st.integers(0, 2**31 - 1), "mu_scale": log_uniform(1e-3, 1e2), "rho": st.floats(-8.0, 2.0),
+        "rho_spread": st.floats(0.0, 2.0), "x_scale": log_uniform(1e-3, 1e2), "zero_rows": st.booleans(),
+    })
+
+
+def _conv_args(case: dict[str, Any]) -> dict[str, Any]:
+    """The case's nn.Conv2d arguments ("same" forces stride 1, as nn.Conv2d requires)."""
+    g = case["groups"]
+    stride = (1, 1) if case["padding"] == "same" else case["stride"]
+    return {"in_channels": case["cin_g"] * g, "out_channels": case["cout_g"] * g, "kernel_size": case["k"],
+            "stride": stride, "padding": case["padding"], "dilation": case["dilation"], "groups": g,
+            "padding_mode": case["mode"]}
+
+
+def _make_conv(kind: str, case: dict[str, Any], device: torch.device, dtype: torch.dtype,
+               **kw: Any) -> BayesianConv2d:
+    """A conv layer of ``kind`` with parameters drawn from ``case['seed']`` as :func:`_make` draws them."""
+    cls = CONV_TYPES[kind]
+    extra: dict[str, Any] = {}
+    if cls is CLTConv2d:
+        extra = {"act": case.get("act", "relu"), "is_input": case.get("is_input", False),
+                 "is_output": case.get("is_output", False)}
+    layer = cls(**_conv_args(case), bias=case["bias"], use_softplus=case.get("softplus", False), device=device,
+                dtype=dtype, **extra, **kw)
+    g = torch.Generator().manual_seed(case["seed"])
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name.endswith("_mu"):
+                v = torch.randn(p.shape, generator=g, dtype=torch.float64) * case.get("mu_scale", 1.0)
+            else:
+                v = case.get("rho", -2.0) + case.get("rho_spread", 1.0) * torch.randn(p.shape, generator=g,
+                                                                                      dtype=torch.float64)
+            p.copy_(v.to(dtype))
+    return layer
+
+
+def _conv_input(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, C, H, W) with H, W >= d (k - 1) + 3: every window fits and every padding (<= 2 per side, or "same")
+    is smaller than the input, as reflect padding needs."""
+    a = _conv_args(case)
+    hw = [a["dilation"][i] * (a["kernel_size"][i] - 1) + 3 + case["extra"] + i for i in (0, 1)]
+    g = torch.Generator().manual_seed(case["seed"] + 1)
+    x = torch.randn(case["batch"], a["in_channels"], *hw, generator=g, dtype=torch.float64) * case.get("x_scale", 1.0)
+    if case.get("zero_rows", False):
+        x[0] = 0.0
+    out: torch.Tensor = x.to(device=device, dtype=dtype)
+    return out
+
+
+def ref_conv(case: dict[str, Any], x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``nn.Conv2d`` with the case's arguments, kernel ``w`` and bias ``b``, on ``x`` (torch's own layer, not the
+    package's ``_conv``; float64 CPU when given float64 CPU tensors)."""
+    ref = torch.nn.Conv2d(**_conv_args(case), bias=b is not None, device=x.device, dtype=x.dtype)
+    with torch.no_grad():
+        ref.weight.copy_(w)
+        if b is not None:
+            assert ref.bias is not None
+            ref.bias.copy_(b)
+        out: torch.Tensor = ref(x)
+    return out
+
+
+def _conv_n(case: dict[str, Any]) -> int:
+    """Terms of one output element's sum: the window's (C/g) kH kW kernel entries and the bias."""
+    return int(case["cin_g"]) * int(case["k"][0]) * int(case["k"][1]) + 1
+
+
+def _d64(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().double().cpu()
+
+
+def _conv_kl_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(
+        lambda base, prior, pm, ps, equal: {**base, "prior": prior, "pm": pm, "ps": ps, "equal": equal},
+        _conv_cases(dtype), st.sampled_from(["default", "int", "float", "0d", "one", "weight"]),
+        st.floats(-3.0, 3.0), log_uniform(1e-2, 1e2), st.booleans(),
+    )
+
+
+def _run_conv_kl(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    """C1 for a conv layer: the kernel takes the weight's place (a weight-shaped prior is kernel-shaped)."""
+    a = _conv_args(case)
+    shape = (a["out_channels"], case["cin_g"], *a["kernel_size"])
+    layer = _make_conv("bbb", case, device, dtype, **_prior_args(case, dtype, shape))
+    n = int(math.prod(shape)) + (int(a["out_channels"]) if case["bias"] else 0)
+    return _kl_margin(layer, case, n, dtype)
+
+
+def _run_conv_lr_identity(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    """CV1 part 2: with the stored noise set to 1, LRConv2d's output minus its MAP output is its std, within the
+    derived bound of sqrt(conv(x^2, sigma^2) + sigma_b^2) (float64, torch's nn.Conv2d, sigma from std_reference)."""
+    layer = _make_conv("lr", case, device, dtype, manual_reset=True)
+    x = _conv_input(case, device, dtype)
+    layer.map(True)
+    m = layer(x).detach()
+    layer.map(False)
+    layer._random_weight = torch.ones_like(m)
+    d = (layer(x) - m).detach().double().cpu()
+    assert layer.weight_rho is not None
+    ws = std_reference(layer, layer.weight_rho)[0]
+    bs = std_reference(layer, layer.bias_rho)[0] if layer.bias_rho is not None else None
+    v = ref_conv(case, x.double().cpu().square(), ws.square(), None if bs is None else bs.square())
+    s = v.sqrt()
+    u = unit_roundoff(dtype)
+    delta = std_rel_bound(layer, dtype)
+    tiny = float(torch.finfo(dtype).tiny)
+    # As C2: fl(m + s) - m within u |m + s| + u |d|; s: squares (2u), a k-term sum (gamma_k), sqrt (u); sigma delta.
+    tol = 2 * u * (m.double().abs().cpu() + 2 * s) + (gamma(_conv_n(case) + 3, dtype) + 2 * u
+                                                     + delta * (1 + delta)) * s
+    return guarded(fold((d - s).abs() / (tol + math.sqrt(tiny))), d, m)
+
+
+def _run_conv_bbb_sample(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    """CV1 for BBBConv2d, the exact half: one call is the convolution with the kernel mu + sigma eps and the bias
+    mu_b + sigma_b eps_b of its stored noise (float64 nn.Conv2d, sigma from std_reference). Bound: sigma within
+    delta, the addcmul's two roundings (gamma_2) per kernel entry, then a k-term sum (gamma_k), all relative to
+    the sum of absolute terms A = conv(|x|, |mu| + sigma |eps|) + |mu_b| + sigma_b |eps_b|."""
+    layer = _make_conv("bbb", case, device, dtype, manual_reset=True)
+    x = _conv_input(case, device, dtype)
+    y = layer(x).detach().double().cpu()
+    eps_w, eps_b = _d64(layer._random_weight), _d64(layer._random_bias)
+    assert layer.weight_rho is not None and eps_w is not None
+    ws = std_reference(layer, layer.weight_rho)[0]
+    bs = std_reference(layer, layer.bias_rho)[0] if layer.bias_rho is not None else None
+    wm, bm = (_d64(t) for t in layer.mean())
+    assert wm is not None
+    x64 = x.double().cpu()
+    b = None if bm is None or bs is None or eps_b is None else bm + bs * eps_b
+    ref = ref_conv(case, x64, wm + ws * eps_w, b)
+    b_abs = None if bm is None or bs is None or eps_b is None else bm.abs() + bs * eps_b.abs()
+    a = ref_conv(case, x64.abs(), wm.abs() + ws * eps_w.abs(), b_abs)
+    delta = std_rel_bound(layer, dtype)
+    g2, gk = gamma(2, dtype), gamma(_conv_n(case), dtype)
+    tol = (gk + (g2 + delta * (1 + g2)) * (1 + gk)) * a
+    tiny = float(torch.finfo(dtype).tiny)
+    return guarded(fold((y - ref).abs() / (tol + tiny)), y, ref)
+
+
+def _conv_clt_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(lambda base, act, has_var, vs: {**base, "act": act, "has_var": has_var, "v_scale": vs},
+                     _conv_cases(dtype), st.sampled_from(["relu", "crelu"]), st.booleans(), log_uniform(1e-4, 1e2))
+
+
+def _run_conv_clt(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    """CV2 parts 1 and 3: the propagated (m, v) against their float64 evaluation with torch's nn.Conv2d (sigma from
+    std_reference), within C3's bounds with k = (C/g) kH kW + 1 terms; and the activation's moments are exactly
+    relu_moments of (m, sqrt(v)) (CReLU: of m and -m, concatenated on the channels). The formula is checked for
+    every padding mode; where it is the exact variance (part 1) and where not (part 2) is the Monte Carlo tests'."""
+    pre = _make_conv("clt", {**case, "is_input": True, "is_output": True}, device, dtype)
+    post = _make_conv("clt", {**case, "is_input": True, "is_output": False}, device, dtype)
+    x = _conv_input(case, device, dtype)
+    g = torch.Generator().manual_seed(case["seed"] + 3)
+    vh = None
+    if case["has_var"]:
+        vh = (torch.rand(x.shape, generator=g, dtype=torch.float64) * case["v_scale"]).to(device=device, dtype=dtype)
+    m, v = pre(x, vh)
+    assert v is not None
+    m, v = m.detach(), v.detach()
+    if has_nan(m, v):
+        return math.inf
+    assert pre.weight_rho is not None
+    ws = std_reference(pre, pre.weight_rho)[0]
+    bs = std_reference(pre, pre.bias_rho)[0] if pre.bias_rho is not None else None
+    wm, bm = (_d64(t) for t in pre.mean())
+    assert wm is not None
+    x64 = x.double().cpu()
+    vh64 = torch.zeros_like(x64) if vh is None else vh.double().cpu()
+    m_ref = ref_conv(case, x64, wm, bm)
+    m_abs = ref_conv(case, x64.abs(), wm.abs(), None if bm is None else bm.abs())
+    v_ref = (ref_conv(case, vh64 + x64.square(), ws.square(), None if bs is None else bs.square())
+             + ref_conv(case, vh64, wm.square(), None))
+    n = _conv_n(case)
+    delta = std_rel_bound(pre, dtype)
+    tiny = float(torch.finfo(dtype).tiny)
+    margin_m = fold((m.double().cpu() - m_ref).abs() / (gamma(n, dtype) * m_abs + tiny))
+    # The variance: 2k - 1 nonnegative terms (two convolutions and the bias), a third sum adding the two: C3's
+    # gamma_(2k+6) covers the products, the sums and the final add.
+    v_tol = (gamma(2 * n + 6, dtype) + delta * (2 + delta)) * (1 + gamma(2 * n + 6, dtype))
+    margin_v = fold((v.double().cpu() - v_ref).abs() / (v_tol * v_ref + tiny))
+    am, av = post(x, vh)
+    s = torch.sqrt(v.clamp_min(torch.finfo(dtype).tiny))
+    em, ev = CLTLinear.relu_moments(m, s)
+    if case["act"] == "crelu":
+        en, evn = CLTLinear.relu_moments(-m, s)
+        em, ev = torch.cat([em, en], dim=-3), torch.cat([ev, evn], dim=-3)
+    same = av is not None and bool(torch.equal(am, em)) and bool(torch.equal(av, ev))
+    return fold(margin_m, margin_v, 0.0 if same else math.inf)
+
+
+def _conv_map_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(lambda base, kind, act, out, three: {**base, "kind": kind, "act": act, "is_output": out,
+                                                          "three_d": three},
+                     _conv_cases(dtype), st.sampled_from(sorted(CONV_TYPES)), st.sampled_from(["relu", "crelu"]),
+                     st.booleans(), st.booleans())
+
+
+def _run_conv_map(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    """C4 for the conv layers: MAP mode is torch's nn.Conv2d with the means, bit for bit, (C, H, W) or (N, C, H, W)."""
+    layer = _make_conv(case["kind"], {**case, "is_input": True}, device, dtype)
+    layer.map(True)
+    x = _conv_input(case, device, dtype)
+    if case["three_d"]:
+        x = x[0]
+    wm, bm = layer.mean()
+    ref = ref_conv(case, x, wm.detach(), None if bm is None else bm.detach())
+    if isinstance(layer, CLTConv2d):
+        a, b = layer(x)
+        a2, b2 = layer(x)
+        if b is not None or b2 is not None:
+            return math.inf
+        if not layer.is_output:
+            ref = torch.relu(ref) if layer.act == "relu" else torch.cat([torch.relu(ref), torch.relu(-ref)], -3)
+    else:
+        a, a2 = layer(x), layer(x)
+    return 0.0 if torch.equal(a, ref) and torch.equal(a2, ref) else math.inf
+
+
+def _conv_reset_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(lambda base, kind: {**base, "kind": kind}, _conv_cases(dtype), st.sampled_from(["bbb", "lr"]))
+
+
+def _run_conv_reset(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    """C5 for the conv layers, as :func:`_run_reset`."""
+    layer = _make_conv(case["kind"], {**case, "rho": 0.0}, device, dtype, manual_reset=True)
+    x = _conv_input(case, device, dtype) + 1.0
+    torch.manual_seed(case["seed"])
+    a, b = layer(x), layer(x)
+    layer.reset_randomness()
+    c = layer(x)
+    layer.set_manual_reset(False)
+    d, e = layer(x), layer(x)
+    ok = torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(d, e)
+    return 0.0 if ok else math.inf
+
+
+def _conv_grad_cases(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    """C6's domain (:func:`_grad_cases`) for the conv kinds, with every padding mode."""
+    return st.builds(lambda base, kind, mode: {**base, "kind": kind, "mode": mode}, _grad_cases(dtype),
+                     st.sampled_from(["bbb", "lr", "clt", "clt_out", "clt_var"]),
+                     st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+
+
+def _run_conv_grads(case: dict[str, Any], device: torch.device, dtype: torch.dtype) -> float:
+    """C6 for the conv layers: a 2-to-2-channel 2x2 kernel with padding 1 on a (2, 2, 3, 3) input whose first sample
+    is 0; every gradient of output (+ variance) + KL finite, std in (0, inf)."""
+    kind = case["kind"]
+    base = {"cin_g": 2, "cout_g": 2, "groups": 1, "k": (2, 2), "stride": (1, 1), "dilation": (1, 1), "padding": 1,
+            "mode": case["mode"], "bias": case["bias"], "softplus": case["softplus"], "seed": case["seed"],
+            "act": case["act"], "is_input": kind in ("clt", "clt_out"), "is_output": kind == "clt_out"}
+    prior = case.get("prior")
+    layer = _make_conv(kind.split("_")[0], base, device, dtype, **({} if prior is None else {"prior_std": prior}))
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name.endswith("_rho"):
+                p.copy_(torch.tensor(_cycle(case["rho"], p.numel()), dtype=dtype).reshape(p.shape))
+    shape = (2, 2, 3, 3)
+    x = torch.tensor(_cycle(case["x"], math.prod(shape)), dtype=dtype, device=device).reshape(shape)
+    x[0] = 0.0
+    x.requires_grad_(True)
+    vh = None
+    if kind.endswith("_var"):
+        vh = torch.tensor(_cycle(case["v"], math.prod(shape)), dtype=dtype, device=device).reshape(shape)
+        vh[0] = 0.0
+        vh.requires_grad_(True)
+    if isinstance(layer, CLTConv2d):
+        m, v = layer(x, vh)
+        loss = m.sum() + (v.sum() if v is not None else 0.0)
+    else:
+        loss = layer(x).sum()
+    ws, bs = layer.std()
+    for s_ in (ws, bs):
+        if s_ is not None and not bool(((s_ > 0) & torch.isfinite(s_)).all()):
+            return math.inf
+    loss = loss + layer.KL()[0]
+    if not bool(torch.isfinite(loss)):
+        return math.inf
+    loss.backward()
+    grads = [p.grad for p in layer.parameters()] + [x.grad] + ([vh.grad] if vh is not None else [])
+    return 0.0 if all(gr is None or bool(torch.isfinite(gr).all()) for gr in grads) else math.inf
+
+
+def _conv_grad_examples(dtype: torch.dtype) -> Sequence[dict[str, Any]]:
+    fmax = float(torch.finfo(dtype).max)
+    b = c6_input_bound(dtype)
+    base = {"act": "relu", "softplus": False, "bias": True, "x": [0.0], "v": [0.0], "seed": 0, "mode": "zeros"}
+    return [
+        {**base, "kind": "lr", "rho": [-4.6]},  # a zero input: LR's variance is sigma_b^2 or 0 only
+        {**base, "kind": "lr", "rho": [fmax, -fmax], "x": [b, -b], "prior": b, "mode": "reflect"},
+        {**base, "kind": "bbb", "rho": [-fmax], "softplus": True, "mode": "circular"},
+        {**base, "kind": "clt_var", "rho": [fmax], "x": [b], "v": [b], "prior": 1.0 / b, "act": "crelu",
+         "mode": "replicate"},
+        {**base, "kind": "clt", "rho": [-fmax, fmax], "x": [0.0, 1e3], "bias": False},
+    ]
+
+
 register(
     Check("C1", "BayesianLinear.KL", _kl_cases, _run_kl, "|KL - mpmath| / (KL-1 bound + gamma_n)",
           examples=_kl_examples),
@@ -592,4 +908,16 @@ register(
     Check("C5", "BayesianLinear", _reset_cases, _run_reset, "noise kept until reset, fresh otherwise ? 0 : inf"),
     Check("C6", "BayesianLinear", _grad_cases, _run_grads, "all grads finite and std in (0, inf) ? 0 : inf",
           examples=_grad_examples),
+    Check("C1", "BayesianConv2d.KL", _conv_kl_cases, _run_conv_kl, "|KL - mpmath| / (KL-1 bound + gamma_n)"),
+    Check("C4", "BayesianConv2d", _conv_map_cases, _run_conv_map, "MAP output == nn.Conv2d of means (exact) ? 0 : inf"),
+    Check("C5", "BayesianConv2d", _conv_reset_cases, _run_conv_reset,
+          "noise kept until reset, fresh otherwise ? 0 : inf"),
+    Check("C6", "BayesianConv2d", _conv_grad_cases, _run_conv_grads, "all grads finite and std in (0, inf) ? 0 : inf",
+          examples=_conv_grad_examples),
+    Check("CV1", "LRConv2d", _conv_cases, _run_conv_lr_identity,
+          "|LR std - sqrt(conv(x^2, s_W^2) + s_b^2)| / derived bound"),
+    Check("CV1", "BBBConv2d", _conv_cases, _run_conv_bbb_sample,
+          "|BBB output - conv(x, mu + s eps) - b| / derived bound"),
+    Check("CV2", "CLTConv2d", _conv_clt_cases, _run_conv_clt,
+          "|moment - float64 exact| / gamma bound; activation identity"),
 )
