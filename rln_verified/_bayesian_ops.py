@@ -610,7 +610,7 @@ def _lr_conv(input: torch.Tensor, wm: torch.Tensor, bm: torch.Tensor | None, rho
     out_mu = _conv(input, wm, bm, cfg)
     wv = posterior_std(rho_w, cfg.use_softplus, square=True)
     bv = posterior_std(rho_b, cfg.use_softplus, square=True) if rho_b is not None else None
-    out_std = safe_sqrt(_conv(input * input, wv, bv, cfg))
+    out_std = safe_sqrt_plain(_conv(input * input, wv, bv, cfg))[0]
     return torch.addcmul(out_mu, out_std, noise("weight", tuple(out_mu.shape), out_mu.dtype, out_mu.device))
 
 
