@@ -573,6 +573,7 @@ def test_meta_construction_runs_and_materializes(cls: type[BayesianConv2d]) -> N
     if cls is CLTConv2d:
         kw["is_input"] = True
     layer = cls(3, 4, 3, **kw)
+    assert layer.weight_mu.is_meta and layer.prior_std.is_meta  # the factory device reaches every tensor
     out = layer(torch.empty(2, 3, 7, 7, device="meta"))
     y = out[0] if isinstance(out, tuple) else out
     assert y.is_meta and y.shape == (2, 4, 4, 4)
@@ -587,3 +588,77 @@ def test_meta_construction_runs_and_materializes(cls: type[BayesianConv2d]) -> N
     out = layer(torch.randn(2, 3, 7, 7))
     y = out[0] if isinstance(out, tuple) else out
     assert y.shape == (2, 4, 4, 4) and bool(torch.isfinite(y).all())
+
+
+def test_constructor_arguments_reach_the_layer() -> None:
+    """Every constructor argument takes effect, for the base's and CLTConv2d's own signature: the defaults are
+    nn.Conv2d's (padding 0), use_softplus, manual_reset, the priors and the device pass through, and the fan-in of a
+    non-square kernel sets the bias range (in / groups * kH * kW, as nn.Conv2d)."""
+    x = torch.randn(2, 3, 7, 9)
+    assert BBBConv2d(3, 4, 3)(x).shape == (2, 4, 5, 7)  # padding 0 by default
+    clt = CLTConv2d(3, 4, 3, is_input=True)
+    assert clt(x)[0].shape == (2, 4, 5, 7) and not clt.get_manual_reset()
+    full = CLTConv2d(3, 4, 3, prior_mean=0.5, prior_std=2.0, use_softplus=True, manual_reset=True, device="meta")
+    assert full.use_softplus and full.get_manual_reset() and full.weight_mu.is_meta
+    plain = CLTConv2d(3, 4, 3, prior_mean=0.5, prior_std=2.0)
+    assert float(plain.prior_mean.reshape(-1)[0]) == 0.5 and float(plain.prior_std.reshape(-1)[0]) == 2.0
+    soft = BBBConv2d(3, 4, 3, use_softplus=True)
+    assert soft.use_softplus
+    assert soft.weight_rho is not None
+    torch.testing.assert_close(soft.std()[0], F.softplus(soft.weight_rho.detach()), rtol=1e-6, atol=0.0)
+    # bias means uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)]: with 4000 of them the largest is above 0.99 of the
+    # bound except with probability 0.99^4000 < 1e-17, and a fan-in of 3 * 5 * 5 (kH taken for kW) would cap it at
+    # sqrt(15/75) = 0.45 of it
+    wide = BBBConv2d(3, 4000, (1, 5))
+    assert wide.bias_mu is not None
+    bound = 1.0 / math.sqrt(3 * 1 * 5)
+    top = float(wide.bias_mu.detach().abs().max())
+    assert 0.99 * bound < top <= bound
+
+
+@pytest.mark.parametrize("cls", [BBBConv2d, LRConv2d])
+def test_float64_layers_draw_float64_noise(cls: type[BayesianConv2d]) -> None:
+    """A float64 layer keeps float64 noise (kernel, bias and LR's output noise), not the default dtype's."""
+    layer = cls(3, 4, 3, padding=1, manual_reset=True, dtype=torch.float64)
+    layer(torch.randn(2, 3, 5, 5, dtype=torch.float64))
+    stored = [t for t in (layer._random_weight, layer._random_bias) if t is not None]
+    assert stored and all(t.dtype == torch.float64 for t in stored)
+
+
+@pytest.mark.parametrize("entry", ["bbb_conv2d", "lr_conv2d", "clt_conv2d"])
+def test_conv_entries_need_rho_outside_map_mode(entry: str) -> None:
+    """weight_rho None: a ValueError naming the entry, with and without autocast; MAP mode needs no rho, also under
+    autocast (where the entry runs again in float32 and casts the result)."""
+    wm, bm = torch.randn(4, 3, 3, 3), torch.randn(4)
+    x = torch.randn(2, 3, 5, 5)
+    for autocast in (False, True):
+        with pytest.raises(ValueError, match=f"^{entry} samples from the posterior and needs weight_rho; got None$"), \
+                torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            if entry == "clt_conv2d":
+                clt_conv2d(x, None, wm, bm, None, None, ConvConfig(is_input=True))
+            else:
+                (bbb_conv2d if entry == "bbb_conv2d" else lr_conv2d)(x, wm, bm, None, None, ConvConfig())
+    if entry != "clt_conv2d":
+        fn = bbb_conv2d if entry == "bbb_conv2d" else lr_conv2d
+        with torch.autocast("cpu", torch.bfloat16):
+            y = fn(x.bfloat16(), wm, bm, None, None, ConvConfig(map=True))
+        assert y.dtype == torch.bfloat16 and torch.equal(y, F.conv2d(x.bfloat16().float(), wm, bm).bfloat16())
+
+
+def test_a_subclass_is_named_in_its_errors() -> None:
+    class MyCLT(CLTConv2d):
+        pass
+
+    with pytest.raises(ValueError, match=r"^MyCLT: var_h is required"):
+        MyCLT(3, 4, 3)(torch.randn(1, 3, 5, 5))
+
+
+def test_the_shared_base_forward_raises() -> None:
+    """BayesianLayer holds the posterior of both families; its own forward names what to use instead."""
+    from rln_verified import BayesianLayer
+
+    base = BayesianLayer((4, 3, 3, 3), 4, 27)
+    assert base.weight_mu.shape == (4, 3, 3, 3) and base.bias_mu is not None and base.bias_mu.shape == (4,)
+    with pytest.raises(NotImplementedError, match=r"^BayesianLayer: BayesianLayer is a base class; use a Bayesian "
+                                                  r"linear or conv layer$"):
+        base(torch.randn(1, 3, 5, 5))
