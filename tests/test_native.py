@@ -78,7 +78,7 @@ def _run(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, lam: t
 def cases(draw: Any) -> dict[str, Any]:
     two_d = draw(st.booleans())
     p = draw(st.integers(2, 6)) if two_d else draw(st.integers(1, 3))
-    l_ = draw(st.sampled_from([2, 3, 4, 5, 7, 16, 19]))
+    l_ = draw(st.sampled_from([2, 3, 4, 5, 7, 8, 16, 19, 24, 32]))  # 8: the row-vector planes; 8k: the strips
     n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     shape = (n, c, p, l_) if two_d else (n, p, l_)
     size = math.prod(shape)
@@ -180,6 +180,16 @@ N11_PINS = [
     _pin(True, (1, 1, 5, 17), [0.0, 4.0] + [0.0] * 14 + [2.0, -1.0]),
     _pin(False, (2, 2, 16), [7.0, -3.0] + [0.0] * 12 + [1.0, 5.0]),
     _pin(True, (1, 2, 3, 3), [2.0, -1.0, 0.0], alpha=3.0, lam=1.0),  # the n = 3 reuse weights, 5/3 in the middle
+    # rows of 8 are one vector with shuffled window sums, rows of 8k go in 8-column strips (rnorm.c): spikes in the
+    # reflected lanes of the end rows and columns, the fewest rows each path takes, and huge offsets
+    _pin(True, (1, 2, 5, 8), [6.0, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0, 3.0] + [0.0] * 24 + [1.0] + [0.0] * 6 + [4.0]),
+    _pin(True, (2, 1, 2, 8), [1.0, -1.0, 0.5, 0.0, 2.0, 0.0, 0.0, -3.0], offset=1e4),
+    _pin(True, (1, 2, 4, 24), [5.0] + [0.0] * 22 + [-7.0] + [0.0] * 48 + [2.0] + [0.0] * 22 + [1.0]),
+    _pin(True, (1, 1, 3, 16), [0.25, -0.5, 1.0], offset=1e4, bayes=False),
+    _pin(True, (2, 2, 4, 8), [1.0, -1.0, 0.5, 0.25], scale=3e38 / 1.0),  # float32 max in the vector paths
+    _pin(False, (2, 1, 32), [6.0, 0.0, -1.0] + [0.0] * 28 + [4.0]),
+    _pin(False, (1, 2, 24), [0.5, -0.5, 0.0], offset=1e6),
+    _pin(False, (2, 1, 8), [3.0, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0, -5.0], affine="weight"),
 ]
 
 

@@ -3,8 +3,15 @@
  * A group is a contiguous (P, L) plane of M = P L floats. Every per-group quantity is accumulated in double,
  * so the float32 kernel computes the same formula as the eager path with at least its accuracy (N11).
  * Window sums use reflect padding: 3 along L (and 3 along P when two_d). The fma() calls round once where a
- * product and a sum would round twice. C99 plus pthreads and one GCC/Clang vector extension (v4d); no Python or
+ * product and a sum would round twice. C99 plus pthreads and GCC/Clang vector extensions (v4d, v8d); no Python or
  * torch headers, so it compiles in well under a second. Loaded through ctypes by rln_verified/_native.py.
+ *
+ * Three layouts of the element passes, all float64 and all covered by N11:
+ *   - planes of width 8 (two_d): a row is one 8-lane vector and the window sums are lane shuffles (stats8, bwd8);
+ *   - rows of a multiple of 8: 8-lane vectors with the row neighbours from unaligned loads, walking down 8-column
+ *     strips in two_d (stats_strips, out8, bwd_strips);
+ *   - any other width: the flat loops (centre, plane_box_*, plane_vv_pad).
+ * The N11 check draws widths of each kind (tests/test_native.py, rln_verified/verify/norm.py).
  */
 #include <float.h>
 #include <math.h>
@@ -125,16 +132,18 @@ static int parallel_groups(group_fn fn, void *ctx, i64 groups, i64 scratch_len, 
     Job jobs[64];
     pthread_t tid[64];
     int started[64] = {0};
-    const i64 per = scratch_len + acc_len;
-    double *mem = (double *)calloc((size_t)(threads * per + 1), sizeof(double));
+    /* every slice's scratch and accumulator start on a 64-byte boundary (whole vectors, no split lines) */
+    const i64 sl = (scratch_len + 7) / 8 * 8, al = (acc_len + 7) / 8 * 8, per = sl + al;
+    double *mem = (double *)calloc((size_t)(threads * per + 8), sizeof(double));
     if (!mem) return 2;
+    double *base = (double *)(((uintptr_t)mem + 63u) & ~(uintptr_t)63u);
     for (int k = 0; k < threads; ++k) {
         jobs[k].fn = fn;
         jobs[k].ctx = ctx;
         jobs[k].g0 = groups * k / threads;
         jobs[k].g1 = groups * (k + 1) / threads;
-        jobs[k].scratch = mem + k * per;
-        jobs[k].acc = mem + k * per + scratch_len;
+        jobs[k].scratch = base + k * per;
+        jobs[k].acc = base + k * per + sl;
     }
     for (int k = 1; k < threads; ++k) started[k] = pthread_create(&tid[k], NULL, run_job, &jobs[k]) == 0;
     run_job(&jobs[0]);
@@ -226,15 +235,17 @@ static void plane_box_v_adj(const double *restrict z, double *restrict o, i64 p,
  * reproduce (proofs/norm.md, N11). Needs l >= 4. */
 static i64 pad_stride(i64 l) { return l + 8; }
 
-static void pad5(double *zp, i64 p, i64 l) {
+static void pad5_at(double *zp, i64 p, i64 l, i64 ps, i64 off) {
     for (i64 i = 0; i < p; ++i) {
-        double *o = zp + i * pad_stride(l) + 4;
+        double *o = zp + i * ps + off;
         o[-1] = o[0] + 3.0 * o[1];
         o[-2] = -3.0 * o[0] - 5.0 * o[1];
         o[l] = o[l - 1] + 3.0 * o[l - 2];
         o[l + 1] = -3.0 * o[l - 1] - 5.0 * o[l - 2];
     }
 }
+
+static void pad5(double *zp, i64 p, i64 l) { pad5_at(zp, p, l, pad_stride(l), 4); }
 
 static inline double tap5(const double *z, i64 j) {
     return fma(3.0, z[j], fma(2.0, z[j - 1] + z[j + 1], z[j - 2] + z[j + 2]));
@@ -289,6 +300,7 @@ typedef struct {
     double eps, lam, alpha;
     const float *w, *b;
     double *wf; /* reuse weight of every plane element, wp_i wl_j (N0) */
+    double *wp, *wl; /* its factors: wp (p values, all 1 unless two_d) and wl (l values, 64-byte aligned) */
 } Cfg;
 
 static int make_cfg(Cfg *c, i64 p, i64 l, int two_d, int bayes, double eps, double lam, double alpha, int mode,
@@ -297,17 +309,19 @@ static int make_cfg(Cfg *c, i64 p, i64 l, int two_d, int bayes, double eps, doub
     c->p = p; c->l = l; c->m = p * l; c->channels = channels > 0 ? channels : 1;
     c->two_d = two_d; c->bayes = bayes; c->mode = mode; c->eps = eps; c->lam = lam; c->alpha = alpha;
     c->w = w; c->b = b;
-    double *wp = (double *)malloc(sizeof(double) * (size_t)p), *wl = (double *)malloc(sizeof(double) * (size_t)l);
-    c->wf = (double *)malloc(sizeof(double) * (size_t)c->m);
-    if (!wp || !wl || !c->wf) { free(wp); free(wl); free(c->wf); return 2; }
+    /* one block: wf (m), wl (l rounded up to 8), wp (p), wl on a 64-byte boundary */
+    const i64 lr = (l + 7) / 8 * 8;
+    c->wf = (double *)malloc(sizeof(double) * (size_t)(c->m + lr + p + 8));
+    if (!c->wf) return 2;
+    c->wl = (double *)(((uintptr_t)(c->wf + c->m) + 63u) & ~(uintptr_t)63u);
+    c->wp = c->wl + lr;
+    double *wp = c->wp, *wl = c->wl;
     int rc = reuse_weights(l, wl);
     if (rc == 0 && two_d) rc = reuse_weights(p, wp);
     else if (rc == 0) for (i64 i = 0; i < p; ++i) wp[i] = 1.0;
-    if (rc) { free(wp); free(wl); free(c->wf); c->wf = NULL; return rc; }
+    if (rc) { free(c->wf); c->wf = NULL; return rc; }
     for (i64 i = 0; i < p; ++i)
         for (i64 j = 0; j < l; ++j) c->wf[i * l + j] = wp[i] * wl[j];
-    free(wp);
-    free(wl);
     return 0;
 }
 
@@ -343,6 +357,198 @@ static void centre(const Cfg *c, const float *restrict x, double mean, double *r
     *ssw_out = ssw;
 }
 
+
+/* ---- 8-lane vector paths (AVX-512 builds; elsewhere the flat loops run) ------------------------------------
+ *
+ * Planes of width 8: a row is one 8-lane vector, the window sums are lane shuffles. Rows of a multiple of 8:
+ * 8-lane vectors down 8-column strips. Without AVX-512 a 64-byte vector would be split and passed through memory,
+ * slower than the flat loops, so these paths are compiled only where it is present (RLN_VEC8). */
+
+#if defined(__AVX512F__)
+#define RLN_VEC8 1
+#include <immintrin.h>
+
+typedef double v8d __attribute__((vector_size(64), aligned(8)));
+typedef i64 v8i __attribute__((vector_size(64)));
+#if defined(__clang__)
+#define SHUF(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
+#define SHUF2(v, w, ...) __builtin_shufflevector(v, w, __VA_ARGS__)
+#else
+#define SHUF(v, ...) __builtin_shuffle(v, (v8i){__VA_ARGS__})
+#define SHUF2(v, w, ...) __builtin_shuffle(v, w, (v8i){__VA_ARGS__})
+#endif
+
+/* 8 floats to doubles in one instruction (GCC splits the generic vector conversion into four) */
+static inline v8d ld8f(const float *p) { return (v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+static inline v8d fma8(v8d a, v8d b, v8d c) { return (v8d)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c); }
+static inline void st8f(float *p, v8d v) { _mm256_storeu_ps(p, _mm512_cvtpd_ps((__m512d)v)); }
+/* a + b issued as fma(a, 1, b): the same rounding, but on the multiply pipes, which the conversions and additions
+ * of these loops otherwise leave idle */
+static inline v8d addm(v8d a, v8d b) { return (v8d)_mm512_fmadd_pd((__m512d)a, _mm512_set1_pd(1.0), (__m512d)b); }
+static inline v8d splat8(double a) { return (v8d){a, a, a, a, a, a, a, a}; }
+static inline double hsum8(v8d v) {
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+/* Horizontal window sums of one row, reflected at both ends: lanes (1 0 1), (0 1 2), ..., (6 7 6). */
+static inline v8d box8(v8d d) {
+    return addm(SHUF(d, 1, 0, 1, 2, 3, 4, 5, 6), d) + SHUF(d, 1, 2, 3, 4, 5, 6, 7, 6);
+}
+
+/* One group of a (p, 8) plane, p >= 2, from rows held as vectors: mean, sum x_c^2, sum w x_c^2 and the sum of
+ * squared window sums. */
+static void stats8(const Cfg *c, const float *restrict x, double *mean_out, double *ss_out, double *ssw_out,
+                   double *sbx_out) {
+    const i64 p = c->p, m = c->m;
+    v8d sa = splat8(0.0), sb = sa;
+    i64 i = 0;
+    for (; i + 2 <= p; i += 2) {
+        sa = addm(ld8f(x + 8 * i), sa);
+        sb = addm(ld8f(x + 8 * i + 8), sb);
+    }
+    if (i < p) sa = addm(ld8f(x + 8 * i), sa);
+    const double mean = hsum8(sa + sb) / (double)m;
+    const v8d mv = splat8(mean);
+    const double *restrict wf = c->wf;
+    v8d q = splat8(0.0), qw = q, qb = q;
+    v8d d0 = ld8f(x) - mv, d1 = ld8f(x + 8) - mv;
+    v8d h0 = box8(d0), h1 = box8(d1);
+    q = fma8(d0, d0, fma8(d1, d1, q));
+    qw = fma8(*(const v8d *)wf, d0 * d0, fma8(*(const v8d *)(wf + 8), d1 * d1, qw));
+    v8d t = addm(h1, h0) + h1; /* row 0, reflected at the top */
+    qb = fma8(t, t, qb);
+    for (i = 2; i < p; ++i) {
+        const v8d d2 = ld8f(x + 8 * i) - mv, h2 = box8(d2);
+        q = fma8(d2, d2, q);
+        qw = fma8(*(const v8d *)(wf + 8 * i), d2 * d2, qw);
+        t = addm(h0, h1) + h2; /* row i - 1 */
+        qb = fma8(t, t, qb);
+        h0 = h1;
+        h1 = h2;
+    }
+    t = addm(h0, h1) + h0; /* row p - 1, reflected at the bottom */
+    qb = fma8(t, t, qb);
+    *mean_out = mean; *ss_out = hsum8(q); *ssw_out = hsum8(qw); *sbx_out = hsum8(qb);
+}
+
+
+/* One group of a (p, l) plane with l a multiple of 8, in strips of 8 columns: each row's part of a strip is one
+ * vector, its horizontal window sums take the neighbours from unaligned loads (reflected lanes at the row ends),
+ * and the vertical window sums (two_d) run down the strip with the last rows held in registers. The window sum
+ * of x_c at j is formed as ((x_(j-1) + x_(j+1)) - 2 mean) + x_c,j (N11 counts its rounding). */
+static void stats_strips(const Cfg *c, const float *restrict x, double *mean_out, double *ss_out, double *ssw_out,
+                         double *sbx_out) {
+    const i64 p = c->p, l = c->l, m = c->m;
+    v8d sa = splat8(0.0), sb = sa;
+    i64 j = 0;
+    for (; j + 16 <= m; j += 16) {
+        sa = addm(ld8f(x + j), sa);
+        sb = addm(ld8f(x + j + 8), sb);
+    }
+    if (j < m) sa = addm(ld8f(x + j), sa);
+    const double mean = hsum8(sa + sb) / (double)m;
+    const v8d mv = splat8(mean), m2 = splat8(2.0 * mean);
+    v8d q = splat8(0.0), qw = q, qb = q, qb2 = q;
+    if (!c->two_d) { /* rows on their own: wp = 1, no vertical sums */
+        v8d q2 = q, qw2 = q;
+        for (i64 i = 0; i < p; ++i) { /* the interior chunks in pairs (two sets of sums), the end chunks apart */
+            const float *r = x + i * l;
+            {
+                const v8d cur = ld8f(r), xp = SHUF(cur, 1, 0, 1, 2, 3, 4, 5, 6);
+                const v8d xn = l == 8 ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 6) : ld8f(r + 1);
+                const v8d d = cur - mv, h = addm(addm(xp, xn) - m2, d);
+                q = fma8(d, d, q);
+                qw = fma8(*(const v8d *)c->wl, d * d, qw);
+                qb = fma8(h, h, qb);
+            }
+            i64 j0 = 8;
+            for (; j0 + 16 < l; j0 += 16) {
+                const v8d d = ld8f(r + j0) - mv, h = addm(addm(ld8f(r + j0 - 1), ld8f(r + j0 + 1)) - m2, d);
+                const v8d e = ld8f(r + j0 + 8) - mv, k = addm(addm(ld8f(r + j0 + 7), ld8f(r + j0 + 9)) - m2, e);
+                q2 = fma8(d, d, q2); /* reuse weight 1 inside: these count in both sums */
+                qw2 = fma8(e, e, qw2);
+                qb = fma8(h, h, qb);
+                qb2 = fma8(k, k, qb2);
+            }
+            for (; j0 < l; j0 += 8) {
+                const v8d cur = ld8f(r + j0), xp = ld8f(r + j0 - 1);
+                const v8d xn = j0 + 8 == l ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 6) : ld8f(r + j0 + 1);
+                const v8d d = cur - mv, h = addm(addm(xp, xn) - m2, d);
+                q = fma8(d, d, q);
+                qw = fma8(*(const v8d *)(c->wl + j0), d * d, qw);
+                qb = fma8(h, h, qb);
+            }
+        }
+        const v8d inner = q2 + qw2;
+        *mean_out = mean; *ss_out = hsum8(q + inner); *ssw_out = hsum8(qw + inner); *sbx_out = hsum8(qb + qb2);
+        return;
+    }
+    for (i64 j0 = 0; j0 < l; j0 += 8) {
+        const int first = j0 == 0, last = j0 + 8 == l;
+        const v8d wlv = *(const v8d *)(c->wl + j0);
+        v8d h0 = splat8(0.0), h1 = h0;
+        for (i64 i = 0; i < p; ++i) {
+            const float *r = x + i * l + j0;
+            const v8d wv = (i < 2 || i >= p - 2) ? wlv * splat8(c->wp[i]) : wlv; /* wp_i = 1 inside */
+            const v8d cur = ld8f(r), d = cur - mv;
+            const v8d xp = first ? SHUF(cur, 1, 0, 1, 2, 3, 4, 5, 6) : ld8f(r - 1);
+            const v8d xn = last ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 6) : ld8f(r + 1);
+            const v8d h = addm(addm(xp, xn) - m2, d);
+            q = fma8(d, d, q);
+            qw = fma8(wv, d * d, qw);
+            if (!c->two_d) {
+                qb = fma8(h, h, qb);
+            } else if (i == 0) {
+                h0 = h;
+            } else if (i == 1) {
+                const v8d t = h + h0 + h; /* row 0, reflected at the top */
+                qb = fma8(t, t, qb);
+                h1 = h;
+            } else {
+                const v8d t = addm(h0, h1) + h; /* row i - 1 */
+                qb2 = fma8(t, t, qb2);
+                h0 = h1;
+                h1 = h;
+            }
+        }
+        if (c->two_d) {
+            const v8d t = h0 + h1 + h0; /* row p - 1, reflected at the bottom */
+            qb = fma8(t, t, qb);
+        }
+    }
+    *mean_out = mean; *ss_out = hsum8(q); *ssw_out = hsum8(qw); *sbx_out = hsum8(qb + qb2);
+}
+
+/* y of one group with m a multiple of 8: y = x_c a gamma + beta, as the general loop in fwd_groups. */
+static void out8(const Cfg *c, const float *restrict x, float *restrict y, double mean, double ka, i64 g) {
+    const i64 m = c->m;
+    const v8d mv = splat8(mean);
+    if (c->mode == 1) {
+        const i64 ch = g % c->channels;
+        /* y = x sc + (beta - mean sc): no subtraction on the add pipes; the extra rounding of the product is at
+         * most 2^-53 A |sc|, inside N11's centring term */
+        const double s = ka * (double)c->w[ch];
+        const v8d sc = splat8(s), c0 = splat8(fma(-mean, s, c->b ? (double)c->b[ch] : 0.0));
+        for (i64 j = 0; j < m; j += 8) st8f(y + j, fma8(ld8f(x + j), sc, c0));
+    } else if (c->mode == 2) {
+        const v8d kv = splat8(ka);
+        if (c->b) {
+            for (i64 j = 0; j < m; j += 8) st8f(y + j, fma8((ld8f(x + j) - mv) * kv, ld8f(c->w + j), ld8f(c->b + j)));
+        } else {
+            for (i64 j = 0; j < m; j += 8) st8f(y + j, ((ld8f(x + j) - mv) * kv) * ld8f(c->w + j));
+        }
+    } else {
+        const v8d kv = splat8(ka);
+        for (i64 j = 0; j < m; j += 8) st8f(y + j, (ld8f(x + j) - mv) * kv);
+    }
+}
+
+#else
+#define RLN_VEC8 0
+#define stats8(...) ((void)0)
+#define stats_strips(...) ((void)0)
+#define out8(...) ((void)0)
+#endif /* __AVX512F__ */
+
 /* ---- forward ------------------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -368,17 +574,26 @@ static void fwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
     scr = place(scr, f->y + g0 * m);
     double *restrict h = scr;
     double vb[64], nub[64];
+    const int row8 = RLN_VEC8 && c->two_d && l == 8 && p >= 2;
+    const int strips = RLN_VEC8 && !row8 && l % 8 == 0 && (!c->two_d || p >= 2);
     for (i64 gb = g0; gb < g1; gb += nb) {
         const i64 ge = gb + nb < g1 ? gb + nb : g1;
         for (i64 g = gb; g < ge; ++g) {
             const float *restrict x = f->x + g * m;
+            double mean, ss, ssw, sbx = 0.0;
+            if (row8) {
+                stats8(c, x, &mean, &ss, &ssw, &sbx);
+            } else if (strips) {
+                stats_strips(c, x, &mean, &ss, &ssw, &sbx);
+            } else {
             double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
             for (i64 j = 0; j < m; ++j) sum += (double)x[j];
-            const double mean = sum / (double)m;
-            double ss, ssw, sbx = 0.0;
+            mean = sum / (double)m;
             centre(c, x, mean, h, &ss, &ssw);
-            if (c->two_d) {
+            }
+            if (row8 || strips) {
+            } else if (c->two_d) {
                 const double *r1 = h + l, *rp = h + (p - 2) * l, *last = h + (p - 1) * l;
                 double part[LANES] = {0};
                 i64 j = l;
@@ -425,7 +640,9 @@ static void fwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
             const double mean = f->stats[NSTAT * g];
             const float *restrict x = f->x + g * m;
             float *restrict y = f->y + g * m;
-            if (c->mode == 1) {
+            if (RLN_VEC8 && m % 8 == 0) {
+                out8(c, x, y, mean, ka, g);
+            } else if (c->mode == 1) {
                 const i64 ch = g % c->channels;
                 const double sc = ka * (double)c->w[ch];
                 const double bi = c->b ? (double)c->b[ch] : 0.0;
@@ -463,6 +680,9 @@ int rln_forward_f32(const float *x, i64 groups, i64 p, i64 l, int two_d, int bay
 
 /* ---- backward ----------------------------------------------------------------------------------------- */
 
+enum { ACC_W = 8 };
+static i64 acc_b(i64 k) { return ACC_W + (k + 7) / 8 * 8; }
+
 typedef struct {
     Cfg c;
     const float *x, *gy, *gu;
@@ -470,7 +690,235 @@ typedef struct {
     float *gx;
 } Bwd;
 
-/* acc layout: [0] dL/dlambda; mode 1: [1, 1+C) dL/dw, [1+C, 1+2C) dL/db; mode 2: [1, 1+m) dL/dw, [1+m, 1+2m) dL/db */
+
+#if RLN_VEC8
+/* Adjoint of box8: the lanes each element is read by, (0 1), (0 0 1 2), (1 2 3), ..., (5 6 7 7), (6 7). */
+static inline v8d box8_adj(v8d z) {
+    const v8d zero = splat8(0.0);
+    return (z + SHUF2(z, zero, 1, 2, 3, 4, 5, 6, 7, 8)) + (SHUF2(z, zero, 8, 0, 1, 2, 3, 4, 5, 6)
+                                                           + SHUF2(z, zero, 8, 0, 8, 8, 8, 8, 7, 8));
+}
+
+/* Backward of one group of a (p, 8) plane, p >= 2, mode 0 or 1 (the general loop's formulas, rows as vectors).
+ * scr holds 2 p rows. */
+static void bwd8(const Bwd *bw, i64 g, double *restrict scr, double *acc) {
+    const Cfg *c = &bw->c;
+    const i64 p = c->p, m = c->m;
+    const float *restrict x = bw->x + g * m, *restrict gy = bw->gy + g * m;
+    const double *st = bw->stats + NSTAT * g;
+    const double mean = st[0], isig = st[1], r = st[2], ka = st[3];
+    const double t = c->lam * r;
+    double dlogf, q, one_m_u = 1.0;
+    if (c->bayes) {
+        const double inv_f = ka / isig;
+        dlogf = c->alpha * dpsi(t);
+        q = dlogf * inv_f;
+        one_m_u = inv_f * inv_f;
+    } else {
+        dlogf = 1.0 / (1.0 + t);
+        q = dlogf * dlogf;
+    }
+    const v8d mv = splat8(mean);
+    double *restrict gr = scr, *restrict vr = scr + 8 * p; /* Bh^T Bh x_c rows, then B_v of them */
+    v8d s1 = splat8(0.0), s2 = s1;
+    for (i64 i = 0; i < p; ++i) {
+        const v8d d = ld8f(x + 8 * i) - mv, gv = ld8f(gy + 8 * i);
+        s1 += gv;
+        s2 += gv * d;
+        *(v8d *)(gr + 8 * i) = box8_adj(box8(d));
+    }
+    const double gy_sum = hsum8(s1), gyxc = hsum8(s2);
+    const double wc = c->mode == 1 ? (double)c->w[g % c->channels] : 1.0;
+    const double gg_sum = gy_sum * wc, ggxc = gyxc * wc;
+    if (c->mode == 1) {
+        acc[ACC_W + g % c->channels] += gyxc * ka;
+        acc[acc_b(c->channels) + g % c->channels] += gy_sum;
+    }
+    const double a_sum = ggxc * isig;
+    double g_t = -a_sum * q;
+    if (c->bayes && bw->gu) g_t += (double)bw->gu[g] * 2.0 * dlogf * one_m_u;
+    const double coef = (g_t * c->lam) * (2.0 / (double)m) * (isig * isig);
+    const double k_xc = -(a_sum / (double)m) * ka * isig + coef * (1.0 - r);
+    const double k_0 = -(gg_sum / (double)m) * ka;
+    const double k_b = -coef / 81.0;
+    const double k_1 = k_xc - coef;
+    const double ga = c->mode == 1 ? ka * wc : ka;
+    /* vertical window sums (reflect), then their adjoint row by row */
+    for (i64 i = 0; i < p; ++i) {
+        const v8d *up = (const v8d *)(gr + 8 * (i == 0 ? 1 : i - 1)), *dn = (const v8d *)(gr + 8 * (i == p - 1 ? p - 2 : i + 1));
+        *(v8d *)(vr + 8 * i) = *up + *(const v8d *)(gr + 8 * i) + *dn;
+    }
+    const v8d cv = splat8(coef), k1v = splat8(k_1), kbv = splat8(k_b), k0v = splat8(k_0), gav = splat8(ga);
+    const double *restrict wf = c->wf;
+    float *restrict gx = bw->gx + g * m;
+    for (i64 i = 0; i < p; ++i) {
+        v8d w = *(const v8d *)(vr + 8 * i);
+        if (i > 0) w += *(const v8d *)(vr + 8 * (i - 1));
+        if (i < p - 1) w += *(const v8d *)(vr + 8 * (i + 1));
+        if (i == 1) w += *(const v8d *)vr;
+        if (i == p - 2) w += *(const v8d *)(vr + 8 * (p - 1));
+        const v8d d = ld8f(x + 8 * i) - mv, gv = ld8f(gy + 8 * i);
+        const v8d o = gv * gav + ((cv * *(const v8d *)(wf + 8 * i) + k1v) * d + (kbv * w + k0v));
+        st8f(gx + 8 * i, o);
+    }
+    acc[0] += g_t * r;
+}
+
+
+/* The per-group backward scalars of the general loop in bwd_groups (proofs/norm.md, N3), from the sums
+ * gg_sum = sum g_y gamma and ggxc = sum g_y gamma x_c. */
+typedef struct { double g_t, coef, k_1, k_b, k_0; } BwdK;
+
+static BwdK bwd_scalars(const Bwd *bw, i64 g, double gg_sum, double ggxc) {
+    const Cfg *c = &bw->c;
+    const double *st = bw->stats + NSTAT * g;
+    const double isig = st[1], r = st[2], ka = st[3];
+    const double t = c->lam * r;
+    double dlogf, q, one_m_u = 1.0;
+    if (c->bayes) {
+        const double inv_f = ka / isig;
+        dlogf = c->alpha * dpsi(t);
+        q = dlogf * inv_f;
+        one_m_u = inv_f * inv_f;
+    } else {
+        dlogf = 1.0 / (1.0 + t);
+        q = dlogf * dlogf;
+    }
+    const double cw = c->two_d ? 9.0 : 3.0;
+    const double a_sum = ggxc * isig;
+    BwdK k;
+    k.g_t = -a_sum * q;
+    if (c->bayes && bw->gu) k.g_t += (double)bw->gu[g] * 2.0 * dlogf * one_m_u;
+    k.coef = (k.g_t * c->lam) * (2.0 / (double)c->m) * (isig * isig);
+    const double k_xc = -(a_sum / (double)c->m) * ka * isig + k.coef * (1.0 - r);
+    k.k_0 = -(gg_sum / (double)c->m) * ka;
+    k.k_b = -k.coef / (cw * cw);
+    k.k_1 = k_xc - k.coef;
+    return k;
+}
+
+/* Backward of one group with l a multiple of 8 (and p >= 4 when two_d), rows as 8-lane vectors: x_c into
+ * scratch (padded rows in the last-dims layout), (B_v^T B_v) x_c into padded rows (two_d), then B^T B as the
+ * 5-tap along the rows (pad5) in the output pass. The general loop's formulas. */
+static void bwd_strips(const Bwd *bw, i64 g, double *restrict scr, double *acc) {
+    const Cfg *c = &bw->c;
+    /* padded rows of l + 16 with the row at +8: every row starts on a 64-byte boundary and its 8-lane neighbours
+     * on either side lie inside the slot */
+    const i64 p = c->p, l = c->l, m = c->m, ps = l + 16;
+    const float *restrict x = bw->x + g * m, *restrict gy = bw->gy + g * m;
+    const double mean = bw->stats[NSTAT * g], ka = bw->stats[NSTAT * g + 3];
+    const v8d mv = splat8(mean);
+    const int elem = c->mode == 2;
+    const i64 kw = c->mode == 1 ? c->channels : (elem ? m : 0);
+    /* x_c row i at xc + i xs + x0 */
+    const i64 xs = c->two_d ? l : ps, x0 = c->two_d ? 0 : 8;
+    double *restrict xc = scr, *restrict zp = scr + stride(p * ps);
+    v8d s1 = splat8(0.0), s2 = s1, s1b = s1, s2b = s1;
+    const v8d kav = splat8(ka);
+    for (i64 i = 0; i < p; ++i) {
+        const float *restrict xi = x + i * l, *restrict gi = gy + i * l;
+        double *restrict xr = xc + i * xs + x0;
+        if (elem) {
+            const float *restrict w = c->w + i * l;
+            double *restrict aw = acc + ACC_W + i * l, *restrict ab = acc + acc_b(kw) + i * l;
+            for (i64 j = 0; j < l; j += 8) {
+                const v8d d = ld8f(xi + j) - mv, gv = ld8f(gi + j), gg = gv * ld8f(w + j);
+                *(v8d *)(xr + j) = d;
+                s1 += gg;
+                s2 = fma8(gg, d, s2);
+                *(v8d *)(aw + j) = fma8(gv, d * kav, *(const v8d *)(aw + j));
+                *(v8d *)(ab + j) = *(const v8d *)(ab + j) + gv;
+            }
+        } else {
+            i64 j = 0;
+            for (; j + 16 <= l; j += 16) {
+                const v8d d = ld8f(xi + j) - mv, gv = ld8f(gi + j);
+                const v8d e = ld8f(xi + j + 8) - mv, hv = ld8f(gi + j + 8);
+                if (!c->two_d) {
+                    *(v8d *)(xr + j) = d;
+                    *(v8d *)(xr + j + 8) = e;
+                }
+                s1 += gv;
+                s2 = fma8(gv, d, s2);
+                s1b += hv;
+                s2b = fma8(hv, e, s2b);
+            }
+            if (j < l) {
+                const v8d d = ld8f(xi + j) - mv, gv = ld8f(gi + j);
+                if (!c->two_d) *(v8d *)(xr + j) = d;
+                s1 += gv;
+                s2 = fma8(gv, d, s2);
+            }
+        }
+    }
+    double gg_sum = hsum8(s1 + s1b), ggxc = hsum8(s2 + s2b);
+    const double wc = c->mode == 1 ? (double)c->w[g % c->channels] : 1.0;
+    if (c->mode == 1) {
+        acc[ACC_W + g % c->channels] += ggxc * ka;
+        acc[acc_b(kw) + g % c->channels] += gg_sum;
+    }
+    if (!elem) {
+        gg_sum *= wc;
+        ggxc *= wc;
+    }
+    const BwdK k = bwd_scalars(bw, g, gg_sum, ggxc);
+    const double ga = c->mode == 1 ? ka * wc : ka;
+    const v8d two = splat8(2.0), three = splat8(3.0);
+    const double *restrict zb;
+    if (c->two_d) {
+        /* zp = (B_v^T B_v) x_c down each 8-column strip, the last four rows in registers (plane_vv_pad) */
+        for (i64 j = 0; j < l; j += 8) {
+            const float *restrict xj = x + j; /* x_c recomputed from x: half the bytes of a stored copy */
+            double *restrict oj = zp + 8 + j;
+            v8d a = ld8f(xj) - mv, b = ld8f(xj + l) - mv, cc = ld8f(xj + 2 * l) - mv;
+            v8d d = ld8f(xj + 3 * l) - mv;
+            *(v8d *)oj = fma8(two, a, fma8(three, b, cc));
+            *(v8d *)(oj + ps) = fma8(three, a, fma8(splat8(6.0), b, fma8(two, cc, d)));
+            for (i64 i = 2; i < p - 2; ++i) {
+                const v8d e = ld8f(xj + (i + 2) * l) - mv;
+                *(v8d *)(oj + i * ps) = fma8(three, cc, fma8(two, b + d, a + e));
+                a = b;
+                b = cc;
+                cc = d;
+                d = e;
+            }
+            *(v8d *)(oj + (p - 2) * ps) = fma8(splat8(6.0), cc, fma8(two, b, fma8(three, d, a)));
+            *(v8d *)(oj + (p - 1) * ps) = fma8(three, cc, fma8(two, d, b));
+        }
+        pad5_at(zp, p, l, ps, 8);
+        zb = zp;
+    } else {
+        pad5_at(xc, p, l, ps, 8);
+        zb = xc;
+    }
+    const v8d k1v = splat8(k.k_1), kbv = splat8(k.k_b), k0v = splat8(k.k_0), gav = splat8(ga);
+    const double *restrict wl = c->wl;
+    float *restrict gx = bw->gx + g * m;
+    for (i64 i = 0; i < p; ++i) {
+        const double *restrict zr = zb + i * ps + 8, *restrict xr = xc + i * xs + x0;
+        const v8d cv = splat8(k.coef * c->wp[i]); /* coef w_j = (coef wp_i) wl_j */
+        const float *restrict gi = gy + i * l, *restrict xi = x + i * l;
+        float *restrict o = gx + i * l;
+        for (i64 j = 0; j < l; j += 8) {
+            const v8d t5 = fma8(three, *(const v8d *)(zr + j),
+                                fma8(two, *(const v8d *)(zr + j - 1) + *(const v8d *)(zr + j + 1),
+                                     *(const v8d *)(zr + j - 2) + *(const v8d *)(zr + j + 2)));
+            v8d gv = ld8f(gi + j);
+            if (elem) gv = gv * ld8f(c->w + i * l + j);
+            const v8d cj = fma8(cv, *(const v8d *)(wl + j), k1v);
+            const v8d d = c->two_d ? ld8f(xi + j) - mv : *(const v8d *)(xr + j);
+            st8f(o + j, fma8(gv, gav, fma8(cj, d, fma8(kbv, t5, k0v))));
+        }
+    }
+    acc[0] += k.g_t * bw->stats[NSTAT * g + 2];
+}
+#else
+#define bwd8(...) ((void)0)
+#define bwd_strips(...) ((void)0)
+#endif /* RLN_VEC8 */
+
+/* acc layout: [0] dL/dlambda; K = C (mode 1) or m (mode 2) values of dL/dw from ACC_W, and of dL/db from acc_b(K),
+ * each run starting on a 64-byte boundary */
 static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
     Bwd *bw = (Bwd *)vctx;
     const Cfg *c = &bw->c;
@@ -481,7 +929,17 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
     const double *restrict wf = c->wf;
     const double cw = c->two_d ? 9.0 : 3.0;
     const i64 kw = c->mode == 1 ? c->channels : (c->mode == 2 ? m : 0);
+    const int row8 = RLN_VEC8 && c->two_d && l == 8 && p >= 2 && c->mode != 2;
+    const int strips = RLN_VEC8 && !row8 && l % 8 == 0 && (!c->two_d || p >= 4);
     for (i64 g = g0; g < g1; ++g) {
+        if (row8) {
+            bwd8(bw, g, scr, acc);
+            continue;
+        }
+        if (strips) {
+            bwd_strips(bw, g, scr, acc);
+            continue;
+        }
         const float *restrict x = bw->x + g * m, *restrict gy = bw->gy + g * m;
         const double *st = bw->stats + NSTAT * g;
         const double mean = st[0], isig = st[1], r = st[2], ka = st[3];
@@ -507,7 +965,7 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
             const float *restrict xi = x + a, *restrict gi = gy + a;
             if (c->mode == 2) {
                 const float *restrict w = c->w + a;
-                double *restrict aw = acc + 1 + a, *restrict ab = acc + 1 + kw + a;
+                double *restrict aw = acc + ACC_W + a, *restrict ab = acc + acc_b(kw) + a;
 #pragma omp simd reduction(+ : gg_sum, ggxc)
                 for (i64 j = 0; j < n; ++j) {
                     const double d = (double)xi[j] - mean;
@@ -534,8 +992,8 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
             gg_sum = gy_sum * wc;
             ggxc = gyxc * wc;
             if (c->mode == 1) {
-                acc[1 + g % c->channels] += gyxc * ka;
-                acc[1 + kw + g % c->channels] += gy_sum;
+                acc[ACC_W + g % c->channels] += gyxc * ka;
+                acc[acc_b(kw) + g % c->channels] += gy_sum;
             }
         }
         const double a_sum = ggxc * isig;
@@ -608,14 +1066,14 @@ int rln_backward_f32(const float *x, const float *gy, const float *gu, i64 group
     if (bad) return bad;
     bw.x = x; bw.gy = gy; bw.gu = gu; bw.stats = stats; bw.gx = gx;
     const i64 kw = mode == 1 ? bw.c.channels : (mode == 2 ? bw.c.m : 0);
-    const i64 acc_len = 1 + 2 * kw;
+    const i64 acc_len = acc_b(kw) + kw;
     double *acc = (double *)malloc(sizeof(double) * (size_t)acc_len);
     if (!acc) { free_cfg(&bw.c); return 2; }
     const int rc = parallel_groups(bwd_groups, &bw, groups, 3 * stride(p * pad_stride(l)) + SLACK, acc_len, acc, threads,
                                    groups * bw.c.m);
     g_lam[0] = (float)(acc[0] * dlam); /* d lambda / d (its source): 1, or the N8 parameterization's derivative */
-    if (g_w) for (i64 q = 0; q < kw; ++q) g_w[q] = (float)acc[1 + q];
-    if (g_b) for (i64 q = 0; q < kw; ++q) g_b[q] = (float)acc[1 + kw + q];
+    if (g_w) for (i64 q = 0; q < kw; ++q) g_w[q] = (float)acc[ACC_W + q];
+    if (g_b) for (i64 q = 0; q < kw; ++q) g_b[q] = (float)acc[acc_b(kw) + q];
     free(acc);
     free_cfg(&bw.c);
     return rc;

@@ -1046,7 +1046,7 @@ def _n11_cases(two_d: bool) -> Callable[[torch.dtype], st.SearchStrategy[Any]]:
     @st.composite
     def cases(draw: Any) -> dict[str, Any]:
         p = draw(st.integers(2, 6)) if two_d else draw(st.integers(1, 3))
-        l_ = draw(st.sampled_from([2, 3, 4, 5, 7, 16, 19]))
+        l_ = draw(st.sampled_from([2, 3, 4, 5, 7, 8, 16, 19, 24, 32]))  # 8: the row-vector planes; 8k: the strips
         n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
         shape = (n, c, p, l_) if two_d else (n, p, l_)
         size = math.prod(shape)
@@ -1080,6 +1080,12 @@ def _n11_examples(two_d: bool) -> Callable[[torch.dtype], Sequence[Any]]:
             # long rows take the 5-tap form of B^T B with computed pads (rnorm.c): spikes on the end rows and columns
             _n11_pin((1, 2, 4, 16), [9.0] + [0.0] * 14 + [-5.0] + [0.0] * 32 + [3.0] + [0.0] * 14 + [2.0]),
             _n11_pin((1, 1, 5, 17), [0.0, 4.0] + [0.0] * 14 + [2.0, -1.0]),
+            # rows of 8 are one vector (shuffled window sums), rows of 8k go in 8-column strips (rnorm.c): spikes in
+            # the reflected lanes of the end rows and columns, and a huge offset
+            _n11_pin((1, 2, 5, 8), [6.0, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0, 3.0] + [0.0] * 24 + [1.0] + [0.0] * 6 + [4.0]),
+            _n11_pin((2, 1, 2, 8), [1.0, -1.0, 0.5, 0.0, 2.0, 0.0, 0.0, -3.0], offset=1e4),
+            _n11_pin((1, 2, 4, 24), [5.0] + [0.0] * 22 + [-7.0] + [0.0] * 48 + [2.0] + [0.0] * 22 + [1.0]),
+            _n11_pin((1, 1, 3, 16), [0.25, -0.5, 1.0], offset=1e4),
             _n11_pin((2, 2, 3, 3), [1.0, 2.0, -3.0], raw=-1.5707963705062866, alpha=3.0),  # lambda at its ends
             _n11_pin((2, 2, 3, 3), [1.0, 2.0, -3.0], raw=1.5707963705062866, affine="none"),
         ]
@@ -1091,6 +1097,9 @@ def _n11_examples(two_d: bool) -> Callable[[torch.dtype], Sequence[Any]]:
             _n11_pin((2, 2, 16), [7.0, -3.0] + [0.0] * 12 + [1.0, 5.0]),
             _n11_pin((1, 2, 4), [1.0, -1.0, 0.5, 0.25], scale=3e38),
             _n11_pin((2, 3, 5), [1.0], offset=1e20),  # constant groups far from 0
+            _n11_pin((2, 1, 32), [6.0, 0.0, -1.0] + [0.0] * 28 + [4.0]),  # rows of 8k: the end lanes
+            _n11_pin((1, 2, 24), [0.5, -0.5, 0.0], offset=1e6),
+            _n11_pin((2, 1, 8), [3.0, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0, -5.0]),
         ]
     return lambda dtype: pins
 

@@ -178,6 +178,23 @@ m("rc-box-adj-n2", "rnorm.c", RC, "        out[0] = z[0] + 2.0 * z[1];", "      
 m("rc-centre-reflect", "rnorm.c", RC, "        h[a] = xa1 + xa + xa1;", "        h[a] = xa + xa + xa1;", "centre: reflect reads x[0] for x[-1]")
 m("rc-plain-q", "rnorm.c", RC, "            q = dlogf * dlogf;", "            q = dlogf;", "backward (plain): q = 1/(1+t)")
 m("rc-dpsi-no-clamp", "rnorm.c", RC, "    return d > 0.25 ? 0.25 : d;", "    return d;", "fused dpsi not clamped to 1/4")
+# the vector paths: planes of width 8 (rows as vectors) and rows of 8k (8-column strips)
+m("rc-box8-reflect", "rnorm.c", RC, "    return addm(SHUF(d, 1, 0, 1, 2, 3, 4, 5, 6), d)", "    return addm(SHUF(d, 0, 0, 1, 2, 3, 4, 5, 6), d)",
+  "box8: the left end reads lane 0 for the reflected x[-1]")
+m("rc-bwd8-fold", "rnorm.c", RC, "        if (i == 1) w += *(const v8d *)vr;\n", "", "bwd8: the top row's reflected lane is not folded back")
+m("rc-strip-right-reflect", "rnorm.c", RC, "            const v8d xn = last ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 6) : ld8f(r + 1);",
+  "            const v8d xn = last ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 7) : ld8f(r + 1);", "stats_strips: the right end reads x[l-1] for x[l]")
+m("rc-strip-vv-coef", "rnorm.c", RC, "            *(v8d *)(oj + ps) = fma8(three, a, fma8(splat8(6.0), b, fma8(two, cc, d)));",
+  "            *(v8d *)(oj + ps) = fma8(three, a, fma8(splat8(5.0), b, fma8(two, cc, d)));", "bwd_strips: wrong second-row coefficient")
+m("rc-strip-cj-wp", "rnorm.c", RC, "        const v8d cv = splat8(k.coef * c->wp[i]);", "        const v8d cv = splat8(k.coef);",
+  "bwd_strips: the row factor of the reuse weight is dropped")
+m("rc-row-end-lane", "rnorm.c", RC, "                const v8d xn = j0 + 8 == l ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 6) : ld8f(r + j0 + 1);",
+  "                const v8d xn = j0 + 8 == l ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 7) : ld8f(r + j0 + 1);",
+  "stats_strips (rows on their own): the right end reads x[l-1] for x[l]")
+m("rc-out8-no-bias", "rnorm.c", RC, "st8f(y + j, fma8((ld8f(x + j) - mv) * kv, ld8f(c->w + j), ld8f(c->b + j)));",
+  "st8f(y + j, ((ld8f(x + j) - mv) * kv) * ld8f(c->w + j));", "out8: the elementwise bias is dropped")
+m("rc-out8-c0-sign", "rnorm.c", RC, "const v8d sc = splat8(s), c0 = splat8(fma(-mean, s, c->b ? (double)c->b[ch] : 0.0));",
+  "const v8d sc = splat8(s), c0 = splat8(fma(mean, s, c->b ? (double)c->b[ch] : 0.0));", "out8: beta + mean sc for beta - mean sc")
 
 # ---- gauss.c ----------------------------------------------------------------------------------------------
 m("gc-phi-taylor-coef", "gauss.c", GC, "p23 = 1.0 / 24 + s * (1.0 / 120)", "p23 = 1.0 / 24 + s * (1.0 / 720)", "phi: wrong Taylor coefficient of s^5")
