@@ -145,7 +145,7 @@ m("bl-expstd-no-mask", "bayesian_linear", BL_STD, "        if mask is not None:\
   "ExpStd backward: saturated rho gets a gradient")
 m("bl-prior-std-zero", "bayesian_linear", BL_LIN, "    if not bool(((std > 0) & torch.isfinite(std)).all()):",
   "    if not bool(((std >= 0) & torch.isfinite(std)).all()):", "a tensor prior std of 0 is accepted")
-m("bl-bias-init-bound", "bayesian_linear", BL_LIN, "            bound = 1.0 / math.sqrt(self.in_features)", "            bound = 1.0 / self.in_features",
+m("bl-bias-init-bound", "bayesian_linear", BL_LIN, "            bound = 1.0 / math.sqrt(self._fan_in)", "            bound = 1.0 / self._fan_in",
   "bias init bound 1/fan_in instead of 1/sqrt(fan_in)")
 m("bl-rho-of-half", "bayesian_linear", BL_LIN, "        return math.log(std)\n", "        return 0.5 * math.log(std)\n",
   "initial rho gives std sqrt(0.01)")
