@@ -896,7 +896,10 @@ static void bwd_strips(const Bwd *bw, i64 g, double *restrict scr, double *acc) 
     float *restrict gx = bw->gx + g * m;
     for (i64 i = 0; i < p; ++i) {
         const double *restrict zr = zb + i * ps + 8, *restrict xr = xc + i * xs + x0;
-        const v8d cv = splat8(k.coef * c->wp[i]); /* coef w_j = (coef wp_i) wl_j */
+        /* coef w_j + k_1 = fma(coef wp_i, wl_j, k_1); wl_j = 1 between the two end vectors of the row */
+        const v8d cv = splat8(k.coef * c->wp[i]);
+        const v8d c_first = fma8(cv, *(const v8d *)wl, k1v), c_last = fma8(cv, *(const v8d *)(wl + l - 8), k1v);
+        const v8d c_mid = fma8(cv, splat8(1.0), k1v);
         const float *restrict gi = gy + i * l, *restrict xi = x + i * l;
         float *restrict o = gx + i * l;
         for (i64 j = 0; j < l; j += 8) {
@@ -905,7 +908,7 @@ static void bwd_strips(const Bwd *bw, i64 g, double *restrict scr, double *acc) 
                                      *(const v8d *)(zr + j - 2) + *(const v8d *)(zr + j + 2)));
             v8d gv = ld8f(gi + j);
             if (elem) gv = gv * ld8f(c->w + i * l + j);
-            const v8d cj = fma8(cv, *(const v8d *)(wl + j), k1v);
+            const v8d cj = j == 0 ? c_first : (j == l - 8 ? c_last : c_mid);
             const v8d d = c->two_d ? ld8f(xi + j) - mv : *(const v8d *)(xr + j);
             st8f(o + j, fma8(gv, gav, fma8(cj, d, fma8(kbv, t5, k0v))));
         }
