@@ -188,6 +188,8 @@ m("rc-strip-vv-coef", "rnorm.c", RC, "            *(v8d *)(oj + ps) = fma8(three
   "            *(v8d *)(oj + ps) = fma8(three, a, fma8(splat8(5.0), b, fma8(two, cc, d)));", "bwd_strips: wrong second-row coefficient")
 m("rc-strip-cj-wp", "rnorm.c", RC, "        const v8d cv = splat8(k.coef * c->wp[i]);", "        const v8d cv = splat8(k.coef);",
   "bwd_strips: the row factor of the reuse weight is dropped")
+m("rc-strip-c-last", "rnorm.c", RC, "c_last = fma8(cv, *(const v8d *)(wl + l - 8), k1v);", "c_last = fma8(cv, *(const v8d *)(wl + 8), k1v);",
+  "bwd_strips: the last vector of a row takes the inside reuse weights")
 m("rc-row-end-lane", "rnorm.c", RC, "                const v8d xn = j0 + 8 == l ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 6) : ld8f(r + j0 + 1);",
   "                const v8d xn = j0 + 8 == l ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 7) : ld8f(r + j0 + 1);",
   "stats_strips (rows on their own): the right end reads x[l-1] for x[l]")
