@@ -124,7 +124,7 @@ def _pos(g: torch.Generator, *shape: int, lo: float = 0.1, hi: float = 2.0) -> t
 # ---- layers -------------------------------------------------------------------------------------------------------
 
 LAST = (4, 3, 8)  # batch 4, normalized_shape (3, 8): 3 rows of 8 per group
-TWO_D = (2, 3, 5, 6)
+TWO_D = (2, 3, 5, 8)  # planes of 5 rows of 8: the kernel's row-vector path (rnorm.c)
 SMALL = (8, 6)  # in, out
 LARGE = (96, 64)  # 6144 weight elements >= 4096: the fused float32 path
 BATCH = 4

@@ -164,6 +164,25 @@ def test_both_kernels_in_use_where_a_compiler_exists(name: str) -> None:
     assert kernel.path is not None and kernel.flags == compile_flags()
 
 
+def _cpu_has_avx512f() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(ln.startswith("flags") and "avx512f" in ln.split() for ln in text.splitlines())
+
+
+def test_vector_paths_in_use_where_the_cpu_has_avx512() -> None:
+    """rnorm.c's 8-lane vector paths are compiled exactly when the -march=native build targets AVX-512: a build that
+    lost them (a flag or a macro gone wrong) falls back to the flat loops silently, with the same values, so only
+    this test notices."""
+    if not rnorm.available():
+        pytest.skip(f"the R-LayerNorm kernel is not in use here: {rnorm.reason()}")
+    if "-march=native" not in compile_flags():
+        pytest.skip("not a -march=native build")
+    assert rnorm.vector_paths() == _cpu_has_avx512f()
+
+
 def test_the_package_answers_for_every_kernel() -> None:
     """_native.available() is every kernel's answer together, and reason() names each kernel with its own reason, so a
     report can never show one kernel in use while another silently fell back."""

@@ -1083,4 +1083,6 @@ int rln_backward_f32(const float *x, const float *gy, const float *gu, i64 group
 }
 
 int rln_abi_version(void) { return 5; }
+/* 1 when the 8-lane vector paths are compiled in (AVX-512 builds), 0 when every width takes the flat loops */
+int rln_vector_paths(void) { return RLN_VEC8; }
 int rln_stats_per_group(void) { return NSTAT; }

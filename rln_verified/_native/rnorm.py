@@ -39,6 +39,8 @@ def _setup(lib: ctypes.CDLL) -> None:
                                      _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _int]
     for fn in (lib.rln_forward_f32, lib.rln_backward_f32):
         fn.restype = _int
+    lib.rln_vector_paths.argtypes = []
+    lib.rln_vector_paths.restype = _int
 
 
 KERNEL = Kernel("rnorm.c", "rln_abi_version", 5, _setup)
@@ -62,6 +64,13 @@ class PlaneConfig(NamedTuple):
     mode: int
     p: int
     l: int  # noqa: E741
+
+
+def vector_paths() -> bool:
+    """True when the loaded kernel has its 8-lane vector paths (an AVX-512 build: planes of width 8 and rows of a
+    multiple of 8 take them); False when every width takes the flat loops or the kernel is not loaded."""
+    lib = library()
+    return lib is not None and bool(lib.rln_vector_paths())
 
 
 def _kernel_ready() -> bool:
@@ -475,4 +484,4 @@ def apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor
 
 
 __all__ = ["PlaneConfig", "apply", "available", "cuda_backward", "cuda_forward", "disabled", "library", "plain",
-           "reason", "rnorm_backward", "rnorm_forward", "usable"]
+           "reason", "rnorm_backward", "rnorm_forward", "usable", "vector_paths"]
