@@ -80,6 +80,14 @@ def fused_eager_ok(*tensors: torch.Tensor | None) -> bool:
     return not recording() and plain_f32(*tensors)
 
 
+def eager_f32(*tensors: torch.Tensor | None) -> bool:
+    """:func:`fused_eager_ok` and no ``torch.func`` transform active, in one test: the fused eager path runs, and the
+    caller need not ask :func:`under_func_transform`."""
+    if _interpreters() is not None or torch.compiler.is_compiling() or jit_tracing():
+        return False
+    return plain_f32(*tensors)
+
+
 _AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu", "xla", "mtia", "ipu"})
 
 
@@ -126,5 +134,5 @@ def recompute_vjp(
     return tuple(result)
 
 
-__all__ = ["autocast_dtype", "fused_eager_ok", "is_wrapped", "jit_tracing", "onnx_exporting", "plain_f32",
+__all__ = ["autocast_dtype", "eager_f32", "fused_eager_ok", "is_wrapped", "jit_tracing", "onnx_exporting", "plain_f32",
            "recompute_vjp", "recording", "under_func_transform"]

@@ -10,9 +10,11 @@ import torch
 
 from rln_verified._dispatch import onnx_exporting
 
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
-_SQRT_HALF = math.sqrt(0.5)
+# The correctly rounded float64 values (the C and Triton kernels use the same literals); math.sqrt(0.5 * math.pi)
+# would be 1 ulp low, since 0.5 * math.pi is already rounded.
+_INV_SQRT_2PI = 0.3989422804014327
+_SQRT_HALF_PI = 1.2533141373155003
+_SQRT_HALF = 0.7071067811865476
 _INV_LN2 = 1.0 / math.log(2.0)
 # fdlibm's split of ln 2: _LN2_HI is a multiple of 2^-32 (21 trailing zero bits), so n * _LN2_HI is exact for
 # n < 2^21 (gaussian_sympy.py::check_phi_kernel).

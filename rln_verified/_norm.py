@@ -19,6 +19,7 @@ import torch
 
 from rln_verified._dispatch import (
     autocast_dtype,
+    eager_f32,
     jit_tracing,
     onnx_exporting,
     recompute_vjp,
@@ -252,17 +253,22 @@ def _fused(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | No
     affine, so the graph has one node."""
     if x.dtype != torch.float32:
         return None
-    if recording():
-        if onnx_exporting():  # ONNX has no lowering of the operator: the plain formula
-            return None
-    elif under_func_transform(x, weight, bias, lam):
-        return None
     # a weight is per channel (mode 1) in the 2d layout, whether shaped (C,) or (C, 1, 1), else per element (mode 2)
     mode = 0 if weight is None else (1 if cfg.two_d else 2)
-    if not rnorm.usable(x, weight, bias, lam, mode, p, l_):
-        return None
+    eager = eager_f32(x, weight, bias, lam)  # the common case, in one test
+    if eager:
+        if not rnorm.eager_usable(x, weight, bias, lam, mode, p, l_):
+            return None
+    else:
+        if recording():
+            if onnx_exporting():  # ONNX has no lowering of the operator: the plain formula
+                return None
+        elif under_func_transform(x, weight, bias, lam):
+            return None
+        if not rnorm.usable(x, weight, bias, lam, mode, p, l_):
+            return None
     pc = rnorm.PlaneConfig(cfg.lambda_min, cfg.lambda_max, cfg.eps, cfg.alpha, cfg.bayes, cfg.two_d, mode, p, l_)
-    return rnorm.apply(x, weight, bias, lam, pc, u_shape)
+    return rnorm.apply(x, weight, bias, lam, pc, u_shape, eager)
 
 
 def r_norm(

@@ -988,3 +988,27 @@ def test_relu_meta_tensors_match_the_cpu_layout() -> None:
     meta = relu_moments(torch.empty(4, 3, device="meta").t(), torch.empty(4, 3, device="meta").t())
     for c, m in zip(cpu, meta):
         assert (m.shape, m.stride()) == (c.shape, c.stride())
+
+
+def test_constants_are_correctly_rounded() -> None:
+    """1/sqrt(2 pi), sqrt(pi/2) and sqrt(1/2) in the formula module, the Triton kernel and the C kernel are the
+    float64 values nearest the exact constants (mpmath at 200 bits); sqrt(0.5 * math.pi) is 1 ulp low."""
+    import importlib.util
+    from pathlib import Path
+
+    import mpmath
+
+    from rln_verified import _gaussian_formula as gf
+
+    with mpmath.workprec(200):
+        exact = {"INV_SQRT_2PI": float(1 / mpmath.sqrt(2 * mpmath.pi)),
+                 "SQRT_HALF_PI": float(mpmath.sqrt(mpmath.pi / 2)),
+                 "SQRT_HALF": float(mpmath.sqrt(mpmath.mpf(1) / 2))}
+    c_src = (Path(gf.__file__).parent / "_native" / "gauss.c").read_text()
+    spec = importlib.util.find_spec("rln_verified._native.gauss_triton")
+    assert spec is not None and spec.origin is not None
+    t_src = Path(spec.origin).read_text()
+    for name, value in exact.items():
+        assert getattr(gf, "_" + name) == value, name
+        assert float(re.search(rf"#define {name} (\S+)", c_src).group(1)) == value, name  # type: ignore[union-attr]
+        assert float(re.search(rf"^_{name} = (\S+)$", t_src, re.M).group(1)) == value, name  # type: ignore[union-attr]

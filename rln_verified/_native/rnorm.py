@@ -81,6 +81,17 @@ def _kernel_ready() -> bool:
 _kernel_ready_const = torch.compiler.assume_constant_result(_kernel_ready)  # type: ignore[no-untyped-call]
 
 
+def _affine_ok(x: Tensor, weight: Tensor | None, bias: Tensor | None, mode: int, p: int, l_: int) -> bool:
+    """The affine tensors fit the mode (see :class:`PlaneConfig`) and the (p, l_) planes of ``x``."""
+    if weight is None:
+        return bias is None and mode == 0
+    if bias is not None and bias.numel() != weight.numel():
+        return False
+    if mode == 1:
+        return x.ndim == 4 and weight.numel() == x.shape[1]
+    return mode == 2 and weight.numel() == p * l_
+
+
 def usable(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam: Tensor, mode: int, p: int, l_: int) -> bool:
     """True when the operator applies to ``x`` viewed as contiguous (p, l_) planes: float32 tensors all on the CPU
     (or meta; the fused kernel must be built) or all on CUDA (the operator's CUDA kernel, :func:`cuda_forward`), with
@@ -89,27 +100,30 @@ def usable(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam: Tensor, m
         return False
     # all on the CPU, or all meta (the fake kernel); a mix (a meta lambda with a CPU input) goes to the eager path,
     # whose device checks raise
-    ts = [t for t in (x, weight, bias, lam) if t is not None]
-    cpu_like = all(t.dtype == torch.float32 for t in ts) and (all(t.is_cpu for t in ts) or all(t.is_meta for t in ts))
+    cpu, meta = x.is_cpu, x.is_meta
+    cpu_like = cpu or meta
+    if cpu_like:
+        for t in (weight, bias, lam):
+            if t is not None and (t.dtype != torch.float32 or t.is_cpu != cpu or t.is_meta != meta):
+                cpu_like = False
+                break
     if not cpu_like and not _all_cuda_f32(x, weight, bias, lam):
         return False
-    if weight is None:
-        if bias is not None or mode != 0:
-            return False
-    else:
-        if bias is not None and bias.numel() != weight.numel():
-            return False
-        if mode == 1 and (x.ndim != 4 or weight.numel() != x.shape[1]):
-            return False
-        if mode == 2 and weight.numel() != p * l_:
-            return False
-        if mode not in (1, 2):
-            return False
+    if not _affine_ok(x, weight, bias, mode, p, l_):
+        return False
     if not cpu_like:  # CUDA: the operator's CUDA kernel is plain torch, always there
         return True
     if torch.compiler.is_compiling():
         return bool(_kernel_ready_const())
     return available()
+
+
+def eager_usable(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam: Tensor, mode: int, p: int,
+                 l_: int) -> bool:
+    """:func:`usable` for a caller that has checked ``_dispatch.eager_f32`` (plain float32 CPU tensors, nothing
+    recording or transforming the call): the sizes, the affine mode and the kernel."""
+    return (p >= 1 and l_ >= 2 and lam.numel() == 1 and x.numel() > 0 and _affine_ok(x, weight, bias, mode, p, l_)
+            and available())
 
 
 def _all_cuda_f32(*tensors: Tensor | None) -> bool:
@@ -162,8 +176,9 @@ def _affine_numel(x: Tensor, cfg: PlaneConfig) -> int:
     raise ValueError(f"rnorm kernel: mode {cfg.mode} takes no affine")
 
 
-def _check_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig) -> int:
-    """The number of groups, after checking every tensor that reaches ``rln_forward_f32``."""
+def _check_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor,
+                   cfg: PlaneConfig) -> tuple[int, int]:
+    """(groups, channels), after checking every tensor that reaches ``rln_forward_f32``."""
     if cfg.mode not in (0, 1, 2):
         raise ValueError(f"rnorm kernel: mode must be 0, 1 or 2, got {cfg.mode}")
     groups = _groups(x, cfg)
@@ -172,22 +187,23 @@ def _check_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tenso
     if w is None:
         if b is not None or cfg.mode != 0:
             raise ValueError("rnorm kernel: a bias or an affine mode needs a weight")
-    else:
-        n = _affine_numel(x, cfg)
-        _require(w, "weight", torch.float32, n)
-        if b is not None:
-            _require(b, "bias", torch.float32, n)
-    return groups
+        return groups, 1
+    channels = _channels(x, cfg)
+    n = channels if cfg.mode == 1 else _affine_numel(x, cfg)
+    _require(w, "weight", torch.float32, n)
+    if b is not None:
+        _require(b, "bias", torch.float32, n)
+    return groups, channels
 
 
 def _check_backward(x: Tensor, w: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
-                    cfg: PlaneConfig) -> int:
-    groups = _check_forward(x, w, None, lam_src, cfg)
+                    cfg: PlaneConfig) -> tuple[int, int]:
+    groups, channels = _check_forward(x, w, None, lam_src, cfg)
     _require(stats, "stats", torch.float64, groups * _NSTAT)
     _require(gy, "grad of y", torch.float32, x.numel())
     if gu is not None:
         _require(gu, "grad of u", torch.float32, groups)
-    return groups
+    return groups, channels
 
 
 def _lambda(lam_src: Tensor, cfg: PlaneConfig) -> tuple[float, float]:
@@ -202,7 +218,7 @@ def _lambda(lam_src: Tensor, cfg: PlaneConfig) -> tuple[float, float]:
 def _run_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig,
                  u_shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """y, u (one per group: flat, or ``u_shape``) and the per-group stats, from the C kernel."""
-    groups = _check_forward(x, w, b, lam_src, cfg)
+    groups, channels = _check_forward(x, w, b, lam_src, cfg)
     lib = library()
     if lib is None:
         raise RuntimeError(f"the fused R-LayerNorm kernel is not available: {reason()}")
@@ -213,7 +229,7 @@ def _run_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor,
     u = torch.empty(groups if u_shape is None else u_shape, dtype=torch.float32, device="cpu")
     stats = torch.empty(groups, _NSTAT, dtype=torch.float64, device="cpu")
     rc = lib.rln_forward_f32(x.data_ptr(), groups, cfg.p, cfg.l, cfg.two_d, cfg.bayes, cfg.eps, lam, cfg.alpha,
-                             cfg.mode, _p(w), _p(b), _channels(x, cfg), y.data_ptr(), u.data_ptr(), stats.data_ptr(),
+                             cfg.mode, _p(w), _p(b), channels, y.data_ptr(), u.data_ptr(), stats.data_ptr(),
                              torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native R-LayerNorm kernel failed (code {rc}) on planes of shape ({cfg.p}, {cfg.l})")
@@ -223,7 +239,7 @@ def _run_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor,
 def _run_backward(x: Tensor, w: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
                   cfg: PlaneConfig, need_w: bool, need_b: bool) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
     """(dx, dweight, dbias, dlam_src) from the C kernel; dweight/dbias None where not asked for or absent."""
-    groups = _check_backward(x, w, lam_src, stats, gy, gu if cfg.bayes else None, cfg)
+    groups, channels = _check_backward(x, w, lam_src, stats, gy, gu if cfg.bayes else None, cfg)
     lib = library()
     if lib is None:
         raise RuntimeError(f"the fused R-LayerNorm kernel is not available: {reason()}")
@@ -233,7 +249,7 @@ def _run_backward(x: Tensor, w: Tensor | None, lam_src: Tensor, stats: Tensor, g
     g_w = torch.empty_like(w) if (w is not None and need_w) else None
     g_b = torch.empty_like(w) if (w is not None and need_b) else None
     rc = lib.rln_backward_f32(x.data_ptr(), gy.data_ptr(), _p(gu if cfg.bayes else None), groups, cfg.p, cfg.l,
-                              cfg.two_d, cfg.bayes, cfg.eps, lam, dlam, cfg.alpha, cfg.mode, _p(w), _channels(x, cfg),
+                              cfg.two_d, cfg.bayes, cfg.eps, lam, dlam, cfg.alpha, cfg.mode, _p(w), channels,
                               stats.data_ptr(), gx.data_ptr(), g_l.data_ptr(), _p(g_w), _p(g_b),
                               torch.get_num_threads())
     if rc != 0:
@@ -463,15 +479,18 @@ class _NativeFn(torch.autograd.Function):
 
 
 def apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, cfg: PlaneConfig,
-          u_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+          u_shape: tuple[int, ...], eager: bool | None = None) -> tuple[Tensor, Tensor]:
     """y (shaped like x) and u (``u_shape``) with x viewed as (p, l) planes. Call only where :func:`usable` holds.
 
     A plain eager call runs the eager node (or no node at all when no graph is recorded); anything that records or
-    transforms the call gets the operator ``rln_verified::rnorm_forward``."""
+    transforms the call gets the operator ``rln_verified::rnorm_forward``. ``eager``: the caller's answer of
+    ``_dispatch.eager_f32`` for these tensors, or None to ask here."""
     x = x.contiguous()  # a copy, where one is made, is recorded by autograd like any other op
     weight = weight.contiguous() if weight is not None else None
     bias = bias.contiguous() if bias is not None else None
-    if fused_eager_ok(x, weight, bias, lam_src):
+    if eager is None:
+        eager = fused_eager_ok(x, weight, bias, lam_src)
+    if eager:
         if torch.is_grad_enabled() and (x.requires_grad or lam_src.requires_grad
                                         or (weight is not None and weight.requires_grad)
                                         or (bias is not None and bias.requires_grad)):
@@ -483,5 +502,6 @@ def apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor
     return y, u.reshape(u_shape)
 
 
-__all__ = ["PlaneConfig", "apply", "available", "cuda_backward", "cuda_forward", "disabled", "library", "plain",
+__all__ = ["PlaneConfig", "apply", "available", "cuda_backward", "cuda_forward", "disabled", "eager_usable", "library",
+           "plain",
            "reason", "rnorm_backward", "rnorm_forward", "usable", "vector_paths"]
