@@ -114,6 +114,7 @@ def render(results: Path) -> str:
         "norm layers take it at every float32 size. Sampling layers run with `manual_reset` and fixed stored noise.",
         "The conv layers map (2, 3, 6, 6) to 4 channels (kernel 3, padding 1); `CLTConv2d` is an input layer",
         "(`is_input=True`, no input variance), `CLTConv2d[var_h]` a hidden one (mean and variance in).",
+        "The jit.trace columns run the trace after a `torch.jit.save` / `torch.jit.load` round trip, as it is shipped.",
         "",
         *lines,
         "",

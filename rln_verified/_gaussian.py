@@ -13,13 +13,15 @@ from typing import Any
 
 import torch
 
-from rln_verified._dispatch import recompute_vjp, recording, under_func_transform
+from rln_verified._dispatch import jit_tracing, recompute_vjp, recording, under_func_transform
 from rln_verified._gaussian_formula import (
+    _INV_SQRT_2PI,
     A_CLAMP,
     CF_DEPTH,
     X_SPLIT,
+    exp_scaled,
+    half_erfcx,
     ldexp,
-    mills,
     phi_cdf,
     phi_scaled,
     refuse_onnx,
@@ -139,8 +141,9 @@ class _ReluMoments(torch.autograd.Function):
         a = safe_ratio(mu, sigma)
         pos = a >= 0
         y = torch.where(pos, a, -a)  # |a| with derivative +1 at 0 (for double backward)
-        base, nexp = phi_scaled(y)
-        small = base * mills(y)  # Q(|a|) 2^n
+        e, nexp = exp_scaled(y)
+        base = e * _INV_SQRT_2PI
+        small = e * half_erfcx(y)  # Q(|a|) 2^n (the constants folded: exactly 1/2)
         pdf = ldexp(base, -nexp)
         q_small = ldexp(small, -nexp)
         big = 1.0 - q_small
@@ -201,6 +204,8 @@ def relu_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, t
         if mu_b.dtype == torch.float32 and (mu_b.is_cpu or mu_b.is_meta or mu_b.is_cuda):
             mean, var, _ = gauss.relu_moments_op(mu_b, sigma_b)
             return mean, var
+        if jit_tracing():  # a saved trace holds no Python autograd.Function: the plain forms, as under torch.func
+            return gauss.relu_moments_plain(mu_b, sigma_b)
     elif under_func_transform(mu_b, sigma_b):  # torch.func: the plain forms, which every transform understands
         return gauss.relu_moments_plain(mu_b, sigma_b)
     elif gauss.usable(mu_b, sigma_b):  # float32 on CPU: the fused kernel, same forms (RELU-6)
@@ -254,20 +259,22 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
 
     Raises:
         TypeError: a non-float tensor, or tensors of different dtypes.
+        ValueError: shapes that do not broadcast together (every dtype and device).
     """
     names = ("mu_q", "sigma_q", "mu_p", "sigma_p")
     args = (mu_q, sigma_q, mu_p, sigma_p)
     for n, t in zip(names, args):
         check_float_tensor(t, f"kl_normal: {n}")
     check_same_dtype(*((f"kl_normal: {n}", t) for n, t in zip(names, args)))
+    try:  # every path, so that every dtype and device raises the same error
+        torch.broadcast_shapes(*(t.shape for t in args))
+    except RuntimeError:
+        raise ValueError("kl_normal: the arguments must broadcast together, got shapes "
+                         f"{[tuple(t.shape) for t in args]}") from None
     if (mu_q.dtype == torch.float32 and not recording() and not under_func_transform(*args)
             and gauss.usable(*args)):
         # float32 on CPU: the fused kernel, float64 inside and one rounding (KL-2), with its own backward
-        try:
-            b = torch.broadcast_tensors(*args)  # type: ignore[no-untyped-call]
-        except RuntimeError:
-            raise ValueError("kl_normal: the arguments must broadcast together, got shapes "
-                             f"{[tuple(t.shape) for t in args]}") from None
+        b = torch.broadcast_tensors(*args)  # type: ignore[no-untyped-call]
         out: torch.Tensor = _KLNormalF32.apply(*b)  # type: ignore[no-untyped-call]
         return out
     return _kl_normal_plain(*args)

@@ -50,24 +50,40 @@ def mills(y: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def half_erfcx(y: torch.Tensor) -> torch.Tensor:
+    """erfcx(y/sqrt 2)/2, so that Q(y) = exp(-y^2/2) half_erfcx(y) for y >= 0: the constants of phi and of the
+    Mills ratio multiply to exactly 1/2 (1/sqrt(2 pi) sqrt(pi/2)), which is folded in here instead of rounding each
+    (so Q(0) = 1/2 exactly)."""
+    refuse_onnx("the Gaussian tail (Mills ratio)")
+    out: torch.Tensor = 0.5 * torch.special.erfcx(y * _SQRT_HALF)
+    return out
+
+
 def phi_cdf(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(phi(a), Phi(a), Phi(-a)), each with relative accuracy in its tail (no 1 - tiny)."""
     pos = a >= 0
     y = torch.where(pos, a, -a)  # |a|, but with derivative +1 at a = 0 (abs has 0 there)
-    pdf = torch.exp(-0.5 * y * y) * _INV_SQRT_2PI
-    small = pdf * mills(y)  # Phi(-|a|)
+    e = torch.exp(-0.5 * y * y)
+    pdf = e * _INV_SQRT_2PI
+    small = e * half_erfcx(y)  # Phi(-|a|)
     big = 1.0 - small
     return pdf, torch.where(pos, big, small), torch.where(pos, small, big)
 
 
-def phi_scaled(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base, n) with phi(y) = base 2^-n, n = floor(y^2/(2 ln 2)) >= 0, base = exp(-f)/sqrt(2 pi) in
-    (0.2, 0.4]; f = (y^2/2 - n ln2_hi) - n ln2_lo, where n ln2_hi is exact (RELU-4). y >= 0."""
+def exp_scaled(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e, n) with exp(-y^2/2) = e 2^-n, n = floor(y^2/(2 ln 2)) >= 0, e = exp(-f) in (1/2, 1];
+    f = (y^2/2 - n ln2_hi) - n ln2_lo, where n ln2_hi is exact (RELU-4). y >= 0."""
     ye = y.clamp(max=_X_EXP_MAX)  # beyond it phi(y) 2^1024 < 2^-1074: every use rounds to 0 anyway
     ee = 0.5 * ye * ye
     nexp = torch.floor(ee * _INV_LN2)
     f = (ee - nexp * _LN2_HI) - nexp * _LN2_LO
-    return torch.exp(-f) * _INV_SQRT_2PI, nexp
+    return torch.exp(-f), nexp
+
+
+def phi_scaled(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base, n) with phi(y) = base 2^-n, base = exp(-f)/sqrt(2 pi) in (0.2, 0.4] (see :func:`exp_scaled`)."""
+    e, nexp = exp_scaled(y)
+    return e * _INV_SQRT_2PI, nexp
 
 
 def ldexp(v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -96,9 +112,10 @@ def relu_moments_f64(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tenso
     ad = torch.where(tail, torch.zeros_like(a), a.clamp(max=A_CLAMP))
     pos = ad >= 0
     y = torch.where(pos, ad, -ad)  # |a| with derivative +1 at 0 (abs has 0 there): right higher derivatives
-    pdf = torch.exp(-0.5 * y * y) * _INV_SQRT_2PI
+    e = torch.exp(-0.5 * y * y)
+    pdf = e * _INV_SQRT_2PI
     rm = mills(y)  # R(|a|) = Q(|a|)/phi(|a|)
-    q = pdf * rm  # Phi(-|a|), relative accuracy in the tail
+    q = e * half_erfcx(y)  # Phi(-|a|) = pdf rm, relative accuracy in the tail (the constants folded: exactly 1/2)
     cdf = 1.0 - q  # Phi(|a|) in [1/2, 1]
     # a >= 0: mean = mu Phi(a) + sigma phi(a) (positive terms);
     # var/sigma^2 = P + a^2 P Q - a phi (P - Q) - phi^2, cancellation factor <= 2 (RELU-1, RELU-4).

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rln_verified._dispatch import recording, under_func_transform
+from rln_verified._dispatch import jit_tracing, recording, under_func_transform
 from rln_verified._validation import check_float_tensor, compute_dtype
 
 # Below t0 the all-positive series in w = t/(2+t) is used with J terms, whose truncation is < eps/4
@@ -117,7 +117,9 @@ def psi(t: torch.Tensor) -> torch.Tensor:
     """
     check_float_tensor(t, "psi: t")
     cd = compute_dtype(t.dtype)
-    if not recording() and under_func_transform(t):  # torch.func (jacfwd, hessian): the plain forms
+    # torch.func (jacfwd, hessian) and torch.jit.trace (a saved trace holds no Python autograd.Function): the plain
+    # forms, differentiated by autograd
+    if jit_tracing() or (not recording() and under_func_transform(t)):
         return psi_plain(t.to(cd)).to(t.dtype)
     out: torch.Tensor = _Psi.apply(t.to(cd))  # type: ignore[no-untyped-call]
     return out.to(t.dtype)

@@ -669,13 +669,14 @@ def test_kl_messages_name_the_argument() -> None:
     _raises_exactly(TypeError, f"expected tensors of one floating dtype, got {got}", kl_normal, *args)
 
 
-@_NATIVE_SKIP
-def test_kl_float32_broadcast_message() -> None:
-    """The fused float32 path broadcasts the four arguments itself; shapes that do not broadcast get a ValueError
-    naming every shape."""
-    args = (torch.ones(2), torch.ones(3), torch.ones(2), torch.ones(1))
-    _raises_exactly(ValueError, "kl_normal: the arguments must broadcast together, got shapes [(2,), (3,), (2,), (1,)]",
-                    kl_normal, *args)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kl_broadcast_message(dtype: torch.dtype) -> None:
+    """Shapes that do not broadcast get the same ValueError naming every shape on every path: the fused float32
+    kernel, the plain forms (float64, bfloat16) and under torch.func."""
+    args = tuple(torch.ones(n, dtype=dtype) for n in (2, 3, 2, 1))
+    msg = "kl_normal: the arguments must broadcast together, got shapes [(2,), (3,), (2,), (1,)]"
+    _raises_exactly(ValueError, msg, kl_normal, *args)
+    _raises_exactly(ValueError, msg, torch.func.grad(lambda q: kl_normal(q, *args[1:]).sum()), args[0])
 
 
 @pytest.mark.claim("GAUSS-1")
@@ -1012,3 +1013,39 @@ def test_constants_are_correctly_rounded() -> None:
         assert getattr(gf, "_" + name) == value, name
         assert float(re.search(rf"#define {name} (\S+)", c_src).group(1)) == value, name  # type: ignore[union-attr]
         assert float(re.search(rf"^_{name} = (\S+)$", t_src, re.M).group(1)) == value, name  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_traces_of_the_autograd_functions_save_and_load(dtype: torch.dtype) -> None:
+    """Under torch.jit.trace, psi, kl_normal and relu_moments run their plain forms (a trace that holds a Python
+    autograd.Function cannot be saved), so the trace survives torch.jit.save/load: the loaded trace gives the values
+    and gradients of the trace before saving, bit for bit. Their accuracy against the float64 reference is the
+    transform matrix's (the jit_trace cells, which save and load too)."""
+    import io
+    import warnings
+
+    from rln_verified.functional import psi
+
+    g = torch.Generator().manual_seed(7)
+    a = torch.rand(5, generator=g, dtype=torch.float64).to(dtype) * 3 - 1
+    b = torch.rand(5, generator=g, dtype=torch.float64).to(dtype) + 0.25
+    cases: list[tuple[Any, tuple[torch.Tensor, ...]]] = [
+        (lambda t: psi(t), (b,)),
+        (lambda m, s: kl_normal(m, s, 0.5 * m, s + 1), (a, b)),
+        (lambda m, s: relu_moments(m, s)[0] + relu_moments(m, s)[1], (a, b)),
+    ]
+    for fn, args in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            tr = torch.jit.trace(fn, args, check_trace=False)  # type: ignore[no-untyped-call]
+        buf = io.BytesIO()
+        torch.jit.save(tr, buf)  # type: ignore[no-untyped-call]
+        buf.seek(0)
+        loaded = torch.jit.load(buf)  # type: ignore[no-untyped-call]
+        results = []
+        for m in (tr, loaded):
+            req = [x.clone().requires_grad_(True) for x in args]
+            out = m(*req)
+            results.append((out.detach(), *torch.autograd.grad(out.sum(), req)))
+        for got, want in zip(*results, strict=True):
+            assert torch.equal(got, want)
