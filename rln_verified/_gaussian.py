@@ -267,7 +267,7 @@ def kl_normal(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sig
         check_float_tensor(t, f"kl_normal: {n}")
     check_same_dtype(*((f"kl_normal: {n}", t) for n, t in zip(names, args)))
     try:  # every path, so that every dtype and device raises the same error
-        torch.broadcast_shapes(*(t.shape for t in args))
+        torch.broadcast_shapes(*(t.shape for t in args))  # type: ignore[no-untyped-call]
     except RuntimeError:
         raise ValueError("kl_normal: the arguments must broadcast together, got shapes "
                          f"{[tuple(t.shape) for t in args]}") from None
