@@ -115,6 +115,8 @@ def render(results: Path) -> str:
         "The conv layers map (2, 3, 6, 6) to 4 channels (kernel 3, padding 1); `CLTConv2d` is an input layer",
         "(`is_input=True`, no input variance), `CLTConv2d[var_h]` a hidden one (mean and variance in).",
         "The jit.trace columns run the trace after a `torch.jit.save` / `torch.jit.load` round trip, as it is shipped.",
+        "A float32 trace of a 2d layer takes its planes from the input, so it is right at any H and W; a trace off the",
+        "fused float32 path (float64, say) is specialized to the traced H and W, and raises at others.",
         "",
         *lines,
         "",

@@ -260,3 +260,29 @@ def test_autocast_computes_in_float32_and_returns_float32(cls: type[nn.Module], 
         with torch.autocast("cpu", dtype=dtype):
             yf = fn(x, ns)
         assert yf.dtype == dtype and torch.equal(yf, fn(x, ns))
+
+
+@pytest.mark.parametrize("cls", [rv.RLayerNorm2d, rv.BayesianRLayerNorm2d], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("affine", [True, False])
+def test_a_trace_sees_the_planes_of_its_input(cls: type[nn.Module], affine: bool) -> None:
+    """torch.jit.trace records the traced input's sizes as constants of the operator call. A 2d operator takes its
+    planes from x's last two dims, so a float32 trace made at (5, 6) and run at (6, 5), (3, 10), (10, 3), (2, 15) or
+    (7, 7) gives eager's outputs and gradients bit for bit (the same C kernel on the same planes), not a (5, 6) view
+    of a (6, 5) plane."""
+    import warnings
+
+    torch.manual_seed(0)
+    m = cls(3, affine=affine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        tr = torch.jit.trace(m, torch.randn(2, 3, 5, 6))  # type: ignore[no-untyped-call]
+    for shape in [(2, 3, 6, 5), (2, 3, 3, 10), (2, 3, 10, 3), (2, 3, 2, 15), (4, 3, 7, 7)]:
+        x = torch.randn(*shape)
+        results = []
+        for f in (tr, m):
+            xr = x.clone().requires_grad_(True)
+            y = f(xr)
+            wrt = [xr, *m.parameters()]
+            results.append((y.detach(), *torch.autograd.grad((y * y).sum(), wrt)))
+        for got, want in zip(*results, strict=True):
+            assert torch.equal(got, want), shape

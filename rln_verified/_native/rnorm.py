@@ -152,6 +152,15 @@ def _require(t: Tensor, name: str, dtype: torch.dtype, numel: int) -> None:
         raise ValueError(f"rnorm kernel: {name} must have {numel} elements, got {t.numel()} (shape {tuple(t.shape)})")
 
 
+def _planes(x: Tensor, two_d: bool, p: int, l_: int) -> tuple[int, int]:
+    """The (P, L) planes of an operator call. In the 2d layout they are x's last two dims, whatever ``p`` and ``l_``
+    say: a ``torch.jit.trace`` records the sizes of the traced input as constants, and a trace run on an (H, W) of
+    the same H W but another shape must still see its own planes (not a (p, l_) view of them)."""
+    if two_d and x.ndim >= 2:
+        return int(x.shape[-2]), int(x.shape[-1])
+    return p, l_
+
+
 def _groups(x: Tensor, cfg: PlaneConfig) -> int:
     m = cfg.p * cfg.l
     if cfg.p < 1 or cfg.l < 2 or x.numel() == 0 or x.numel() % m != 0:
@@ -288,13 +297,16 @@ def _differentiable_vjp(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: 
 def rnorm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, lo: float | None, hi: float,
                   eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int,
                   l: int) -> tuple[Tensor, Tensor, Tensor]:  # noqa: E741
-    """(y, u, stats) of the fused kernel: u one per group (flat), stats (groups, 4) float64 for the backward."""
+    """(y, u, stats) of the fused kernel: u one per group (flat), stats (groups, 4) float64 for the backward. In the
+    2d layout the planes are x's last two dims (:func:`_planes`)."""
+    p, l = _planes(x, two_d, p, l)  # noqa: E741
     return _run_forward(x, weight, bias, lam_src, PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l))
 
 
 @rnorm_forward.register_fake
 def _(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor, lo: float | None, hi: float, eps: float,
       alpha: float, bayes: bool, two_d: bool, mode: int, p: int, l: int) -> tuple[Tensor, Tensor, Tensor]:  # noqa: E741
+    p, l = _planes(x, two_d, p, l)  # noqa: E741
     groups = _check_forward_shapes(x, weight, bias, lam_src, PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l))
     return torch.empty_like(x), x.new_empty(groups), x.new_empty((groups, _NSTAT), dtype=torch.float64)
 
@@ -304,6 +316,7 @@ def rnorm_backward(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Ten
                    lo: float | None, hi: float, eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int,
                    l: int, need_w: bool, need_b: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # noqa: E741
     """(dx, dweight, dbias, dlam_src) of the fused kernel; dweight/dbias are empty where not asked for."""
+    p, l = _planes(x, two_d, p, l)  # noqa: E741
     cfg = PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l)
     gx, g_w, g_b, g_l = _run_backward(x, weight, lam_src, stats, gy, gu, cfg, need_w, need_b)
     empty = x.new_empty(0)
@@ -314,6 +327,7 @@ def rnorm_backward(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Ten
 def _(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tensor, gu: Tensor | None,
       lo: float | None, hi: float, eps: float, alpha: float, bayes: bool, two_d: bool, mode: int, p: int, l: int,  # noqa: E741
       need_w: bool, need_b: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    p, l = _planes(x, two_d, p, l)  # noqa: E741
     _check_forward_shapes(x, weight, None, lam_src, PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l))
     g_w = torch.empty_like(weight) if (weight is not None and need_w) else x.new_empty(0)
     g_b = torch.empty_like(weight) if (weight is not None and need_b) else x.new_empty(0)
@@ -368,6 +382,7 @@ def cuda_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src:
     """The CUDA kernel of ``rnorm_forward``: ``(y, u, stats)`` from the Triton kernel where
     ``rnorm_triton.usable`` holds (N11), else from the plain formula (N0, same values up to rounding) with ``stats``
     zeros (a placeholder only :func:`cuda_backward` receives)."""
+    p, l = _planes(x, two_d, p, l)  # noqa: E741
     cfg = PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l)
     groups = _check_formula_args(x, weight, bias, lam_src, cfg)
     if rnorm_triton.usable(x, two_d, p, l):
@@ -387,6 +402,7 @@ def cuda_backward(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tens
 
     The backward op receives no bias: y is ``... + bias``, so dL/dbias does not depend on its value, and the VJP is
     taken at a zero bias of the weight's shape."""
+    p, l = _planes(x, two_d, p, l)  # noqa: E741
     cfg = PlaneConfig(lo, hi, eps, alpha, bayes, two_d, mode, p, l)
     groups = _check_formula_args(x, weight, None, lam_src, cfg)
     if stats.dtype != torch.float64 or stats.numel() != groups * _NSTAT:
@@ -420,7 +436,9 @@ def cuda_backward(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tens
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     x, weight, bias, lam_src, *rest = inputs
     _, _, stats = output
-    ctx.cfg = PlaneConfig(*rest)
+    cfg = PlaneConfig(*rest)
+    p, l_ = _planes(x, cfg.two_d, cfg.p, cfg.l)
+    ctx.cfg = cfg._replace(p=p, l=l_)
     ctx.save_for_backward(x, weight, bias, lam_src, stats)
     ctx.mark_non_differentiable(stats)
 
