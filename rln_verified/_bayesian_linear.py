@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -32,7 +32,7 @@ from rln_verified._bayesian_ops import (
     lr_linear,
 )
 from rln_verified._bayesian_std import INIT_STD, posterior_std
-from rln_verified._dispatch import under_func_transform
+from rln_verified._dispatch import is_wrapped, under_func_transform
 from rln_verified._gaussian import (
     crelu_moments,
     kl_normal,
@@ -318,8 +318,25 @@ class BayesianLayer(nn.Module):
             return stored
         eps = torch.randn(shape, dtype=dtype, device=device)
         if self._manual_reset:  # otherwise the slot stays None (reset_parameters, set_manual_reset(False))
+            if is_wrapped(eps):  # vmap(randomness="different"): one draw per sample, owned by the transform
+                raise ValueError(
+                    f"{type(self).__name__}: manual_reset has no stored noise, and the noise drawn under this "
+                    "torch.func transform (vmap with randomness='different') is per sample and cannot be kept "
+                    "after it; call the layer once outside the transform to store the noise (then vmap over a "
+                    "leading dimension that keeps the batch shape), or use manual_reset=False (fresh noise per call)"
+                )
             setattr(self, attr, eps)
         return eps
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> BayesianLayer:
+        # .to(), .half(), .cuda(), ...: the noise kept under manual_reset moves with the parameters (it is not a
+        # buffer, so that checkpoints and DDP's buffer broadcast leave it alone)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        for attr in ("_random_weight", "_random_bias"):
+            t = getattr(self, attr)
+            if t is not None:
+                setattr(self, attr, fn(t))
+        return self
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}: BayesianLayer is a base class; use a Bayesian linear or "

@@ -2057,3 +2057,46 @@ def test_clt_without_bias_under_torch_func() -> None:
     want = torch.autograd.grad(loss(dict(layer.named_parameters())), list(layer.parameters()))
     for (name, g), w in zip(got.items(), want, strict=True):
         torch.testing.assert_close(g, w, rtol=_F64_RTOL, atol=0.0, msg=name)
+
+
+def _sampling_layers() -> list[tuple[nn.Module, tuple[int, ...]]]:
+    import rln_verified as rv
+
+    return [(rv.BBBLinear(6, 3, manual_reset=True), (4, 6)), (rv.LRLinear(6, 3, manual_reset=True), (4, 6)),
+            (rv.BBBConv2d(3, 4, 3, manual_reset=True), (2, 3, 6, 6)),
+            (rv.LRConv2d(3, 4, 3, manual_reset=True), (2, 3, 6, 6))]
+
+
+@pytest.mark.parametrize("cast", ["double", "bfloat16", "to_float64"])
+def test_stored_noise_moves_with_the_parameters(cast: str) -> None:
+    """.double(), .bfloat16() and .to(dtype) cast the noise kept under manual_reset with the parameters (C5): the
+    output has the module's dtype, and the kept noise is the stored noise, cast (the same draw, not a new one)."""
+    for m, shape in _sampling_layers():
+        m(torch.randn(*shape))
+        before = {a: getattr(m, a).clone() for a in ("_random_weight", "_random_bias") if getattr(m, a) is not None}
+        assert before, type(m).__name__
+        m = getattr(m, cast)() if cast != "to_float64" else m.to(torch.float64)
+        dt = m.weight_mu.dtype
+        assert m(torch.randn(*shape, dtype=dt)).dtype == dt, type(m).__name__
+        for a, t in before.items():
+            kept = getattr(m, a)
+            assert kept.dtype == dt and torch.equal(kept, t.to(dt)), (type(m).__name__, a)
+
+
+def test_noise_drawn_per_sample_under_vmap_is_refused_not_kept() -> None:
+    """manual_reset with no stored noise under vmap(randomness='different'): each sample draws its own noise, which
+    belongs to the transform. Keeping it would leave the module holding an escaped tensor (its next call crashed), so
+    the call raises, and the module keeps nothing and still works."""
+    from torch.func import functional_call, grad, vmap
+
+    for m, shape in _sampling_layers():
+        x = torch.randn(*shape)
+        params = {k: v.detach() for k, v in m.named_parameters()}
+
+        def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, m: nn.Module = m) -> torch.Tensor:
+            return (functional_call(m, p, (xi[None],)) ** 2).sum()
+
+        with pytest.raises(ValueError, match="cannot be kept after it"):
+            vmap(grad(loss), in_dims=(None, 0), randomness="different")(params, x)
+        assert m._random_weight is None and m._random_bias is None
+        assert m(x).shape[0] == shape[0]
