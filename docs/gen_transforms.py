@@ -27,6 +27,7 @@ COLUMN_NAMES = {
     "compile": "compile (aot_eager)", "compile_inductor": "compile (inductor)", "export": "export",
     "jit_trace_nograd": "jit.trace no_grad",
     "jit_trace_grad": "jit.trace grad", "vmap": "vmap", "jacrev": "jacrev", "hessian": "hessian",
+    "forward_ad": "forward AD",
     "per_sample_grad": "per-sample grad", "gradcheck": "gradcheck", "gradgradcheck": "gradgradcheck",
     "onnx": "ONNX (ort)", "meta": "meta", "deepcopy": "deepcopy", "pickle": "pickle", "ddp": "DDP",
     "fsdp2": "FSDP2",

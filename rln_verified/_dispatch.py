@@ -18,16 +18,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _interpreters = torch._C._functorch.peek_interpreter_stack
 
 
+def forward_ad_active() -> bool:
+    """True inside ``torch.autograd.forward_ad.dual_level()`` (eager forward-mode AD): the custom autograd Functions
+    have no ``jvp``, so the plain forms run, which forward AD differentiates like any torch code."""
+    return int(getattr(_forward_ad, "_current_level", -1)) >= 0
+
+
 def under_func_transform(*tensors: torch.Tensor | None) -> bool:
-    """True when a ``torch.func`` transform (vmap, grad, jacrev, jvp, hessian) is active, whether or not it wraps
-    these tensors (a layer's parameters are not wrapped under ``vmap`` over its input). Not for use while
-    ``torch.compile`` traces (check :func:`recording` first)."""
-    if _interpreters() is not None:
+    """True when a ``torch.func`` transform (vmap, grad, jacrev, jvp, hessian) or eager forward-mode AD
+    (:func:`forward_ad_active`) is active, whether or not it wraps these tensors (a layer's parameters are not wrapped
+    under ``vmap`` over its input). Not for use while ``torch.compile`` traces (check :func:`recording` first)."""
+    if _interpreters() is not None or forward_ad_active():
         return True
     for t in tensors:  # a loop, not any(...): this runs on every layer call  # noqa: SIM110
         if t is not None and _wrapped(t):
@@ -67,7 +74,10 @@ def is_wrapped(t: torch.Tensor) -> bool:
 
 
 def plain_f32(*tensors: torch.Tensor | None) -> bool:
-    """Every tensor given is a float32 CPU tensor not wrapped by ``torch.func``; ``None`` counts as fine."""
+    """Every tensor given is a float32 CPU tensor not wrapped by ``torch.func``, and no eager forward-mode AD is
+    active (:func:`forward_ad_active`); ``None`` counts as fine."""
+    if forward_ad_active():
+        return False
     for t in tensors:  # a loop, not all(...): this runs on every layer call  # noqa: SIM110
         if t is not None and (t.dtype != torch.float32 or not t.is_cpu or _wrapped(t)):
             return False
@@ -134,5 +144,5 @@ def recompute_vjp(
     return tuple(result)
 
 
-__all__ = ["autocast_dtype", "eager_f32", "fused_eager_ok", "is_wrapped", "jit_tracing", "onnx_exporting", "plain_f32",
-           "recompute_vjp", "recording", "under_func_transform"]
+__all__ = ["autocast_dtype", "eager_f32", "forward_ad_active", "fused_eager_ok", "is_wrapped", "jit_tracing",
+           "onnx_exporting", "plain_f32", "recompute_vjp", "recording", "under_func_transform"]

@@ -252,6 +252,33 @@ def cell_jacrev(s: Subject) -> None:
     close("jacrev", jac, ref, s.k(1) * EPS32, "float32 vs float64 autograd, 3k eps")
 
 
+def cell_forward_ad(s: Subject) -> None:
+    # Eager forward-mode AD (torch.autograd.forward_ad, float32): the Jacobian of sample 0's outputs with respect to
+    # sample 0 of the first input, a column per one-hot tangent, against autograd's Jacobian of the float64
+    # reference: 3k eps32 (one order of differentiation, as jacrev).
+    import torch.autograd.forward_ad as fwad
+
+    xs = inputs(s)
+    f = _first_sample_fn(build(s, F32), xs, loss=False)
+    x0 = xs[0][0]
+    cols = []
+    for j in range(x0.numel()):
+        t = torch.zeros(x0.numel(), dtype=x0.dtype)
+        t[j] = 1.0
+        with fwad.dual_level():
+            out = f(fwad.make_dual(x0, t.reshape(x0.shape)))
+            tangent = fwad.unpack_dual(out).tangent
+        if tangent is None:  # no output depends on the input: a zero column
+            tangent = torch.zeros_like(out)
+        cols.append(tangent.reshape(-1))
+    jac = torch.stack(cols, dim=-1).reshape(*out.shape, *x0.shape)
+    xs64 = inputs(s, 0, F64)
+    ref = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
+        _first_sample_fn(build(s, F64), xs64, loss=False), xs64[0][0])
+    assert isinstance(ref, torch.Tensor)
+    close("forward AD", jac, ref, s.k(1) * EPS32, "float32 vs float64 autograd, 3k eps")
+
+
 def cell_hessian(s: Subject) -> None:
     # torch.func.hessian (float32) of the fixed scalar loss of sample 0 with respect to sample 0 of the first input,
     # against torch.autograd.functional.hessian of the float64 reference: 9k eps32 (two orders).
@@ -399,6 +426,7 @@ CELLS: dict[str, Callable[[Subject], None]] = {
     "vmap": cell_vmap,
     "jacrev": cell_jacrev,
     "hessian": cell_hessian,
+    "forward_ad": cell_forward_ad,
     "per_sample_grad": cell_per_sample_grad,
     "gradcheck": cell_gradcheck,
     "gradgradcheck": cell_gradgradcheck,
@@ -411,7 +439,7 @@ CELLS: dict[str, Callable[[Subject], None]] = {
 DIST_COLUMNS = ("ddp", "fsdp2")
 
 #: Every column, in the order of the docs table.
-COLUMNS = (*list(CELLS)[:14], "onnx", *list(CELLS)[14:], *DIST_COLUMNS)
+COLUMNS = (*list(CELLS)[:15], "onnx", *list(CELLS)[15:], *DIST_COLUMNS)
 CELLS["onnx"] = cell_onnx
 
 #: Columns whose cells run in a child process forked from a preloaded server: a crash there (a C kernel handed
