@@ -295,6 +295,7 @@ def _kl_normal_plain(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tens
     t = ((sq_u - sp_u) / sp_u) * ((sq_u + sp_u) / sp_u)
     # t^2/(1+t) as t (t/(1+t)): no t^2 to overflow (KL-1).
     g_up = t * (t / (1.0 + t)) - psi(t)
+    g_up = torch.where(t == math.inf, t, g_up)  # t overflowed (r beyond KL-1's range): KL = inf, not inf/inf
     # r < 1/2: g = (r^2 - 1) - 2 ln r directly (no cancellation: -2 ln r >= 1.38 > |r^2 - 1|/0.72); ln r from the
     # quotient, or from log(sq) - log(sp) where the quotient underflows. 1/2 <= r < 1: g = psi(1/r^2 - 1), s <= 3.
     small = sq_l < 0.5 * sp_l

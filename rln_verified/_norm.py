@@ -313,8 +313,17 @@ def r_norm(
         u_shape = (*x.shape[: x.ndim - k], *([1] * k))
         planes, wshape = x.reshape(-1, p, l_), (p, l_)
     for arg, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.numel() != math.prod(wshape):
-            want = f"{c} elements, one per channel" if cfg.two_d else f"{p * l_} elements, one per normalized element"
+        # the shape itself, as torch's layer_norm and group_norm check it: a (5, 4) weight for a (4, 5) normalized
+        # shape has the right number of elements and the wrong layout
+        if t is None:
+            continue
+        if cfg.two_d:
+            ok = t.ndim in (1, 3) and t.shape[0] == c and all(d == 1 for d in t.shape[1:])
+        else:
+            ok = t.ndim == len(cfg.shape) and all(a == b for a, b in zip(t.shape, cfg.shape, strict=True))
+        if not ok:
+            want = (f"shape ({c},) or ({c}, 1, 1), one per channel" if cfg.two_d
+                    else f"shape {tuple(cfg.shape)}, the normalized shape")
             raise ValueError(f"{name}: {arg} must have {want}, got shape {tuple(t.shape)}")
     fused = _fused(x, weight, bias, lam, cfg, p, l_, u_shape)
     if fused is not None:
@@ -332,7 +341,11 @@ def r_norm(
 
 
 def _lambda_tensor(lambda_: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """lambda_ as a tensor. A number is checked (positive, finite); a tensor must hold one element, and its value is
+    not read (that would wait on the device): it must be positive and finite, like the number."""
     if isinstance(lambda_, torch.Tensor):
+        if lambda_.numel() != 1:
+            raise ValueError(f"lambda_ must be a number or a one-element tensor, got shape {tuple(lambda_.shape)}")
         return lambda_
     if not 0 < float(lambda_) < math.inf:
         raise ValueError(f"lambda_ must be a positive finite number, got {lambda_!r}")
@@ -414,6 +427,11 @@ def noise_ratio(x: torch.Tensor, eps: float = 1e-5, two_d: bool = True) -> torch
     """The noise ratio r = nu/(v + eps) per group (keepdim): over (H, W) of an (N, C, H, W) map when ``two_d``,
     else over the last dim with the width-3 window along it (N0)."""
     x = check_float_tensor(x, "noise_ratio")
+    if two_d and (x.ndim < 2 or x.shape[-1] < 2 or x.shape[-2] < 2):
+        raise ValueError(f"noise_ratio: two_d needs maps of at least 2 x 2 in the last two dims, got shape "
+                         f"{tuple(x.shape)}")
+    if not two_d and (x.ndim < 1 or x.shape[-1] < 2):
+        raise ValueError(f"noise_ratio: needs a last dim of at least 2, got shape {tuple(x.shape)}")
     cd = compute_dtype(x.dtype)
     planes = x.to(cd) if two_d else x.to(cd).unsqueeze(-2)
     r = group_stats(planes, eps, two_d, no_frexp=onnx_exporting())["r"]

@@ -83,7 +83,9 @@ def _devices(names: Sequence[str] | None) -> tuple[torch.device, ...]:
 
 
 def _select(checks: Sequence[Check], pattern: str) -> list[Check]:
-    chosen = [c for c in checks if fnmatch.fnmatchcase(c.claim, pattern) or fnmatch.fnmatchcase(c.key, pattern)]
+    """The checks whose claim ID or claim/subject key matches the glob, ignoring case (``psi-*`` is ``PSI-*``)."""
+    pat = pattern.upper()
+    chosen = [c for c in checks if fnmatch.fnmatchcase(c.claim.upper(), pat) or fnmatch.fnmatchcase(c.key.upper(), pat)]
     if not chosen:
         raise UsageError(f"--claims {pattern!r} matches no claim; known claims: "
                          + ", ".join(sorted({c.claim for c in checks})))
@@ -128,7 +130,33 @@ def _dt(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _writable(path: Path | None, option: str) -> None:
+    """A report path must be writable before any check runs: a bad path is a usage error (exit 2), found in a
+    second, not after the whole run."""
+    if path is None:
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"{option} {str(path)!r} is a directory; give a file path")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {str(path)!r}: the folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {str(path)!r} is not writable")
+
+
+def _write_reports(args: argparse.Namespace, results: list[CheckResult], info: RunInfo, title: str) -> None:
+    try:
+        if args.json is not None:
+            write_json(args.json, results, info)
+        if args.markdown is not None:
+            args.markdown.write_text(markdown(results, info, title))
+    except OSError as exc:
+        raise UsageError(f"could not write the report: {exc}") from None
+
+
 def _run(checks: Sequence[Check], args: argparse.Namespace, title: str) -> int:
+    _writable(args.json, "--json")
+    _writable(args.markdown, "--markdown")
     devices = _devices(args.device)
     wanted = tuple(_DTYPES[d] for d in args.dtype) if args.dtype else None
     jobs = [(c, dev, dt) for c in checks for dev in devices for dt in c.dtypes if wanted is None or dt in wanted]
@@ -159,10 +187,7 @@ def _run(checks: Sequence[Check], args: argparse.Namespace, title: str) -> int:
     bad = findings(results)
     if bad:
         print("\nCounterexamples (shrunk by Hypothesis; pinned examples are reported as given):\n" + bad)
-    if args.json is not None:
-        write_json(args.json, results, info)
-    if args.markdown is not None:
-        args.markdown.write_text(markdown(results, info, title))
+    _write_reports(args, results, info, title)
     return 1 if n_bad or n_err else 0
 
 

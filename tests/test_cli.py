@@ -191,6 +191,8 @@ def test_audit_of_our_layer_holds(capsys: pytest.CaptureFixture[str]) -> None:
         (["--dtype", "float8"], "invalid choice"),
         (["--seed", "x"], "invalid int value"),
         (["--claims", "C1", "--dtype", "bfloat16"], "no selected claim"),
+        (["--claims", "PSI-2", "--json", "/nonexistent-folder/r.json"], "does not exist"),
+        (["--claims", "PSI-2", "--markdown", "/"], "is a directory"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str,
@@ -334,3 +336,10 @@ def test_exp1_sweep_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert rc == 0, out
     assert "every 257th float32 of [-21.834136962890625, 11.090354919433594]" in out
     assert "## Sweeps" in md.read_text() and "every one under --profile thorough" in md.read_text()
+
+
+def test_claims_glob_ignores_case(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--claims psi-2`` selects PSI-2, as ``--claims PSI-2`` does (claim IDs are upper case; a lower-case glob
+    matched nothing)."""
+    rc, out, _ = _run(capsys, "--claims", "psi-2", "--quiet")
+    assert rc == 0 and "PSI-2" in out

@@ -1049,3 +1049,22 @@ def test_traces_of_the_autograd_functions_save_and_load(dtype: torch.dtype) -> N
             results.append((out.detach(), *torch.autograd.grad(out.sum(), req)))
         for got, want in zip(*results, strict=True):
             assert torch.equal(got, want)
+
+
+@pytest.mark.claim("KL-1")
+def test_kl_beyond_its_range_is_inf_on_every_path() -> None:
+    """Past KL-1's range (t = r^2 - 1 or d overflows, sigma_p = inf, sigma_q = inf) the KL is +inf, on every path:
+    the fused float32 kernel, the plain forms (vmap) and torch.compile. The plain forms formed inf/inf there (NaN),
+    and the fused kernel's rounding guard turned sigma_p = inf's NaN into 0. sigma_q = sigma_p = inf has no limit:
+    NaN."""
+    cases = [((0.0, 1.0, 0.0, 1e-300), torch.float64, math.inf), ((1e200, 1.0, 0.0, 1e-200), torch.float64, math.inf),
+             ((0.0, 1.0, 0.0, 1e-30), torch.float32, math.inf)]
+    for dt in (torch.float32, torch.float64):
+        cases += [((0.0, math.inf, 0.0, 1.0), dt, math.inf), ((0.0, 1.0, 0.0, math.inf), dt, math.inf),
+                  ((3.0, 1.0, 0.0, math.inf), dt, math.inf), ((0.0, math.inf, 0.0, math.inf), dt, math.nan)]
+    compiled = torch.compile(kl_normal, backend="aot_eager")
+    for vals, dt, want in cases:
+        args = [torch.tensor([v], dtype=dt) for v in vals]
+        for path, fn in (("eager", kl_normal), ("vmap", torch.func.vmap(kl_normal)), ("compile", compiled)):
+            got = float(fn(*args)[0])
+            assert (math.isnan(got) if math.isnan(want) else got == want), (vals, dt, path, got)

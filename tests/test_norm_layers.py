@@ -585,19 +585,29 @@ def test_functional_argument_errors() -> None:
         with pytest.raises(TypeError, match=rf"^{name}: expected a floating-point tensor \(float64, float32, "
                                             r"float16 or bfloat16\), got torch.int32$"):
             fn(torch.zeros(1, 1, 3, 3, dtype=torch.int32))
-    # A weight or bias of the wrong size is a ValueError naming it, before any reshape or kernel sees it.
+    # A weight or bias of the wrong shape is a ValueError naming it, before any reshape or kernel sees it: the
+    # wrong size, and the right size in the wrong layout (a (6, 4) weight for a (4, 6) normalized shape, which a
+    # reshape would silently permute), as torch's layer_norm refuses it.
     for name in ("r_layer_norm", "bayesian_r_layer_norm"):
         fn = _FUNCTIONALS[name][0]
         for arg in ("weight", "bias"):
-            with pytest.raises(ValueError, match=rf"^{name}: {arg} must have 24 elements, one per normalized element, "
-                                                 r"got shape \(5,\)$"):
-                fn(x, (4, 6), **{arg: torch.ones(5)})
+            for bad in (torch.ones(5), torch.ones(6, 4), torch.ones(24)):
+                shown = ", ".join(map(str, bad.shape)) + ("," if bad.ndim == 1 else "")
+                with pytest.raises(ValueError, match=rf"^{name}: {arg} must have shape \(4, 6\), the normalized "
+                                                     rf"shape, got shape \({shown}\)$"):
+                    fn(x, (4, 6), **{arg: bad})
     for name in ("r_layer_norm2d", "bayesian_r_layer_norm2d"):
         fn = _FUNCTIONALS[name][0]
         for arg in ("weight", "bias"):
-            with pytest.raises(ValueError, match=rf"^{name}: {arg} must have 3 elements, one per channel, "
-                                                 r"got shape \(4, 1, 1\)$"):
-                fn(x, **{arg: torch.ones(4, 1, 1)})
+            for bad in (torch.ones(4, 1, 1), torch.ones(1, 3), torch.ones(3, 1)):
+                shown = ", ".join(map(str, bad.shape))
+                with pytest.raises(ValueError, match=rf"^{name}: {arg} must have shape \(3,\) or \(3, 1, 1\), "
+                                                     rf"one per channel, got shape \({shown}\)$"):
+                    fn(x, **{arg: bad})
+        assert fn(x, torch.ones(3, 1, 1)).shape == x.shape
+    for name in _FUNCTIONALS:
+        with pytest.raises(ValueError, match=r"^lambda_ must be a number or a one-element tensor, got shape \(2,\)$"):
+            _functional(name, x, (6,), lambda_=torch.ones(2))
     # The layers name themselves in their input errors, as the functional forms do.
     for layer in (RLayerNorm(6), BayesianRLayerNorm2d(3)):
         lname = type(layer).__name__
@@ -981,3 +991,18 @@ def test_tiny_groups_with_a_tiny_eps_on_every_float32_path(cls: type[nn.Module],
         y_fused = m(x)
     for y in (y_eager, y_fused):
         assert bool(((y.double() - ref).abs() <= tol).all()), float((y.double() - ref).abs().max())
+
+
+def test_noise_ratio_names_a_too_small_input() -> None:
+    """noise_ratio needs a window of three along each normalized dim (reflect padding of a 2-wide dim is the
+    smallest): a last dim (or H) of 1, or a 2d call on a 1-D input, is a ValueError saying so, not an indexing error
+    from inside the window sums."""
+    from rln_verified.functional import noise_ratio
+
+    for bad in (torch.randn(3, 1), torch.randn(2, 3, 1, 5), torch.randn(2, 3, 5, 1), torch.randn(5)):
+        with pytest.raises(ValueError, match=r"^noise_ratio: two_d needs maps of at least 2 x 2"):
+            noise_ratio(bad)
+    with pytest.raises(ValueError, match=r"^noise_ratio: needs a last dim of at least 2, got shape \(4, 1\)$"):
+        noise_ratio(torch.randn(4, 1), two_d=False)
+    assert noise_ratio(torch.randn(4, 2), two_d=False).shape == (4, 1)
+    assert noise_ratio(torch.randn(2, 3, 2, 2)).shape == (2, 3, 1, 1)
