@@ -379,7 +379,9 @@ def r_layer_norm(
     lambda_: float | torch.Tensor = 0.5,
     eps: float = 1e-5,
 ) -> torch.Tensor:
-    """Functional :class:`RLayerNorm` (``y = w x_c / (sigma (1 + lambda r)) + b``)."""
+    """Functional :class:`RLayerNorm` (``y = w x_c / (sigma (1 + lambda r)) + b``). ``weight`` and ``bias`` have
+    the normalized shape; ``lambda_`` is a positive finite number or a one-element tensor, whose value is not
+    checked (that would wait on the device), so it must be positive and finite too."""
     return _functional(x, normalized_shape, weight, bias, lambda_, 0.0, eps, False)[0]
 
 
@@ -393,7 +395,8 @@ def bayesian_r_layer_norm(
     eps: float = 1e-5,
     return_uncertainty: bool = False,
 ) -> Any:
-    """Functional :class:`BayesianRLayerNorm`; returns ``(y, u)`` with ``return_uncertainty``."""
+    """Functional :class:`BayesianRLayerNorm`; returns ``(y, u)`` with ``return_uncertainty``. Arguments as
+    :func:`r_layer_norm`."""
     y, u = _functional(x, normalized_shape, weight, bias, lambda_, alpha, eps, True)
     return (y, u) if return_uncertainty else y
 
@@ -405,7 +408,8 @@ def r_layer_norm2d(
     lambda_: float | torch.Tensor = 0.5,
     eps: float = 1e-5,
 ) -> torch.Tensor:
-    """Functional :class:`RLayerNorm2d`."""
+    """Functional :class:`RLayerNorm2d`. ``weight`` and ``bias`` are ``(C,)`` or ``(C, 1, 1)``; ``lambda_`` as
+    :func:`r_layer_norm`."""
     return _functional(x, None, weight, bias, lambda_, 0.0, eps, False)[0]
 
 
@@ -418,7 +422,8 @@ def bayesian_r_layer_norm2d(
     eps: float = 1e-5,
     return_uncertainty: bool = False,
 ) -> Any:
-    """Functional :class:`BayesianRLayerNorm2d`; returns ``(y, u)`` with ``return_uncertainty``."""
+    """Functional :class:`BayesianRLayerNorm2d`; returns ``(y, u)`` with ``return_uncertainty``. Arguments as
+    :func:`r_layer_norm2d`."""
     y, u = _functional(x, None, weight, bias, lambda_, alpha, eps, True)
     return (y, u) if return_uncertainty else y
 

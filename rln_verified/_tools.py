@@ -188,9 +188,11 @@ def replace_norm_layers(
     A compiled model (``torch.compile(model)``) is converted inside: its next call recompiles. Where
     ``torch.compile`` was applied to a norm layer itself, ``TypeError`` is raised before anything changes.
 
-    The new layers keep the device, dtype and training mode of the old ones. The 2d layers take 4-D input
-    only. With ``bayesian=True`` and ``alpha=0`` every converted layer computes the function of the layer it
-    replaces (N6 in proofs/norm.md).
+    The new layers keep the device, dtype and training mode of the old ones (a layer with neither parameters nor
+    buffers takes the model's first parameter's or buffer's, else the defaults). Every new layer is built before
+    any is swapped in, so a layer that cannot be converted raises ``ValueError`` naming it and leaves the model
+    unchanged. The 2d layers take 4-D input only. With ``bayesian=True`` and ``alpha=0`` every converted layer
+    computes the function of the layer it replaces (N6 in proofs/norm.md).
 
     Returns:
         ``model`` (or the new layer, when ``model`` itself is a converted norm layer).
@@ -224,8 +226,22 @@ def replace_norm_layers(
     last_cls: type[nn.Module] = BayesianRLayerNorm if bayesian else RLayerNorm
     two_d_cls: type[nn.Module] = BayesianRLayerNorm2d if bayesian else RLayerNorm2d
 
+    # a layer with neither parameters nor buffers (no affine) takes the model's dtype and device
+    model_fk: dict[str, Any] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        model_fk = {"device": t.device, "dtype": t.dtype}
+        break
+
+    def build_new(name: str, m: nn.Module) -> nn.Module | None:
+        try:
+            return convert(name, m)
+        except (ValueError, TypeError) as exc:
+            if str(exc).startswith("replace_norm_layers:"):
+                raise
+            raise type(exc)(f"replace_norm_layers: cannot convert {name or 'model'} ({m!r}): {exc}") from None
+
     def convert(name: str, m: nn.Module) -> nn.Module | None:
-        fk = _factory_kwargs(m)
+        fk = _factory_kwargs(m) or model_fk
         new: nn.Module | None = None
         if isinstance(m, nn.LayerNorm):
             eps = float(m.eps)
@@ -246,19 +262,23 @@ def replace_norm_layers(
             new.train(m.training)
         return new
 
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+
     def walk(prefix: str, parent: nn.Module) -> None:
         for child_name, child in list(parent.named_children()):
             qual = f"{prefix}.{child_name}" if prefix else child_name
-            new = convert(qual, child)
+            new = build_new(qual, child)
             if new is not None:
-                setattr(parent, child_name, new)
+                swaps.append((parent, child_name, new))
             else:
                 walk(qual, child)
 
-    root = convert("", model)
+    root = build_new("", model)
     if root is not None:
         return root
-    walk("", model)
+    walk("", model)  # every new layer is built before any is swapped in: an error leaves the model as it was
+    for parent, child_name, new in swaps:
+        setattr(parent, child_name, new)
     return model
 
 

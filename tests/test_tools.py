@@ -238,3 +238,22 @@ def test_replace_norm_layers_on_compiled_models() -> None:
     with pytest.raises(TypeError, match=r"torch\.compile applied to the norm layer itself"):
         replace_norm_layers(wrapped_layer)
     assert isinstance(wrapped_layer[0]._orig_mod, nn.LayerNorm)  # refused before anything changed
+
+
+def test_replace_norm_layers_without_affine_takes_the_models_dtype_and_is_all_or_nothing() -> None:
+    """A norm layer with no parameters or buffers (no affine) is replaced in the model's dtype (it came out float32
+    in a float64 model), and a layer that cannot be converted raises a ValueError naming it before anything is
+    swapped (the model was left half converted)."""
+    from torch import nn
+
+    import rln_verified as rv
+
+    net = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8, elementwise_affine=False)).double()
+    rv.replace_norm_layers(net)
+    assert isinstance(net[1], rv.BayesianRLayerNorm) and net[1].lambda_raw.dtype == torch.float64
+    x = torch.randn(3, 8, dtype=torch.float64)
+    assert net(x).dtype == torch.float64
+    net = nn.Sequential(nn.LayerNorm(8), nn.Sequential(nn.LayerNorm((8, 1))))
+    with pytest.raises(ValueError, match=r"^replace_norm_layers: cannot convert 1\.0 \(LayerNorm\(\(8, 1\)"):
+        rv.replace_norm_layers(net)
+    assert type(net[0]) is nn.LayerNorm and type(net[1][0]) is nn.LayerNorm
