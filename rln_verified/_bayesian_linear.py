@@ -32,7 +32,7 @@ from rln_verified._bayesian_ops import (
     lr_linear,
 )
 from rln_verified._bayesian_std import INIT_STD, posterior_std
-from rln_verified._dispatch import is_wrapped, under_func_transform
+from rln_verified._dispatch import under_func_transform, unwrap_constant
 from rln_verified._gaussian import (
     crelu_moments,
     kl_normal,
@@ -318,24 +318,35 @@ class BayesianLayer(nn.Module):
             return stored
         eps = torch.randn(shape, dtype=dtype, device=device)
         if self._manual_reset:  # otherwise the slot stays None (reset_parameters, set_manual_reset(False))
-            if is_wrapped(eps):  # vmap(randomness="different"): one draw per sample, owned by the transform
+            # drawn inside a torch.func transform: keep the plain values (grad, jacrev, vmap with
+            # randomness="same"); a vmap with randomness="different" draws one per sample, which cannot be kept
+            kept = unwrap_constant(eps)
+            if kept is None:
                 raise ValueError(
                     f"{type(self).__name__}: manual_reset has no stored noise, and the noise drawn under this "
                     "torch.func transform (vmap with randomness='different') is per sample and cannot be kept "
                     "after it; call the layer once outside the transform to store the noise (then vmap over a "
                     "leading dimension that keeps the batch shape), or use manual_reset=False (fresh noise per call)"
                 )
-            setattr(self, attr, eps)
+            setattr(self, attr, kept)
         return eps
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> BayesianLayer:
-        # .to(), .half(), .cuda(), ...: the noise kept under manual_reset moves with the parameters (it is not a
-        # buffer, so that checkpoints and DDP's buffer broadcast leave it alone)
+        # .to(), .half(), .cuda(), to_empty(), ...: the noise kept under manual_reset follows the parameters' dtype
+        # and device, values kept (it is not a buffer, so that checkpoints and DDP's buffer broadcast leave it
+        # alone). fn itself is not applied to it: to_empty's fn would hand back uninitialized memory. Noise on meta
+        # has no values to move: it is dropped, and the next call draws it again.
+        old_dtype = self.weight_mu.dtype
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        dtype, device = self.weight_mu.dtype, self.weight_mu.device
         for attr in ("_random_weight", "_random_bias"):
             t = getattr(self, attr)
-            if t is not None:
-                setattr(self, attr, fn(t))
+            if t is None:
+                continue
+            if t.is_meta and device.type != "meta":
+                setattr(self, attr, None)
+            else:
+                setattr(self, attr, t.to(device=device, dtype=dtype if t.dtype == old_dtype else t.dtype))
         return self
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

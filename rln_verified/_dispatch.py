@@ -68,6 +68,17 @@ def recording() -> bool:
     return torch.compiler.is_compiling() or jit_tracing()
 
 
+def unwrap_constant(t: torch.Tensor) -> torch.Tensor | None:
+    """``t`` with every ``torch.func`` wrapper taken off (a value made inside a transform, such as noise, that does
+    not depend on its inputs), or None when a ``vmap`` level batches it (one value per sample, which exists only
+    inside that transform)."""
+    while _wrapped(t):
+        if torch._C._functorch.is_batchedtensor(t):
+            return None
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
 def is_wrapped(t: torch.Tensor) -> bool:
     """True for a tensor that a ``torch.func`` transform wraps (its data is not a plain buffer)."""
     return bool(_wrapped(t))
@@ -145,4 +156,4 @@ def recompute_vjp(
 
 
 __all__ = ["autocast_dtype", "eager_f32", "forward_ad_active", "fused_eager_ok", "is_wrapped", "jit_tracing",
-           "onnx_exporting", "plain_f32", "recompute_vjp", "recording", "under_func_transform"]
+           "onnx_exporting", "plain_f32", "recompute_vjp", "recording", "under_func_transform", "unwrap_constant"]

@@ -2100,3 +2100,45 @@ def test_noise_drawn_per_sample_under_vmap_is_refused_not_kept() -> None:
             vmap(grad(loss), in_dims=(None, 0), randomness="different")(params, x)
         assert m._random_weight is None and m._random_bias is None
         assert m(x).shape[0] == shape[0]
+
+
+def test_noise_drawn_inside_grad_transforms_is_kept_plain() -> None:
+    """Noise first drawn inside grad, jacrev or vmap(randomness='same') does not depend on the sample, so the layer
+    keeps its plain values (no torch.func wrapper left on the module), and the next plain call reuses them."""
+    from torch.func import functional_call, grad, jacrev, vmap
+
+    for make in (lambda: _sampling_layers()[0][0], lambda: _sampling_layers()[1][0]):
+        for how in ("grad", "jacrev", "vmap_same"):
+            m = make()
+            x = torch.randn(4, 6)
+            params = {k: v.detach() for k, v in m.named_parameters()}
+
+            def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, m: nn.Module = m) -> torch.Tensor:
+                return (functional_call(m, p, (xi,)) ** 2).sum()
+
+            if how == "grad":
+                grad(loss)(params, x)
+            elif how == "jacrev":
+                jacrev(lambda xi, m=m: m(xi))(x)
+            else:
+                vmap(grad(loss), in_dims=(None, 0), randomness="same")(params, x[:, None])
+            kept = m._random_weight
+            assert kept is not None and not torch._C._functorch.is_functorch_wrapped_tensor(kept), (how, m)
+            y1 = m(x if how != "vmap_same" else x[:1]).detach()
+            assert torch.equal(m._random_weight, kept) and torch.isfinite(y1).all()
+
+
+def test_to_empty_keeps_or_drops_the_stored_noise() -> None:
+    """to_empty() on a module holding noise keeps the noise's values (it used to apply to_empty's fn to them and
+    hand back uninitialized memory); after a move to meta the noise has no values and is dropped, so the next call
+    draws it again."""
+    for m, shape in _sampling_layers():
+        x = torch.randn(*shape)
+        m(x)
+        before = m._random_weight.clone()
+        m.to_empty(device="cpu")
+        assert m._random_weight is not None and torch.equal(m._random_weight, before)
+        m.to("meta")
+        assert m._random_weight is not None and m._random_weight.is_meta
+        m.to_empty(device="cpu")
+        assert m._random_weight is None and m._random_bias is None

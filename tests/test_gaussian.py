@@ -1053,10 +1053,10 @@ def test_traces_of_the_autograd_functions_save_and_load(dtype: torch.dtype) -> N
 
 @pytest.mark.claim("KL-1")
 def test_kl_beyond_its_range_is_inf_on_every_path() -> None:
-    """Past KL-1's range (t = r^2 - 1 or d overflows, sigma_p = inf, sigma_q = inf) the KL is +inf, on every path:
-    the fused float32 kernel, the plain forms (vmap) and torch.compile. The plain forms formed inf/inf there (NaN),
-    and the fused kernel's rounding guard turned sigma_p = inf's NaN into 0. sigma_q = sigma_p = inf has no limit:
-    NaN."""
+    """At points past KL-1's range where the true KL is infinite (sigma_p = inf, sigma_q = inf) or overflows the
+    dtype (float64 r = 1e300 or d = 1e400; float32 r = 1e30, KL = 5e59), every path returns +inf: the fused float32
+    kernel, the plain forms (vmap) and torch.compile. The plain forms formed inf/inf there (NaN), and the fused
+    kernel's rounding guard turned sigma_p = inf's NaN into 0. sigma_q = sigma_p = inf has no limit: NaN."""
     cases = [((0.0, 1.0, 0.0, 1e-300), torch.float64, math.inf), ((1e200, 1.0, 0.0, 1e-200), torch.float64, math.inf),
              ((0.0, 1.0, 0.0, 1e-30), torch.float32, math.inf)]
     for dt in (torch.float32, torch.float64):

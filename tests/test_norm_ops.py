@@ -286,3 +286,16 @@ def test_a_trace_sees_the_planes_of_its_input(cls: type[nn.Module], affine: bool
             results.append((y.detach(), *torch.autograd.grad((y * y).sum(), wrt)))
         for got, want in zip(*results, strict=True):
             assert torch.equal(got, want), shape
+
+
+@pytest.mark.parametrize("cls", [rv.RLayerNorm2d, rv.BayesianRLayerNorm2d], ids=lambda c: c.__name__)
+def test_export_with_dynamic_height_and_width(cls: type[nn.Module]) -> None:
+    """The 2d operators read the plane from x's sizes without fixing them (no int() of a symbolic size): a program
+    exported with H and W dynamic runs at another H x W and gives eager's output bit for bit (the same C kernel)."""
+    torch.manual_seed(0)
+    m = cls(3)
+    h, w = torch.export.Dim("H", min=2, max=64), torch.export.Dim("W", min=2, max=64)
+    ep = torch.export.export(m, (torch.randn(2, 3, 5, 6),), dynamic_shapes={"x": {2: h, 3: w}})
+    for shape in [(2, 3, 6, 5), (2, 3, 9, 4), (2, 3, 8, 8)]:
+        x = torch.randn(*shape)
+        assert torch.equal(ep.module()(x), m(x)), shape

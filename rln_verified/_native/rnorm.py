@@ -157,7 +157,7 @@ def _planes(x: Tensor, two_d: bool, p: int, l_: int) -> tuple[int, int]:
     say: a ``torch.jit.trace`` records the sizes of the traced input as constants, and a trace run on an (H, W) of
     the same H W but another shape must still see its own planes (not a (p, l_) view of them)."""
     if two_d and x.ndim >= 2:
-        return int(x.shape[-2]), int(x.shape[-1])
+        return x.shape[-2], x.shape[-1]  # symbolic under export and dynamic compile: no int(), which would specialize
     return p, l_
 
 
