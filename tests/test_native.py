@@ -271,3 +271,27 @@ def test_threads_split_groups_without_changing_results(two_d: bool) -> None:
     for a, b in zip(p1, p2, strict=True):
         # one float32 rounding of the final value plus the float64 reordering (2^-40 relative is far above it)
         torch.testing.assert_close(a, b, rtol=2.0**-23, atol=0.0)
+
+
+@pytest.mark.claim("N1", "N11")
+@pytest.mark.parametrize("side", [4, 5, 8, 16])
+def test_constant_planes_of_any_magnitude_give_beta(side: int) -> None:
+    """A constant plane has x_c = 0, so y = beta, whatever its magnitude (N1: |y - beta| <= sqrt(M - 1) |gamma|). The
+    8-lane output path once formed y = x s + (beta - mean s), whose rounding of mean s survived: a 4 x 4 plane of
+    1e30 gave 7.7e15, of 1e10 gave 1.4e-4. Channels next to the constant one are ordinary."""
+    torch.manual_seed(0)
+    for cls in (rv.RLayerNorm2d, rv.BayesianRLayerNorm2d):
+        m = cls(3)
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor([1.5, -2.0, 0.5]))
+            m.bias.copy_(torch.tensor([0.25, -1.0, 3.0]))
+        for v in (1e30, 1e20, 1e10, 3e9, -7e12):
+            x = torch.randn(2, 3, side, side)
+            x[:, 1] = v
+            y = m(x).detach()
+            beta, gamma = m.bias.detach()[1], m.weight.detach()[1]
+            dev = float((y[:, 1] - beta).abs().max())
+            if side * side & (side * side - 1) == 0:  # M a power of 2: the mean of the copies is exact, x_c = 0
+                assert dev == 0.0, (cls.__name__, v, side, dev)
+            assert dev <= math.sqrt(side * side - 1) * abs(float(gamma)), (cls.__name__, v, side, dev)
+            assert torch.isfinite(y).all()
