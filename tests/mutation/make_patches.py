@@ -195,8 +195,8 @@ m("rc-row-end-lane", "rnorm.c", RC, "                const v8d xn = j0 + 8 == l 
   "stats_strips (rows on their own): the right end reads x[l-1] for x[l]")
 m("rc-out8-no-bias", "rnorm.c", RC, "st8f(y + j, fma8((ld8f(x + j) - mv) * kv, ld8f(c->w + j), ld8f(c->b + j)));",
   "st8f(y + j, ((ld8f(x + j) - mv) * kv) * ld8f(c->w + j));", "out8: the elementwise bias is dropped")
-m("rc-out8-c0-sign", "rnorm.c", RC, "const v8d sc = splat8(s), c0 = splat8(fma(-mean, s, c->b ? (double)c->b[ch] : 0.0));",
-  "const v8d sc = splat8(s), c0 = splat8(fma(mean, s, c->b ? (double)c->b[ch] : 0.0));", "out8: beta + mean sc for beta - mean sc")
+m("rc-out8-mode1-sign", "rnorm.c", RC, "st8f(y + j, fma8(ld8f(x + j) - mv, sc, bv));",
+  "st8f(y + j, fma8(ld8f(x + j) + mv, sc, bv));", "out8: x + mean for x - mean (per-channel affine)")
 
 # ---- gauss.c ----------------------------------------------------------------------------------------------
 m("gc-phi-taylor-coef", "gauss.c", GC, "p23 = 1.0 / 24 + s * (1.0 / 120)", "p23 = 1.0 / 24 + s * (1.0 / 720)", "phi: wrong Taylor coefficient of s^5")
