@@ -50,7 +50,7 @@ def safe_sqrt(var: torch.Tensor) -> torch.Tensor:
     that is identically 0 (at a zero input, d sqrt(sum x_j^2 s_j^2)/d rho = 0); at ``tiny`` it is
     ``1/(2 sqrt(tiny))``, finite.
     """
-    if var.numel() >= FUSE_MIN and eager_nodes_ok(var):
+    if eager_nodes_ok(var) and var.numel() >= FUSE_MIN:  # no size test while export records: it would guard the batch
         out: torch.Tensor = _SafeSqrt.apply(var)  # type: ignore[no-untyped-call]
         return out
     return torch.sqrt(var.clamp_min(torch.finfo(var.dtype).tiny))

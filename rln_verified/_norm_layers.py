@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -75,9 +76,16 @@ class _RNormBase(nn.Module):
         return s
 
     def _config(self, two_d: bool, shape: tuple[int, ...]) -> NormConfig:
-        """Read on every call, so a changed attribute (``eps``, ``alpha``, the lambda bounds) takes effect."""
-        return NormConfig(self.eps, self.alpha if self._bayes else 0.0, self._bayes, two_d, shape, self.lambda_min,
-                          self.lambda_max, float32_under_autocast=True)
+        """Read on every call, so a changed attribute (``eps``, ``alpha``, the lambda bounds) takes effect; checked
+        on every call too, with the constructor's rules, so a bad one is a ValueError, not NaN output."""
+        eps, alpha, lo, hi = self.eps, self.alpha if self._bayes else 0.0, self.lambda_min, self.lambda_max
+        if not (isinstance(eps, float) and isinstance(alpha, float) and isinstance(lo, float) and isinstance(hi, float)
+                and 0.0 < eps < math.inf and 0.0 <= alpha < math.inf and 0.0 <= lo < hi < math.inf):
+            try:
+                check_config(eps, alpha, lo + 0.5 * (hi - lo) if hi > lo else lo, lo, hi)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{type(self).__name__}: {exc} (an attribute set after construction)") from None
+        return NormConfig(eps, alpha, self._bayes, two_d, shape, lo, hi, float32_under_autocast=True)
 
 
 def _lambda_raw_as_vector(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:

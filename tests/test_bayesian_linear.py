@@ -2142,3 +2142,22 @@ def test_to_empty_keeps_or_drops_the_stored_noise() -> None:
         assert m._random_weight is not None and m._random_weight.is_meta
         m.to_empty(device="cpu")
         assert m._random_weight is None and m._random_bias is None
+
+
+def test_export_with_a_dynamic_batch() -> None:
+    """torch.export with a dynamic batch dimension: no size test of the fused-node choice runs while export records
+    (safe_sqrt compared numel() with FUSE_MIN first, which guarded the batch to <= 4096/3 or 2 <= b <= 511 and failed
+    the export). The CLT programs give eager's moments at another batch size; the sampling ones run there."""
+    import rln_verified as rv
+
+    torch.manual_seed(0)
+    b = torch.export.Dim("b")
+    for m in (rv.CLTLinear(4, 3, is_input=True), rv.BayesianMLP(4, 2, 2, 8, "clt")):
+        ep = torch.export.export(m, (torch.randn(2, 4),), dynamic_shapes=({0: b},))
+        x = torch.randn(7, 4)
+        for got, want in zip(ep.module()(x), m(x), strict=True):
+            assert torch.allclose(got, want, rtol=0.0, atol=0.0), type(m).__name__
+    for m in (rv.LRLinear(4, 3), rv.BayesianMLP(4, 2, 2, 8, "lr"), rv.BBBLinear(4, 3)):
+        ep = torch.export.export(m, (torch.randn(2, 4),), dynamic_shapes=({0: b},))
+        y = ep.module()(torch.randn(7, 4))
+        assert y.shape[0] == 7 and torch.isfinite(y).all(), type(m).__name__

@@ -1006,3 +1006,33 @@ def test_noise_ratio_names_a_too_small_input() -> None:
         noise_ratio(torch.randn(4, 1), two_d=False)
     assert noise_ratio(torch.randn(4, 2), two_d=False).shape == (4, 1)
     assert noise_ratio(torch.randn(2, 3, 2, 2)).shape == (2, 3, 1, 1)
+
+
+def test_a_non_finite_lambda_raw_gives_nan_on_every_path() -> None:
+    """An optimizer that diverges can leave lambda_raw at inf or NaN. Every path then returns NaN (lambda = lo + (hi -
+    lo)(1 + sin raw)/2 is NaN), where the fused float32 path raised math's 'math domain error' from math.sin."""
+    cases = ((BayesianRLayerNorm, (2, 8)), (RLayerNorm2d, (2, 3, 8, 8)), (BayesianRLayerNorm2d, (2, 3, 5, 6)))
+    for cls, shape in cases:
+        for dt in (torch.float32, torch.float64):
+            m = cls(shape[-1] if cls is BayesianRLayerNorm else 3).to(dt)
+            for bad in (math.inf, -math.inf, math.nan):
+                m.lambda_raw.data.fill_(bad)
+                assert m(torch.randn(*shape, dtype=dt)).isnan().all(), (cls.__name__, dt, bad)
+
+
+def test_attributes_set_after_construction_are_checked_at_the_call() -> None:
+    """eps, alpha and the lambda bounds are read on every call, so they are checked there with the constructor's
+    rules: eps = 0 gave NaN for a constant group and alpha < 0 a u below 0; now each is a ValueError naming the
+    layer. A valid change takes effect."""
+    x = torch.randn(2, 3, 6, 6)
+    for attr, bad, msg in (("eps", 0.0, "eps must be > 0"), ("eps", -1e-5, "eps must be > 0"),
+                           ("alpha", -1.0, "alpha must be >= 0"), ("eps", math.nan, "eps must be a finite"),
+                           ("lambda_min", 2.0, "lambda bounds must satisfy")):
+        m = BayesianRLayerNorm2d(3)
+        setattr(m, attr, bad)
+        with pytest.raises(ValueError, match=rf"^BayesianRLayerNorm2d: {msg}.*set after construction\)$"):
+            m(x)
+    m = BayesianRLayerNorm2d(3)
+    y0 = m(x)
+    m.eps = 1e-2
+    assert not torch.equal(m(x), y0)

@@ -220,6 +220,8 @@ def _lambda(lam_src: Tensor, cfg: PlaneConfig) -> tuple[float, float]:
     src = float(lam_src)
     if cfg.lo is None:
         return src, 1.0
+    if not math.isfinite(src):  # a diverged optimizer: NaN, as the eager path's torch.sin gives (math.sin raises)
+        return math.nan, math.nan
     lo, hi = cfg.lo, cfg.hi
     return lo + (hi - lo) * 0.5 * (1.0 + math.sin(src)), (hi - lo) * 0.5 * math.cos(src)
 
