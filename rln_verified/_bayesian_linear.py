@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
@@ -263,11 +264,26 @@ class BayesianLayer(nn.Module):
         """``(weight_mu, bias_mu)``."""
         return self.weight_mu, self.bias_mu
 
+    def _check_unsharded(self, what: str) -> None:
+        """Outside forward, FSDP2 (``fully_shard`` on this layer) leaves each parameter a DTensor holding one rank's
+        shard, and the priors plain tensors: refuse with the way out instead of a mixed-tensor error from torch."""
+        if "torch.distributed.tensor" not in sys.modules:  # nothing can be a DTensor
+            return
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(self.weight_mu, DTensor):
+            raise TypeError(
+                f"{type(self).__name__}.{what}(): the parameters are sharded (DTensor: fully_shard was applied to "
+                "this layer), and outside forward each rank holds a shard. Compute it inside the model's forward, "
+                "where FSDP2 gathers them, or after the layer's unshard() (then reshard())"
+            )
+
     def std(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(sigma_w, sigma_b)``, each ``exp(rho)`` or ``softplus(rho)`` inside :func:`std_bounds` (C6); float32 on
         CPU the exp is the fused kernel's, within 0.99 ulp (EXP-1)."""
         if self.weight_rho is None:
             raise ValueError(f"{type(self).__name__} has no learned standard deviation (weight_rho is None)")
+        self._check_unsharded("std")
         sb = self._std_of(self.bias_rho) if self.bias_rho is not None else None
         return self._std_of(self.weight_rho), sb
 
@@ -275,11 +291,13 @@ class BayesianLayer(nn.Module):
         """``(sigma_w**2, sigma_b**2)``, the squares of :meth:`std` bit for bit."""
         if self.weight_rho is None:
             raise ValueError(f"{type(self).__name__} has no learned standard deviation (weight_rho is None)")
+        self._check_unsharded("var")
         sb = self._std_of(self.bias_rho, square=True) if self.bias_rho is not None else None
         return self._std_of(self.weight_rho, square=True), sb
 
     def KL(self) -> tuple[torch.Tensor, int]:
         """``(sum of KL(posterior || prior) over weights and biases, number of weight and bias elements)`` (C1)."""
+        self._check_unsharded("KL")
         wm, bm = self.mean()
         ws, bs = self.std()
         kl = kl_normal(wm, ws, self.prior_mean.expand_as(wm), self.prior_std.expand_as(wm)).sum()

@@ -35,7 +35,7 @@ class BayesianMLP(nn.Module):
 
     Raises:
         ValueError: ``depth < 1``, ``width < 1``, an unknown ``layer_type`` or ``act``, ``has_norm`` with
-            a CLT layer type (or with ``width < 2``).
+            a CLT layer type (or with ``width < 2`` and a hidden layer, ``depth > 1``).
     """
 
     def __init__(
@@ -65,7 +65,7 @@ class BayesianMLP(nn.Module):
         if has_norm and self.is_clt:
             raise ValueError("has_norm is not available for CLT layers: a normalization of a random vector has no "
                              "closed-form moments to propagate; use layer_type 'bbb' or 'lr'")
-        if has_norm and width < 2:
+        if has_norm and width < 2 and depth > 1:  # depth 1 has no hidden layer, so no norm
             raise ValueError(f"has_norm needs width >= 2 (R-LayerNorm's window), got {width}")
         self.has_norm = bool(has_norm)
         mult = 2 if act == "crelu" else 1

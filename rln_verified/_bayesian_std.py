@@ -31,7 +31,10 @@ def std_bounds(dtype: torch.dtype) -> tuple[float, float]:
     stay normal. Above: ``sigma**2 <= max**(1/4)``, so ``x**2 sigma**2`` summed over a layer stays finite
     for ``|x| <= max**(1/4) / sqrt(fan_in)``, and the KL's ``t = (sigma/s)**2 - 1`` keeps ``t**2`` finite
     for every prior std ``s >= max**(-1/8)``. float32: ``[3.3e-10, 6.5e4]``; float64: ``[1.2e-77, 3.4e38]``.
-    float16 and bfloat16 use the float32 range (their std is computed in float32 and cast back).
+    float16 and bfloat16 use the float32 range (their std is computed in float32 and cast back). bfloat16 holds all
+    of it; float16 does not (its largest float is 65504, its smallest subnormal 6e-8), so a float16 std saturates
+    there: 0 for rho below about -16.6, inf above about 11.1 (C6's finite, positive std is a float32, float64 and
+    bfloat16 statement).
     """
     fi = torch.finfo(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
     return float(fi.tiny) ** 0.25, float(fi.max) ** 0.125
@@ -164,9 +167,13 @@ def posterior_std(rho: torch.Tensor, use_softplus: bool, square: bool = False) -
     """
     lo, hi = std_bounds(rho.dtype)
     if use_softplus:
-        r = rho.clamp(float(inv_softplus(torch.tensor(lo, dtype=torch.float64))), hi)
+        # float16: the bounds are float32's (std_bounds) and hi overflows float16, so clamp and compute in float32
+        # and cast back, as the docstring of std_bounds says
+        rf = rho.float() if rho.dtype == torch.float16 else rho
+        r = rf.clamp(float(inv_softplus(torch.tensor(lo, dtype=torch.float64))), hi)
         sd = softplus(r)
-        return sd.square() if square else sd
+        sd = sd.square() if square else sd
+        return sd.to(rho.dtype)
     if recording():
         if not onnx_exporting() and rho.dtype == torch.float32 and (rho.is_cpu or rho.is_cuda):
             op_out: torch.Tensor = gauss.exp_clamp_op(rho, math.log(lo), math.log(hi), square)
@@ -211,5 +218,5 @@ class _SafeSqrt(torch.autograd.Function):
         return g_v if low is None else g_v.masked_fill(low, 0.0)
 
 
-__all__ = ["FUSE_MIN", "INIT_STD", "ExpStd", "eager_nodes_ok", "no_autocast_backward", "posterior_std", "safe_sqrt",
-           "safe_sqrt_plain", "sqrt_and_mask", "squared_std", "std_bounds", "std_plain"]
+__all__ = ["FUSE_MIN", "INIT_STD", "ExpStd", "eager_nodes_ok", "no_autocast_backward",
+           "posterior_std", "safe_sqrt", "safe_sqrt_plain", "sqrt_and_mask", "squared_std", "std_bounds", "std_plain"]

@@ -2161,3 +2161,31 @@ def test_export_with_a_dynamic_batch() -> None:
         ep = torch.export.export(m, (torch.randn(2, 4),), dynamic_shapes=({0: b},))
         y = ep.module()(torch.randn(7, 4))
         assert y.shape[0] == 7 and torch.isfinite(y).all(), type(m).__name__
+
+
+@pytest.mark.claim("C6")
+def test_float16_softplus_layers_compute_the_std_in_float32() -> None:
+    """Under softplus a float16 layer clamped rho at float32's bound 65536 in float16, which torch refused ('value
+    cannot be converted to type c10::Half without overflow') at the first call, KL() or std(). The std is computed
+    in float32 and cast back, as std_bounds documents: forward, KL() and std() run, and the initial std is INIT_STD up
+    to float16's rounding (tolerance as in test_half_precision_layers_use_the_float32_std_range, p = 10)."""
+    import rln_verified as rv
+
+    tol = math.expm1(2.0 ** -9) + 2.0 ** -11
+    for m, shape in ((rv.LRLinear(3, 2, dtype=torch.float16, use_softplus=True), (4, 3)),
+                     (rv.BBBConv2d(3, 2, 3, dtype=torch.float16, use_softplus=True), (1, 3, 5, 5))):
+        y = m(torch.randn(*shape, dtype=torch.float16))
+        assert y.dtype == torch.float16 and torch.isfinite(y).all()
+        assert torch.isfinite(m.KL()[0])
+        sw, _ = m.std()
+        assert sw.dtype == torch.float16
+        assert float((sw.double() / INIT_STD - 1).abs().max()) <= tol
+
+
+def test_a_depth_one_mlp_has_no_norm_to_size() -> None:
+    """depth 1 has no hidden layer, so has_norm inserts no norm and any width is fine (width 1 used to raise the
+    window's width >= 2 rule); depth 2 with width 1 still raises it."""
+    m = BayesianMLP(3, 2, 1, 1, layer_type="lr", has_norm=True)
+    assert m(torch.randn(4, 3)).shape == (4, 2)
+    with pytest.raises(ValueError, match="has_norm needs width >= 2"):
+        BayesianMLP(3, 2, 2, 1, layer_type="lr", has_norm=True)

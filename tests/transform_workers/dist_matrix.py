@@ -88,6 +88,21 @@ def fsdp_cell(s: Subject, rank: int, mesh: Any) -> None:
         scale = max(float(g_ref.abs().max()), torch.finfo(torch.float32).tiny)
         tol = 2 * s.k(1) * EPS32 + 2 * EPS32 * float(p0[name].abs().max()) / (LR * scale)
         close(f"FSDP2 step of {name}", (p0[name] - full.detach()) / LR, g_ref, tol, "2*3k eps32 + rounding of step")
+    inner = mod.inner
+    if getattr(inner, "weight_rho", None) is not None and hasattr(inner, "KL"):
+        # Outside forward the parameters are shards: KL() refuses with the way out, and after unshard() it runs.
+        try:
+            inner.KL()
+        except TypeError as exc:
+            if "sharded" not in str(exc):
+                raise
+        else:
+            raise AssertionError("KL() on sharded parameters should refuse")
+        inner.unshard()
+        kl, _ = inner.KL()
+        if not bool(torch.isfinite(kl)):
+            raise AssertionError(f"KL() after unshard(): {float(kl)}")
+        inner.reshard()
 
 
 def _describe(exc: BaseException) -> str:
