@@ -635,10 +635,11 @@ static inline v4d kl4(v4d mq, v4d sq, v4d mp, v4d sp) {
     const v4d g_far = t - 2.0 * klog(vsel(r_ok & ~near, r, vfill(1.0)));
     v4d g = vsel(near, g_near, g_far);
     g = vsel(g < 0.0, vfill(0.0), g);                       /* rounding guard; g >= 0 exactly (KL-2); NaN stays */
-    /* r = 0 or inf: KL = inf, also for sp = inf (r = 0, where t is inf/inf); sq = sp = inf has no limit: NaN */
-    g = vsel((sq == 0.0) | (sq == INFINITY) | (sp == INFINITY), vfill(INFINITY), g);
+    /* r = 0 or inf: KL = inf. From float32 inputs r = 0 exactly when sq = 0 or sp = inf (where t is inf/inf) and
+     * r = inf when sq = inf; sq = sp = inf gives r = NaN, and g stays NaN (no limit) */
+    g = vsel((r == 0.0) | (r == INFINITY), vfill(INFINITY), g);
     const v4d kl = 0.5 * (d * d + g);
-    const v4l bad = ~(sq >= 0.0) | ~(sp > 0.0) | ((sq == INFINITY) & (sp == INFINITY)); /* NaN included */
+    const v4l bad = ~(sq >= 0.0) | ~(sp > 0.0);            /* NaN included */
     return vsel(bad, vfill(NAN), kl);
 }
 
