@@ -295,3 +295,105 @@ def test_constant_planes_of_any_magnitude_give_beta(side: int) -> None:
                 assert dev == 0.0, (cls.__name__, v, side, dev)
             assert dev <= math.sqrt(side * side - 1) * abs(float(gamma)), (cls.__name__, v, side, dev)
             assert torch.isfinite(y).all()
+
+
+# ---- the Bayesian forward's 8-lane psi and expm1 (N11, "the per-group scalars in 8 lanes") -----------------
+
+needs_vector = pytest.mark.skipif(not rnorm.vector_paths(), reason="the kernel has no 8-lane paths here (no AVX-512)")
+PSI_TOL = 1e-13  # N11's bound on psi (proofs/norm.md); PSI-3's direct-branch derivation with this log1p: ~45 eps
+EXPM1_TOL = 4 * 2.0**-52  # N11: reduction u|r|, alternating Horner sum < 3u, one rounding in 2^k e_r + (2^k - 1)
+
+
+def _rel(got: float, ref: Any) -> float:
+    import mpmath
+
+    return 0.0 if ref == 0 and got == 0 else abs(float((mpmath.mpf(got) - ref) / ref))
+
+
+def _vector_errors(ts: list[float], zs: list[float]) -> tuple[list[float], list[float]]:
+    import mpmath
+
+    from rln_verified.verify.special import psi_ref
+
+    out = rnorm.vector_psi_expm1(torch.tensor(ts, dtype=torch.float64), torch.tensor(zs, dtype=torch.float64))
+    assert out is not None
+    ps, em = out[0].tolist(), out[1].tolist()
+    tiny = 2.0**-1022
+    ep = [_rel(p, psi_ref(t)) if psi_ref(t) >= tiny else (0.0 if 0.0 <= p <= tiny else math.inf)
+          for t, p in zip(ts, ps, strict=True)]
+    with mpmath.workdps(60):
+        ez = [_rel(e, mpmath.expm1(mpmath.mpf(z))) for z, e in zip(zs, em, strict=True)]
+    return ep, ez
+
+
+@needs_kernel
+@needs_vector
+@pytest.mark.claim("N11")
+def test_vector_psi_and_expm1_sweep_against_mpmath() -> None:
+    """Every order of magnitude of t (4 a decade), dense where psi's direct form cancels (just above the switch at
+    0.1, the worst case of PSI-3), both sides of the switch; z from -1e-300 to -800 and across the reduction's
+    boundaries at multiples of ln2/2. The lanes are filled in groups of 8 and a short tail, as the kernel's are."""
+    ts = [10.0 ** (k / 4) for k in range(-1200, 1201)] + [0.1 + k * 1e-4 for k in range(1, 2000)]
+    ts += [0.0, math.nextafter(0.1, 0.0), 0.1, math.nextafter(0.1, 1.0), 1.0, 2.0**53, 2.0**1000]
+    zs = [-(10.0 ** (k / 8)) for k in range(-2400, 24)] + [-k * math.log(2) / 2 for k in range(0, 60)]
+    zs += [math.nextafter(-k * math.log(2) / 2, s) for k in range(1, 60) for s in (0.0, -math.inf)] + [-0.0, -745.0]
+    n = max(len(ts), len(zs))
+    ts, zs = (ts * 2)[:n - 3], (zs * 2)[:n - 3]  # n - 3: a tail of fewer than 8 lanes
+    ep, ez = _vector_errors(ts, zs)
+    wp, wz = max(range(len(ep)), key=ep.__getitem__), max(range(len(ez)), key=ez.__getitem__)
+    assert ep[wp] <= PSI_TOL, f"psi({ts[wp]!r}): relative error {ep[wp]:.3g} > {PSI_TOL:g}"
+    assert ez[wz] <= EXPM1_TOL, f"expm1({zs[wz]!r}): relative error {ez[wz]:.3g} > {EXPM1_TOL:.3g}"
+
+
+@needs_kernel
+@needs_vector
+@pytest.mark.claim("N11")
+@given(st.lists(st.floats(0.0, 1e300), min_size=1, max_size=20), st.floats(-1e3, 0.0))
+@example([math.nextafter(0.1, 1.0)], -math.log(2) / 2)
+@example([0.10195186800370509], -0.3566382198949638)  # the worst of a 8000-point random draw
+def test_vector_psi_and_expm1_random(ts: list[float], z0: float) -> None:
+    zs = [z0 * (k + 1) / len(ts) for k in range(len(ts))]
+    ep, ez = _vector_errors(ts, zs)
+    target(max(ep) / PSI_TOL, label="psi error / bound")
+    target(max(ez) / EXPM1_TOL, label="expm1 error / bound")
+    assert max(ep) <= PSI_TOL and max(ez) <= EXPM1_TOL, (ts, zs, ep, ez)
+
+
+@needs_kernel
+@pytest.mark.claim("N11", "N9")
+def test_a_group_gives_the_same_bits_alone_at_any_position_and_next_to_nan() -> None:
+    """The Bayesian forward takes its per-group scalars 8 groups at a time: a group's y, u and dL/dx must not depend
+    on which lanes it shares, on the batch size (a short last block), or on a NaN group beside it."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(13, 3, 8, 8, generator=g) * 2 + 0.5
+    gy = torch.randn(13, 3, 8, 8, generator=g)
+    layer = rv.BayesianRLayerNorm2d(3)
+
+    def run(xb: torch.Tensor, gb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xr = xb.clone().requires_grad_(True)
+        y, u = layer(xr, return_uncertainty=True)
+        (y * gb).sum().add(u.sum()).backward()
+        assert xr.grad is not None
+        return y.detach(), u.detach(), xr.grad
+
+    y, u, gx = run(x, gy)
+    for i in (0, 5, 12):
+        yi, ui, gi = run(x[i:i + 1], gy[i:i + 1])
+        assert torch.equal(yi[0], y[i]) and torch.equal(ui[0], u[i]) and torch.equal(gi[0], gx[i]), i
+    xn = x.clone()
+    xn[4, 1, 3, 3] = math.nan
+    yn, un, _ = run(xn, gy)
+    keep = torch.ones(13, 3, dtype=torch.bool)
+    keep[4, 1] = False
+    assert torch.equal(yn[keep], y[keep]) and torch.equal(un.reshape(13, 3)[keep], u.reshape(13, 3)[keep])
+    # the float64 per-group values the operator saves show a 1-ulp change that the float32 outputs would round away
+    w, b, lam = torch.ones(3), torch.zeros(3), torch.tensor(0.7)
+
+    def stats(xb: torch.Tensor) -> torch.Tensor:
+        out = torch.ops.rln_verified.rnorm_forward(xb, w, b, lam, None, 1.0, 1e-5, 1.0, True, True, 1, 8, 8)
+        return out[2].reshape(xb.shape[0], 3, -1)
+
+    full, alone = stats(x), [stats(x[i:i + 1])[0] for i in range(13)]
+    assert all(torch.equal(alone[i], full[i]) for i in range(13))
+    with_nan = stats(xn)
+    assert torch.equal(with_nan[keep], full[keep]) and not bool(torch.isfinite(with_nan[4, 1, 1:]).all())

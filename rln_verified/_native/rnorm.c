@@ -70,7 +70,8 @@ static double psi(double t) {
 /* psi'(t) = t/(1+t)^2 (PSI-3), clamped to its exact bound 1/4 (PSI-4). */
 static double dpsi(double t) {
     if (isinf(t)) return 0.0;
-    double d = (t / (1.0 + t)) / (1.0 + t);
+    const double w = 1.0 / (1.0 + t);
+    double d = (t * w) * w;
     return d > 0.25 ? 0.25 : d;
 }
 
@@ -298,6 +299,7 @@ typedef struct {
     i64 p, l, m, channels;
     int two_d, bayes, mode; /* mode: 0 no affine, 1 per channel (index g % channels), 2 elementwise (length m) */
     double eps, lam, alpha;
+    double inv_m; /* 1/m, for the backward's per-group scalars (a product, where a division per group would wait) */
     const float *w, *b;
     double *wf; /* reuse weight of every plane element, wp_i wl_j (N0) */
     double *wp, *wl; /* its factors: wp (p values, all 1 unless two_d) and wl (l values, 64-byte aligned) */
@@ -306,7 +308,7 @@ typedef struct {
 static int make_cfg(Cfg *c, i64 p, i64 l, int two_d, int bayes, double eps, double lam, double alpha, int mode,
                     const float *w, const float *b, i64 channels) {
     if (p < 1 || l < 2 || (two_d && p < 2)) return 1;
-    c->p = p; c->l = l; c->m = p * l; c->channels = channels > 0 ? channels : 1;
+    c->p = p; c->l = l; c->m = p * l; c->inv_m = 1.0 / (double)c->m; c->channels = channels > 0 ? channels : 1;
     c->two_d = two_d; c->bayes = bayes; c->mode = mode; c->eps = eps; c->lam = lam; c->alpha = alpha;
     c->w = w; c->b = b;
     /* one block: wf (m), wl (l rounded up to 8), wp (p), wl on a 64-byte boundary */
@@ -409,7 +411,7 @@ static void stats8(const Cfg *c, const float *restrict x, double *mean_out, doub
     const double mean = hsum8(sa + sb) / (double)m;
     const v8d mv = splat8(mean);
     const double *restrict wf = c->wf;
-    v8d q = splat8(0.0), qw = q, qb = q;
+    v8d q = splat8(0.0), qw = q, qb = q, qi = q;
     v8d d0 = ld8f(x) - mv, d1 = ld8f(x + 8) - mv;
     v8d h0 = box8(d0), h1 = box8(d1);
     q = fma8(d0, d0, fma8(d1, d1, q));
@@ -418,8 +420,12 @@ static void stats8(const Cfg *c, const float *restrict x, double *mean_out, doub
     qb = fma8(t, t, qb);
     for (i = 2; i < p; ++i) {
         const v8d d2 = ld8f(x + 8 * i) - mv, h2 = box8(d2);
-        q = fma8(d2, d2, q);
-        qw = fma8(*(const v8d *)(wf + 8 * i), d2 * d2, qw);
+        if (i < p - 2) { /* wp_i = 1: sum w x_c^2 takes wl once, below */
+            qi = fma8(d2, d2, qi);
+        } else {
+            q = fma8(d2, d2, q);
+            qw = fma8(*(const v8d *)(wf + 8 * i), d2 * d2, qw);
+        }
         t = addm(h0, h1) + h2; /* row i - 1 */
         qb = fma8(t, t, qb);
         h0 = h1;
@@ -427,6 +433,8 @@ static void stats8(const Cfg *c, const float *restrict x, double *mean_out, doub
     }
     t = addm(h0, h1) + h0; /* row p - 1, reflected at the bottom */
     qb = fma8(t, t, qb);
+    q = q + qi;
+    qw = fma8(*(const v8d *)c->wl, qi, qw);
     *mean_out = mean; *ss_out = hsum8(q); *ssw_out = hsum8(qw); *sbx_out = hsum8(qb);
 }
 
@@ -486,15 +494,21 @@ static void stats_strips(const Cfg *c, const float *restrict x, double *mean_out
         const int first = j0 == 0, last = j0 + 8 == l;
         const v8d wlv = *(const v8d *)(c->wl + j0);
         v8d h0 = splat8(0.0), h1 = h0;
+        /* the strip's sums of x_c^2: qi over the rows of weight wp_i = 1, qe and qew (wp_i x_c^2) over the others;
+         * sum w x_c^2 takes wl once per strip */
+        v8d qi = splat8(0.0), qe = qi, qew = qi;
         for (i64 i = 0; i < p; ++i) {
             const float *r = x + i * l + j0;
-            const v8d wv = (i < 2 || i >= p - 2) ? wlv * splat8(c->wp[i]) : wlv; /* wp_i = 1 inside */
             const v8d cur = ld8f(r), d = cur - mv;
             const v8d xp = first ? SHUF(cur, 1, 0, 1, 2, 3, 4, 5, 6) : ld8f(r - 1);
             const v8d xn = last ? SHUF(cur, 1, 2, 3, 4, 5, 6, 7, 6) : ld8f(r + 1);
             const v8d h = addm(addm(xp, xn) - m2, d);
-            q = fma8(d, d, q);
-            qw = fma8(wv, d * d, qw);
+            if (i < 2 || i >= p - 2) {
+                qe = fma8(d, d, qe);
+                qew = fma8(splat8(c->wp[i]), d * d, qew);
+            } else {
+                qi = fma8(d, d, qi);
+            }
             if (!c->two_d) {
                 qb = fma8(h, h, qb);
             } else if (i == 0) {
@@ -514,6 +528,8 @@ static void stats_strips(const Cfg *c, const float *restrict x, double *mean_out
             const v8d t = h0 + h1 + h0; /* row p - 1, reflected at the bottom */
             qb = fma8(t, t, qb);
         }
+        q = q + (qi + qe);
+        qw = fma8(wlv, qi + qew, qw);
     }
     *mean_out = mean; *ss_out = hsum8(q); *ssw_out = hsum8(qw); *sbx_out = hsum8(qb + qb2);
 }
@@ -543,11 +559,109 @@ static void out8(const Cfg *c, const float *restrict x, float *restrict y, doubl
     }
 }
 
+/* ---- the per-group scalars of 8 groups at once (Bayesian forward; proofs/norm.md, N11 "vector scalars") ----
+ * psi and expm1 in 8 lanes, for t finite and >= 0 and z finite; any other lane takes the scalar fwd_scalars.
+ * Every group takes this routine (a short block is padded), so a group's values never depend on its neighbours
+ * or its position in the batch. */
+
+/* log(w) for finite w >= 1: w = m 2^e with m in [sqrt(1/2), sqrt(2)], log m = 2 atanh(s), s = (m - 1)/(m + 1),
+ * |s| <= 0.1716, as 2 s + s z Q(z), z = s^2, Q the atanh series to z^10 (next term < 2^-56 of the sum). */
+static inline v8d vlog_ge1(v8d w) {
+    __m512d m = _mm512_getmant_pd((__m512d)w, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+    __m512d e = _mm512_getexp_pd((__m512d)w);
+    const __mmask8 big = _mm512_cmp_pd_mask(m, _mm512_set1_pd(1.4142135623730951), _CMP_GT_OQ);
+    m = _mm512_mask_mul_pd(m, big, m, _mm512_set1_pd(0.5));
+    e = _mm512_mask_add_pd(e, big, e, _mm512_set1_pd(1.0));
+    const v8d mv = (v8d)m, s = (mv - 1.0) / (mv + 1.0), z = s * s;
+    v8d q = splat8(2.0 / 23);
+    q = fma8(q, z, splat8(2.0 / 21));
+    q = fma8(q, z, splat8(2.0 / 19));
+    q = fma8(q, z, splat8(2.0 / 17));
+    q = fma8(q, z, splat8(2.0 / 15));
+    q = fma8(q, z, splat8(2.0 / 13));
+    q = fma8(q, z, splat8(2.0 / 11));
+    q = fma8(q, z, splat8(2.0 / 9));
+    q = fma8(q, z, splat8(2.0 / 7));
+    q = fma8(q, z, splat8(2.0 / 5));
+    q = fma8(q, z, splat8(2.0 / 3));
+    const v8d ev = (v8d)e;
+    const v8d lm = fma8(s * z, q, s + s);
+    /* e ln2 split: ln2_hi has 11 trailing zero bits, so e ln2_hi is exact for |e| < 2^11 */
+    return fma8(ev, splat8(6.93147180369123816490e-01), fma8(ev, splat8(1.90821492927058770002e-10), lm));
+}
+
+/* psi(t) for finite t >= 0 (PSI-1): the series branch of psi() for t <= 0.1, else log1p(t) - t/(1 + t) with
+ * log1p(t) = log(w) t/(w - 1), w = 1 + t rounded (the standard correction; w - 1 >= 0.1). */
+static inline v8d vpsi(v8d t) {
+    const v8d w = 1.0 + t;
+    const v8d big = fma8(vlog_ge1(w), t / (w - 1.0), -(t / w));
+    const v8d ws = t / (2.0 + t), z = ws * ws;
+    v8d a = splat8(1.0 / 15);
+    a = fma8(a, z, splat8(1.0 / 13));
+    a = fma8(a, z, splat8(1.0 / 11));
+    a = fma8(a, z, splat8(1.0 / 9));
+    a = fma8(a, z, splat8(1.0 / 7));
+    a = fma8(a, z, splat8(1.0 / 5));
+    a = fma8(a, z, splat8(1.0 / 3));
+    const v8d small = 2.0 * z / (1.0 + ws) + 2.0 * ws * z * a;
+    const __mmask8 lo = _mm512_cmp_pd_mask((__m512d)t, _mm512_set1_pd(0.1), _CMP_LE_OQ);
+    return (v8d)_mm512_mask_blend_pd(lo, (__m512d)big, (__m512d)small);
+}
+
+/* expm1(z) for finite z <= 0: z = k ln2 + r, |r| <= ln2/2, expm1(r) by its Taylor series to r^13/13! (next term
+ * < 2^-56 |r|), then expm1(z) = 2^k expm1(r) + (2^k - 1). z below -800 is -1 to double precision. */
+static inline v8d vexpm1_neg(v8d z) {
+    z = (v8d)_mm512_max_pd((__m512d)z, _mm512_set1_pd(-800.0));
+    const v8d k = (v8d)_mm512_roundscale_pd((__m512d)(z * 1.4426950408889634), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const v8d r = fma8(-k, splat8(1.90821492927058770002e-10), fma8(-k, splat8(6.93147180369123816490e-01), z));
+    v8d p = splat8(1.0 / 6227020800.0);
+    p = fma8(p, r, splat8(1.0 / 479001600.0));
+    p = fma8(p, r, splat8(1.0 / 39916800.0));
+    p = fma8(p, r, splat8(1.0 / 3628800.0));
+    p = fma8(p, r, splat8(1.0 / 362880.0));
+    p = fma8(p, r, splat8(1.0 / 40320.0));
+    p = fma8(p, r, splat8(1.0 / 5040.0));
+    p = fma8(p, r, splat8(1.0 / 720.0));
+    p = fma8(p, r, splat8(1.0 / 120.0));
+    p = fma8(p, r, splat8(1.0 / 24.0));
+    p = fma8(p, r, splat8(1.0 / 6.0));
+    p = fma8(p, r, splat8(0.5));
+    const v8d er = fma8(r * r, p, r);
+    const __m512d k2 = _mm512_scalef_pd(_mm512_set1_pd(1.0), (__m512d)k);
+    return fma8((v8d)k2, er, (v8d)k2 - 1.0);
+}
+
+/* fwd_scalars for groups [0, n), n <= 8, from v[] and nu[]; writes stats (NSTAT per group) and u (float32). */
+static void fwd_scalars8(const double *v, const double *nu, i64 n, const Cfg *c, double *stats, float *u_out) {
+    double vb[8], nb[8];
+    for (int k = 0; k < 8; ++k) {
+        vb[k] = k < n ? v[k] : 1.0;
+        nb[k] = k < n ? nu[k] : 0.0;
+    }
+    const v8d ve = *(const v8d *)vb + c->eps, sig = (v8d)_mm512_sqrt_pd((__m512d)ve);
+    const v8d isig = 1.0 / sig, r = *(const v8d *)nb / ve, t = c->lam * r;
+    const __mmask8 ok = _mm512_cmp_pd_mask((__m512d)t, _mm512_set1_pd(DBL_MAX), _CMP_LE_OQ)
+                        & _mm512_cmp_pd_mask((__m512d)t, _mm512_setzero_pd(), _CMP_GE_OQ);
+    const v8d em = vexpm1_neg(-c->alpha * vpsi((v8d)_mm512_maskz_mov_pd(ok, (__m512d)t)));
+    const v8d a = (1.0 + em) / sig, u = -em * (2.0 + em);
+    for (i64 k = 0; k < n; ++k) {
+        double *st = stats + NSTAT * k;
+        if ((ok >> k) & 1) {
+            st[1] = isig[k]; st[2] = r[k]; st[3] = a[k];
+            u_out[k] = (float)u[k];
+        } else { /* NaN, infinite or negative t: the scalar routine's special cases */
+            double uk;
+            fwd_scalars(vb[k], nb[k], c->eps, c->lam, c->alpha, 1, st + 1, st + 2, st + 3, &uk);
+            u_out[k] = (float)uk;
+        }
+    }
+}
 #else
 #define RLN_VEC8 0
 #define stats8(...) ((void)0)
 #define stats_strips(...) ((void)0)
 #define out8(...) ((void)0)
+#define fwd_scalars8(...) ((void)0)
 #endif /* __AVX512F__ */
 
 /* ---- forward ------------------------------------------------------------------------------------------ */
@@ -630,11 +744,17 @@ static void fwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
             nub[g - gb] = nu < 0.0 ? 0.0 : nu; /* a NaN stays NaN */
             f->stats[NSTAT * g] = mean;
         }
-        for (i64 g = gb; g < ge; ++g) {
-            double *st = f->stats + NSTAT * g;
-            double u;
-            fwd_scalars(vb[g - gb], nub[g - gb], c->eps, c->lam, c->alpha, c->bayes, st + 1, st + 2, st + 3, &u);
-            f->u_out[g] = (float)u;
+        if (RLN_VEC8 && c->bayes) {
+            for (i64 g = gb; g < ge; g += 8)
+                fwd_scalars8(vb + (g - gb), nub + (g - gb), ge - g < 8 ? ge - g : 8, c, f->stats + NSTAT * g,
+                             f->u_out + g);
+        } else {
+            for (i64 g = gb; g < ge; ++g) {
+                double *st = f->stats + NSTAT * g;
+                double u;
+                fwd_scalars(vb[g - gb], nub[g - gb], c->eps, c->lam, c->alpha, c->bayes, st + 1, st + 2, st + 3, &u);
+                f->u_out[g] = (float)u;
+            }
         }
         for (i64 g = gb; g < ge; ++g) {
             const double ka = f->stats[NSTAT * g + 3];
@@ -738,10 +858,10 @@ static void bwd8(const Bwd *bw, i64 g, double *restrict scr, double *acc) {
     const double a_sum = ggxc * isig;
     double g_t = -a_sum * q;
     if (c->bayes && bw->gu) g_t += (double)bw->gu[g] * 2.0 * dlogf * one_m_u;
-    const double coef = (g_t * c->lam) * (2.0 / (double)m) * (isig * isig);
-    const double k_xc = -(a_sum / (double)m) * ka * isig + coef * (1.0 - r);
-    const double k_0 = -(gg_sum / (double)m) * ka;
-    const double k_b = -coef / 81.0;
+    const double coef = (g_t * c->lam) * (2.0 * c->inv_m) * (isig * isig);
+    const double k_xc = -(a_sum * c->inv_m) * ka * isig + coef * (1.0 - r);
+    const double k_0 = -(gg_sum * c->inv_m) * ka;
+    const double k_b = -coef * (1.0 / 81.0);
     const double k_1 = k_xc - coef;
     const double ga = c->mode == 1 ? ka * wc : ka;
     /* vertical window sums (reflect), then their adjoint row by row */
@@ -790,10 +910,10 @@ static BwdK bwd_scalars(const Bwd *bw, i64 g, double gg_sum, double ggxc) {
     BwdK k;
     k.g_t = -a_sum * q;
     if (c->bayes && bw->gu) k.g_t += (double)bw->gu[g] * 2.0 * dlogf * one_m_u;
-    k.coef = (k.g_t * c->lam) * (2.0 / (double)c->m) * (isig * isig);
-    const double k_xc = -(a_sum / (double)c->m) * ka * isig + k.coef * (1.0 - r);
-    k.k_0 = -(gg_sum / (double)c->m) * ka;
-    k.k_b = -k.coef / (cw * cw);
+    k.coef = (k.g_t * c->lam) * (2.0 * c->inv_m) * (isig * isig);
+    const double k_xc = -(a_sum * c->inv_m) * ka * isig + k.coef * (1.0 - r);
+    k.k_0 = -(gg_sum * c->inv_m) * ka;
+    k.k_b = -k.coef * (1.0 / (cw * cw));
     k.k_1 = k_xc - k.coef;
     return k;
 }
@@ -816,7 +936,39 @@ static void bwd_strips(const Bwd *bw, i64 g, double *restrict scr, double *acc) 
     double *restrict xc = scr, *restrict zp = scr + stride(p * ps);
     v8d s1 = splat8(0.0), s2 = s1, s1b = s1, s2b = s1;
     const v8d kav = splat8(ka);
-    for (i64 i = 0; i < p; ++i) {
+    const v8d two = splat8(2.0), three = splat8(3.0), six = splat8(6.0);
+    const int fused = c->two_d && !elem && m <= 2048;
+    if (fused) {
+        /* one walk down each 8-column strip: the sums of g_y and g_y x_c, and zp = (B_v^T B_v) x_c with the last
+         * four rows in registers (plane_vv_pad) */
+        for (i64 j = 0; j < l; j += 8) {
+            const float *restrict xj = x + j, *restrict gj = gy + j;
+            double *restrict oj = zp + 8 + j;
+            v8d a = ld8f(xj) - mv, b = ld8f(xj + l) - mv, cc = ld8f(xj + 2 * l) - mv;
+            v8d d = ld8f(xj + 3 * l) - mv;
+            {
+                const v8d g0 = ld8f(gj), g1 = ld8f(gj + l), g2 = ld8f(gj + 2 * l), g3 = ld8f(gj + 3 * l);
+                s1 += g0 + g1;
+                s1b += g2 + g3;
+                s2 = fma8(g0, a, fma8(g1, b, s2));
+                s2b = fma8(g2, cc, fma8(g3, d, s2b));
+            }
+            *(v8d *)oj = fma8(two, a, fma8(three, b, cc));
+            *(v8d *)(oj + ps) = fma8(three, a, fma8(six, b, fma8(two, cc, d)));
+            for (i64 i = 2; i < p - 2; ++i) {
+                const v8d e = ld8f(xj + (i + 2) * l) - mv, ge = ld8f(gj + (i + 2) * l);
+                if (i & 1) { s1b += ge; s2b = fma8(ge, e, s2b); } else { s1 += ge; s2 = fma8(ge, e, s2); }
+                *(v8d *)(oj + i * ps) = fma8(three, cc, fma8(two, b + d, a + e));
+                a = b;
+                b = cc;
+                cc = d;
+                d = e;
+            }
+            *(v8d *)(oj + (p - 2) * ps) = fma8(six, cc, fma8(two, b, fma8(three, d, a)));
+            *(v8d *)(oj + (p - 1) * ps) = fma8(three, cc, fma8(two, d, b));
+        }
+    }
+    for (i64 i = 0; i < (fused ? 0 : p); ++i) {
         const float *restrict xi = x + i * l, *restrict gi = gy + i * l;
         double *restrict xr = xc + i * xs + x0;
         if (elem) {
@@ -864,9 +1016,11 @@ static void bwd_strips(const Bwd *bw, i64 g, double *restrict scr, double *acc) 
     }
     const BwdK k = bwd_scalars(bw, g, gg_sum, ggxc);
     const double ga = c->mode == 1 ? ka * wc : ka;
-    const v8d two = splat8(2.0), three = splat8(3.0);
     const double *restrict zb;
-    if (c->two_d) {
+    if (fused) {
+        pad5_at(zp, p, l, ps, 8);
+        zb = zp;
+    } else if (c->two_d) {
         /* zp = (B_v^T B_v) x_c down each 8-column strip, the last four rows in registers (plane_vv_pad) */
         for (i64 j = 0; j < l; j += 8) {
             const float *restrict xj = x + j; /* x_c recomputed from x: half the bytes of a stored copy */
@@ -1003,11 +1157,11 @@ static void bwd_groups(void *vctx, i64 g0, i64 g1, double *scr, double *acc) {
         const double a_sum = ggxc * isig;
         double g_t = -a_sum * q;
         if (c->bayes && bw->gu) g_t += (double)bw->gu[g] * 2.0 * dlogf * one_m_u;
-        const double coef = (g_t * c->lam) * (2.0 / (double)m) * (isig * isig);
+        const double coef = (g_t * c->lam) * (2.0 * c->inv_m) * (isig * isig);
         /* gx = gg a + (k_xc + coef (w_j - 1)) x_c - coef/c^2 (B^T B x_c)_j + k_0  (proofs/norm.md, N3) */
-        const double k_xc = -(a_sum / (double)m) * ka * isig + coef * (1.0 - r);
-        const double k_0 = -(gg_sum / (double)m) * ka;
-        const double k_b = -coef / (cw * cw);
+        const double k_xc = -(a_sum * c->inv_m) * ka * isig + coef * (1.0 - r);
+        const double k_0 = -(gg_sum * c->inv_m) * ka;
+        const double k_b = -coef * (1.0 / (cw * cw));
         const double k_1 = k_xc - coef;
         /* gx = ... + k_b (B^T B x_c)_j, B^T B = (B_v^T B_v) (B_h^T B_h) */
         float *restrict gx = bw->gx + g * m;
@@ -1083,7 +1237,31 @@ int rln_backward_f32(const float *x, const float *gy, const float *gu, i64 group
     return rc;
 }
 
-int rln_abi_version(void) { return 5; }
+/* The 8-lane psi and expm1 of the Bayesian forward's scalars (fwd_scalars8), for the N11 check against mpmath:
+ * psi(t[k]) for finite t[k] >= 0 and expm1(z[k]) for finite z[k] <= 0, k < n. Returns 1, writing nothing, where
+ * the vector paths are not compiled. */
+int rln_vector_psi_expm1(const double *t, const double *z, i64 n, double *psi_out, double *em_out) {
+#if RLN_VEC8
+    for (i64 k0 = 0; k0 < n; k0 += 8) {
+        double tb[8], zb[8];
+        for (int k = 0; k < 8; ++k) {
+            tb[k] = k0 + k < n ? t[k0 + k] : 1.0;
+            zb[k] = k0 + k < n ? z[k0 + k] : -1.0;
+        }
+        const v8d ps = vpsi(*(const v8d *)tb), em = vexpm1_neg(*(const v8d *)zb);
+        for (int k = 0; k < 8 && k0 + k < n; ++k) {
+            psi_out[k0 + k] = ps[k];
+            em_out[k0 + k] = em[k];
+        }
+    }
+    return 0;
+#else
+    (void)t; (void)z; (void)n; (void)psi_out; (void)em_out;
+    return 1;
+#endif
+}
+
+int rln_abi_version(void) { return 6; }
 /* 1 when the 8-lane vector paths are compiled in (AVX-512 builds), 0 when every width takes the flat loops */
 int rln_vector_paths(void) { return RLN_VEC8; }
 int rln_stats_per_group(void) { return NSTAT; }

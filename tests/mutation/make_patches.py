@@ -197,6 +197,41 @@ m("rc-out8-no-bias", "rnorm.c", RC, "st8f(y + j, fma8((ld8f(x + j) - mv) * kv, l
   "st8f(y + j, ((ld8f(x + j) - mv) * kv) * ld8f(c->w + j));", "out8: the elementwise bias is dropped")
 m("rc-out8-mode1-sign", "rnorm.c", RC, "st8f(y + j, fma8(ld8f(x + j) - mv, sc, bv));",
   "st8f(y + j, fma8(ld8f(x + j) + mv, sc, bv));", "out8: x + mean for x - mean (per-channel affine)")
+m("rc-vlog-coef", "rnorm.c", RC, "    q = fma8(q, z, splat8(2.0 / 5));", "    q = fma8(q, z, splat8(2.0 / 7));",
+  "vector log: wrong atanh series coefficient of s^5")
+m("rc-vlog-no-exp-step", "rnorm.c", RC, "    e = _mm512_mask_add_pd(e, big, e, _mm512_set1_pd(1.0));\n", "",
+  "vector log: the mantissa is halved above sqrt(2) but the exponent is not raised")
+m("rc-vlog-no-ln2-lo", "rnorm.c", RC, "fma8(ev, splat8(1.90821492927058770002e-10), lm));",
+  "lm);", "vector log: e ln2 without the low part of ln2 (error e 1.9e-10)")
+m("rc-vpsi-switch", "rnorm.c", RC, "_mm512_cmp_pd_mask((__m512d)t, _mm512_set1_pd(0.1), _CMP_LE_OQ);",
+  "_mm512_cmp_pd_mask((__m512d)t, _mm512_set1_pd(0.001), _CMP_LE_OQ);", "vector psi: the direct form from t > 0.001 (cancels ~4000x)")
+m("rc-vexpm1-coef", "rnorm.c", RC, "    p = fma8(p, r, splat8(1.0 / 24.0));", "    p = fma8(p, r, splat8(1.0 / 20.0));",
+  "vector expm1: wrong Taylor coefficient of r^4")
+m("rc-vexpm1-recon", "rnorm.c", RC, "    return fma8((v8d)k2, er, (v8d)k2 - 1.0);", "    return fma8((v8d)k2, er, 1.0 - (v8d)k2);",
+  "vector expm1: 2^k e_r + (1 - 2^k)")
+m("rc-scal8-nan-lane", "rnorm.c", RC, "        if ((ok >> k) & 1) {", "        if (1) {",
+  "vector scalars: a NaN/inf lane keeps the masked vector result instead of the scalar special case")
+m("rc-scal8-tail-scalar", "rnorm.c", RC, """            for (i64 g = gb; g < ge; g += 8)
+                fwd_scalars8(""", """            i64 g = gb;
+            for (; g + 8 <= ge; g += 8)
+                fwd_scalars8(vb + (g - gb), nub + (g - gb), 8, c, f->stats + NSTAT * g, f->u_out + g);
+            for (; g < ge; ++g) {
+                double *st = f->stats + NSTAT * g;
+                double u;
+                fwd_scalars(vb[g - gb], nub[g - gb], c->eps, c->lam, c->alpha, c->bayes, st + 1, st + 2, st + 3, &u);
+                f->u_out[g] = (float)u;
+            }
+            for (; g < gb; g += 8)
+                fwd_scalars8(""", "vector scalars: a short last block takes the scalar routine (a group's bits depend on its position)")
+m("rc-strip-qe-rows", "rnorm.c", RC, "            if (i < 2 || i >= p - 2) {\n                qe = fma8(d, d, qe);",
+  "            if (i < 1 || i >= p - 1) {\n                qe = fma8(d, d, qe);", "stats strips: rows 1 and p - 2 weighted as interior rows (wp = 1)")
+m("rc-stats8-qi-rows", "rnorm.c", RC, "        if (i < p - 2) { /* wp_i = 1", "        if (i < p - 1) { /* wp_i = 1",
+  "stats8: row p - 2 weighted as an interior row")
+m("rc-bwd-inv-m", "rnorm.c", RC, "c->inv_m = 1.0 / (double)c->m;", "c->inv_m = 1.0 / (double)(c->m + 1);",
+  "backward scalars: 1/(m + 1) for 1/m")
+m("rc-fused-odd-rows", "rnorm.c", RC, "                if (i & 1) { s1b += ge; s2b = fma8(ge, e, s2b); }",
+  "                if (i & 1) { s1b += ge; s2b = fma8(ge, d, s2b); }", "fused backward pass: odd rows pair g_y with the row above's x_c")
+m("rc-dpsi-one-w", "rnorm.c", RC, "    double d = (t * w) * w;", "    double d = t * w;", "fused dpsi: t/(1+t) for t/(1+t)^2")
 
 # ---- gauss.c ----------------------------------------------------------------------------------------------
 m("gc-phi-taylor-coef", "gauss.c", GC, "p23 = 1.0 / 24 + s * (1.0 / 120)", "p23 = 1.0 / 24 + s * (1.0 / 720)", "phi: wrong Taylor coefficient of s^5")
