@@ -231,6 +231,8 @@ m("rc-bwd-inv-m", "rnorm.c", RC, "c->inv_m = 1.0 / (double)c->m;", "c->inv_m = 1
   "backward scalars: 1/(m + 1) for 1/m")
 m("rc-fused-odd-rows", "rnorm.c", RC, "                if (i & 1) { s1b += ge; s2b = fma8(ge, e, s2b); }",
   "                if (i & 1) { s1b += ge; s2b = fma8(ge, d, s2b); }", "fused backward pass: odd rows pair g_y with the row above's x_c")
+m("rc-strip8-box-adj", "rnorm.c", RC, "            const v8d t5 = box8_adj(box8(*(const v8d *)zr));",
+  "            const v8d t5 = box8(box8(*(const v8d *)zr));", "strips of width 8: box8 twice for box8_adj(box8(.)) (the adjoint's reflected lanes)")
 m("rc-dpsi-one-w", "rnorm.c", RC, "    double d = (t * w) * w;", "    double d = t * w;", "fused dpsi: t/(1+t) for t/(1+t)^2")
 
 # ---- gauss.c ----------------------------------------------------------------------------------------------
