@@ -193,6 +193,10 @@ N11_PINS = [
     _pin(False, (2, 1, 32), [6.0, 0.0, -1.0] + [0.0] * 28 + [4.0]),
     _pin(False, (1, 2, 24), [0.5, -0.5, 0.0], offset=1e6),
     _pin(False, (2, 1, 8), [3.0, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0, -5.0], affine="weight"),
+    # a 2d plane above 2048 elements: the strips' backward in two walks (smaller planes take one), spikes on the
+    # rows and columns next to each edge
+    _pin(True, (1, 1, 48, 48), [4.0 if (i // 48 in (1, 46) or i % 48 in (1, 46)) and i % 7 == 0 else 0.0
+                                for i in range(48 * 48)]),
 ]
 
 
@@ -336,8 +340,9 @@ def _vector_errors(ts: list[float], zs: list[float]) -> tuple[list[float], list[
 @pytest.mark.claim("N11")
 def test_vector_psi_and_expm1_sweep_against_mpmath() -> None:
     """Every order of magnitude of t (4 a decade), dense in [1e-3, 10] and just above the switch at 0.1, where psi's
-    direct form cancels (the worst case of PSI-3), both sides of the switch; z from -1e-300 to -800 and across the reduction's
-    boundaries at multiples of ln2/2. The lanes are filled in groups of 8 and a short tail, as the kernel's are."""
+    direct form cancels (the worst case of PSI-3), both sides of the switch; z from -1e-300 to -800 and across the
+    reduction's boundaries at multiples of ln2/2. The lanes are filled in groups of 8 and a short tail, as the
+    kernel's are."""
     ts = [10.0 ** (k / 4) for k in range(-1200, 1201)] + [0.1 + k * 1e-4 for k in range(1, 2000)]
     ts += [10.0 ** (-3 + k / 100) for k in range(401)]  # dense where c(t) is large: a switch moved below 0.1 shows here
     ts += [0.0, math.nextafter(0.1, 0.0), 0.1, math.nextafter(0.1, 1.0), 1.0, 2.0**53, 2.0**1000]
@@ -404,3 +409,60 @@ def test_a_group_gives_the_same_bits_alone_at_any_position_and_next_to_nan() -> 
     assert all(torch.equal(alone[i], full[i]) for i in range(13))
     with_nan = stats(xn)
     assert torch.equal(with_nan[keep], full[keep]) and not bool(torch.isfinite(with_nan[4, 1, 1:]).all())
+
+
+@needs_kernel
+@pytest.mark.claim("N11", "PSI-3")
+def test_scalar_psi_sweep_against_mpmath() -> None:
+    """The kernel's scalar psi: every per-group psi on a build without the vector paths, and the lanes the 8-lane
+    routine hands over. It has the float64 formula of PSI-3 (the series to t0 = 0.1, then log1p(t) - t/(1 + t)), so
+    PSI-3's bound, 44 eps, applies; the sweep is dense where the direct form cancels."""
+    import mpmath
+
+    from rln_verified.verify.special import psi_ref
+
+    ts = [10.0 ** (k / 4) for k in range(-1200, 1201)] + [10.0 ** (-3 + k / 100) for k in range(401)]
+    ts += [0.0, math.nextafter(0.1, 0.0), 0.1, math.nextafter(0.1, 1.0), 1e-8, 1.0, 2.0**53]
+    got = rnorm.scalar_psi(torch.tensor(ts, dtype=torch.float64))
+    assert got is not None
+    tol, worst = 44 * 2.0**-52, (0.0, 0.0)
+    for t, p in zip(ts, got.tolist(), strict=True):
+        ref = psi_ref(t)
+        if ref < 2.0**-1022:
+            assert 0.0 <= p <= 2.0**-1022, (t, p)
+            continue
+        worst = max(worst, (abs(float((mpmath.mpf(p) - ref) / ref)), t))
+    assert worst[0] <= tol, f"psi({worst[1]!r}): relative error {worst[0]:.3g} > {tol:.3g}"
+    special = rnorm.scalar_psi(torch.tensor([math.inf, math.nan, -1.0], dtype=torch.float64))
+    assert special is not None and special[0] == math.inf and bool(special[1:].isnan().all())
+
+
+@needs_kernel
+@pytest.mark.claim("N11")
+def test_the_build_without_vector_paths_meets_n11(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Machines without AVX-512 run the flat loops and the scalar per-group routines at every width. Here the same
+    source, built with the vector paths left out (-mno-avx512f), runs N11's pinned inputs and a spread of widths,
+    rows and magnitudes under N11's bound. (On a machine without AVX-512 the kernel under test is this build.)"""
+    import ctypes
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("-mno-avx512f is an x86 flag")
+    path = toolchain.build(rnorm.KERNEL.src, [*toolchain.compile_flags(), "-mno-avx512f"])
+    lib = ctypes.CDLL(str(path))
+    rnorm._setup(lib)
+    assert lib.rln_vector_paths() == 0
+    monkeypatch.setattr(rnorm, "library", lambda: lib)
+    assert not rnorm.vector_paths()
+    g = torch.Generator().manual_seed(3)
+    cases = list(N11_PINS)
+    for two_d, p_, l_ in [(True, 4, 8), (True, 5, 16), (True, 6, 32), (True, 3, 8), (False, 2, 24), (False, 1, 40)]:
+        for bayes, lam, scale in [(True, 1e-3, 1.0), (True, 0.7, 1e-20), (False, 0.3, 1e20)]:
+            shape = (2, 3, p_, l_) if two_d else (3, p_, l_)
+            vals = torch.randn(math.prod(shape), generator=g).tolist()
+            cases.append({"two_d": two_d, "shape": shape, "scale": scale, "offset": 0.0, "vals": vals, "bayes": bayes,
+                          "affine": "both", "alpha": 1.0, "lam": lam, "seed": 1})
+    ramp = [0.01 * k for k in range(64)]  # a smooth plane: r and t tiny, psi on its series branch
+    cases.append(_pin(True, (1, 1, 8, 8), ramp, lam=1e-3))
+    worst = max(_margins(case) for case in cases)
+    assert worst <= 1.0, worst

@@ -1268,6 +1268,12 @@ int rln_vector_psi_expm1(const double *t, const double *z, i64 n, double *psi_ou
 #endif
 }
 
+/* The scalar psi (builds without the vector paths, and lanes the 8-lane routine leaves to it), for the same check:
+ * psi(t[k]) for k < n. */
+void rln_scalar_psi(const double *t, i64 n, double *out) {
+    for (i64 k = 0; k < n; ++k) out[k] = psi(t[k]);
+}
+
 int rln_abi_version(void) { return 6; }
 /* 1 when the 8-lane vector paths are compiled in (AVX-512 builds), 0 when every width takes the flat loops */
 int rln_vector_paths(void) { return RLN_VEC8; }

@@ -43,6 +43,8 @@ def _setup(lib: ctypes.CDLL) -> None:
     lib.rln_vector_paths.restype = _int
     lib.rln_vector_psi_expm1.argtypes = [_ptr, _ptr, _i64, _ptr, _ptr]
     lib.rln_vector_psi_expm1.restype = _int
+    lib.rln_scalar_psi.argtypes = [_ptr, _i64, _ptr]
+    lib.rln_scalar_psi.restype = None
 
 
 KERNEL = Kernel("rnorm.c", "rln_abi_version", 6, _setup)
@@ -92,6 +94,20 @@ def vector_psi_expm1(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
     if lib.rln_vector_psi_expm1(tc.data_ptr(), zc.data_ptr(), tc.numel(), ps.data_ptr(), em.data_ptr()) != 0:
         return None
     return ps, em
+
+
+def scalar_psi(t: Tensor) -> Tensor | None:
+    """The kernel's scalar ``psi(t)`` (builds without the vector paths, and the special lanes of the vector routine),
+    for checks against mpmath: ``t`` float64. None where the kernel is not loaded."""
+    lib = library()
+    if lib is None:
+        return None
+    if t.dtype != torch.float64:
+        raise TypeError(f"scalar_psi: t must be float64, got {t.dtype}")
+    tc = t.detach().cpu().contiguous()
+    out = torch.empty_like(tc)
+    lib.rln_scalar_psi(tc.data_ptr(), tc.numel(), out.data_ptr())
+    return out
 
 
 def _kernel_ready() -> bool:
@@ -544,5 +560,5 @@ def apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, lam_src: Tensor
 
 
 __all__ = ["PlaneConfig", "apply", "available", "cuda_backward", "cuda_forward", "disabled", "eager_usable", "library",
-           "plain",
-           "reason", "rnorm_backward", "rnorm_forward", "usable", "vector_paths"]
+           "plain", "reason", "rnorm_backward", "rnorm_forward", "scalar_psi", "usable", "vector_paths",
+           "vector_psi_expm1"]
