@@ -1207,6 +1207,54 @@ def _n11(subject: LayerSubject) -> Callable[[Any, torch.device, torch.dtype], fl
     return run
 
 
+# N11, "The per-group scalars in 8 lanes" (proofs/norm.md): the 8-lane psi within 10u c(t) + u <= 431u above the
+# switch (c(0.1) < 43, PSI-3) and PSI-3's 19u below it; the 8-lane expm1 within 4 eps; the scalar psi (builds
+# without the vector paths, and the lanes handed over) within PSI-3's float64 bound, 44 eps.
+N11_PSI_LANE_TOL = 431 * 2.0**-53
+N11_EXPM1_LANE_TOL = 4 * 2.0**-52
+N11_PSI_SCALAR_TOL = 44 * 2.0**-52
+
+
+def _n11_lanes_cases(dtype: torch.dtype) -> st.SearchStrategy[Any]:
+    t = st.one_of(log_uniform(1e-300, 1e300), log_uniform(1e-3, 10.0), st.just(0.0))
+    z = st.one_of(log_uniform(1e-300, 800.0), st.floats(0.0, 2.0)).map(lambda v: -v)
+    return st.lists(st.tuples(t, z), min_size=1, max_size=11)
+
+
+def _n11_lanes_examples(dtype: torch.dtype) -> Sequence[Any]:
+    near = [math.nextafter(0.1, 0.0), 0.1, math.nextafter(0.1, 1.0)]
+    return [[(t, -math.log(2) / 2) for t in near], [(0.10195186800370509, -0.3566382198949638)],
+            [(10.0 ** (-3 + k / 10), -k * math.log(2) / 2) for k in range(40)]]
+
+
+def _n11_lanes(case: Any, device: torch.device, dtype: torch.dtype) -> float:
+    from rln_verified._native import rnorm
+    from rln_verified.verify.special import psi_ref
+
+    n11_ready(device)
+    ts = torch.tensor([float(c[0]) for c in case], dtype=torch.float64)
+    zs = torch.tensor([float(c[1]) for c in case], dtype=torch.float64)
+    lanes = rnorm.vector_psi_expm1(ts, zs)
+    scalar = rnorm.scalar_psi(ts)
+    if lanes is None or scalar is None:
+        raise NotApplicable("the kernel has no 8-lane paths here (no AVX-512): its scalar psi is PSI-3's formula")
+    margins = []
+    tiny = 2.0**-1022
+    for t, z, p_lane, e_lane, p_scalar in zip(ts.tolist(), zs.tolist(), lanes[0].tolist(), lanes[1].tolist(),
+                                              scalar.tolist(), strict=True):
+        ref = psi_ref(t)
+        for got, tol in ((p_lane, N11_PSI_LANE_TOL), (p_scalar, N11_PSI_SCALAR_TOL)):
+            if ref < tiny:
+                margins.append(0.0 if 0.0 <= got <= tiny else math.inf)
+            else:
+                margins.append(ratio(abs(mpmath.mpf(got) - ref) / ref, tol))
+        with mpmath.workdps(60):
+            e_ref = mpmath.expm1(mpmath.mpf(z))
+        margins.append(0.0 if e_ref == 0 and e_lane == 0 else ratio(abs(mpmath.mpf(e_lane) - e_ref) / abs(e_ref),
+                                                                      N11_EXPM1_LANE_TOL))
+    return fold(margins)
+
+
 def _n11_checks() -> tuple[Check, ...]:
     out = []
     for s in our_subjects():
@@ -1217,6 +1265,9 @@ def _n11_checks() -> tuple[Check, ...]:
         out.append(Check(claim="N11", subject=s.name, strategy=_n11_cases(two_d), run=_n11(subject),
                          metric="max over y, u, every gradient of |kernel - float64 formula| / N11 bound",
                          dtypes=(torch.float32,), examples=_n11_examples(two_d)))
+    out.append(Check(claim="N11", subject="rnorm psi and expm1", strategy=_n11_lanes_cases, run=_n11_lanes,
+                     metric="rel err / derived tol: 8-lane psi 431u, 8-lane expm1 4 eps, scalar psi 44 eps (mpmath)",
+                     dtypes=(torch.float64,), examples=_n11_lanes_examples))
     return tuple(out)
 
 
