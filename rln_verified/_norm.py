@@ -253,6 +253,8 @@ def _fused(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | No
     affine, so the graph has one node."""
     if x.dtype != torch.float32:
         return None
+    if weight is None and bias is not None:  # a bias alone (the functional forms): the kernel with a unit weight
+        weight = torch.ones(bias.shape, dtype=bias.dtype, device=bias.device)
     # a weight is per channel (mode 1) in the 2d layout, whether shaped (C,) or (C, 1, 1), else per element (mode 2)
     mode = 0 if weight is None else (1 if cfg.two_d else 2)
     eager = eager_f32(x, weight, bias, lam)  # the common case, in one test

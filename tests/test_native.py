@@ -87,7 +87,7 @@ def cases(draw: Any) -> dict[str, Any]:
     offset = draw(st.sampled_from([0.0, 1.0, 1e4, 1e20]))
     vals = draw(st.lists(st.floats(-4, 4, width=32), min_size=size, max_size=size))
     return {"two_d": two_d, "shape": shape, "scale": scale, "offset": offset, "vals": vals,
-            "bayes": draw(st.booleans()), "affine": draw(st.sampled_from(["none", "weight", "both"])),
+            "bayes": draw(st.booleans()), "affine": draw(st.sampled_from(["none", "weight", "both", "bias"])),
             "alpha": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
             "lam": draw(st.floats(0.0010000000474974513, 1.0, width=32)),
             "seed": draw(st.integers(0, 2**16))}
@@ -114,8 +114,8 @@ def _margins(case: dict[str, Any], run: Runner = _run) -> float:
     g = torch.Generator().manual_seed(case["seed"])
     k = shape[1] if two_d else shape[1:]
     kshape = (k,) if two_d else tuple(k)
-    w = (1 + 0.5 * torch.randn(kshape, generator=g)) if case["affine"] != "none" else None
-    b = 0.3 * torch.randn(kshape, generator=g) if case["affine"] == "both" else None
+    w = (1 + 0.5 * torch.randn(kshape, generator=g)) if case["affine"] in ("weight", "both") else None
+    b = 0.3 * torch.randn(kshape, generator=g) if case["affine"] in ("both", "bias") else None
     lam = torch.tensor(case["lam"], dtype=torch.float32)
     gy = torch.randn(shape, generator=g)
     ushape = (*shape[:2], 1, 1) if two_d else shape[:1] + (1,) * (len(shape) - 1)
@@ -194,11 +194,44 @@ N11_PINS = [
     _pin(False, (2, 1, 32), [6.0, 0.0, -1.0] + [0.0] * 28 + [4.0]),
     _pin(False, (1, 2, 24), [0.5, -0.5, 0.0], offset=1e6),
     _pin(False, (2, 1, 8), [3.0, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0, -5.0], affine="weight"),
+    _pin(True, (2, 2, 3, 8), [2.0, -1.0, 0.0, 0.5], affine="bias"),  # a bias alone: the kernel with a unit weight
+    _pin(False, (2, 2, 5), [2.0, -1.0, 0.0, 0.5], affine="bias", bayes=False),
     # a 2d plane above 2048 elements: the strips' backward in two walks (smaller planes take one), spikes on the
     # rows and columns next to each edge
     _pin(True, (1, 1, 48, 48), [4.0 if (i // 48 in (1, 46) or i % 48 in (1, 46)) and i % 7 == 0 else 0.0
                                 for i in range(48 * 48)]),
 ]
+
+
+#: (alpha, lambda) where f = exp(alpha psi(lambda r)) is huge (alpha psi ~20 to ~110): y tiny, but a normal float32
+LARGE_ALPHA_PSI = [(40.0, 9.0), (25.0, 9.0), (250.0, 0.99), (1.0, 5e29)]
+
+
+def large_alpha_psi_margin(alpha: float, lam: float, run: Runner | None = None) -> float:
+    """Largest |kernel - float64 formula| / bound over y and dL/dx of a Bayesian 2d layer at a huge f, with the bound
+    in y's own scale: the final rounding, u32 |y_ref|, plus the float64 statistics' error carried through f. N11's
+    proof gives r a relative error of at most (M + 8) 2^-46 (1 + A/sigma), and d log f / d log r = alpha t psi'(t)
+    <= alpha (PSI-4: t psi'(t) = t^2/(1 + t)^2 < 1), so y - beta and dL/dx move by at most (1 + alpha) times that,
+    relative (the 1 for sigma, a and the scalar steps). A kernel that formed a = (1 + expm1(-alpha psi))/sigma lost
+    exp(-alpha psi) below 2^-53: y = 0 where the formula's y is 3.6e-22 (N11's absolute term |gamma| delta, which does
+    not shrink with 1/f, let that through)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (4, 2, 16, 16)
+    x = torch.randn(shape, generator=g)
+    gy, gu = torch.randn(shape, generator=g), torch.randn(4, 2, 1, 1, generator=g)
+    w, b = 1 + 0.5 * torch.randn(2, generator=g), torch.zeros(2)
+    lam32 = torch.tensor(lam)  # the reference takes the same float32 lambda (0.99 rounds; f moves ~55x its rounding)
+    got = (run or _run)(x, w, b, lam32, alpha, True, True, gy, gu)
+    ref = _run(x.double(), w.double(), b.double(), lam32.double(), alpha, True, True, gy.double(), gu.double())
+    xd = x.double()
+    mean = xd.mean(dim=(-2, -1), keepdim=True)
+    sigma = torch.sqrt(((xd - mean) ** 2).mean(dim=(-2, -1), keepdim=True) + 1e-5)
+    stat = (1 + alpha) * (16 * 16 + 8) * 2.0**-46 * (1 + xd.abs().amax(dim=(-2, -1), keepdim=True) / sigma)
+    y, gx, yr, gxr = got[0].double(), got[2].double(), ref[0], ref[2]
+    assert bool((yr.abs() > 2.0**-126).all()), "the case must keep y a normal float32"
+    r_y = (y - yr).abs() / ((U32 + stat) * yr.abs())
+    r_g = (gx - gxr).abs() / (U32 * gxr.abs() + stat * gxr.abs().amax(dim=(-2, -1), keepdim=True) + TINY)
+    return max(float(r_y.max()), float(r_g.max()))
 
 
 def n11_examples(test: Callable[..., None]) -> Callable[..., None]:
@@ -226,6 +259,35 @@ def test_fused_layers_match_float64_layers(layer: str) -> None:
     ``rln-verify`` runs too): y, u and every gradient (lambda's through its raw parameter) within N11's bound of the
     float64 layer with the same parameters. The test above checks the functional forms (lambda given directly)."""
     assert_check("N11", layer, "cpu", torch.float32)
+
+
+@needs_kernel
+@pytest.mark.claim("N11")
+def test_a_bias_without_weight_takes_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The functional forms take a bias without a weight; the fused kernel runs them with a unit weight (they once
+    fell back to the eager float32 path, whose gradients are ~50x less accurate than N11's)."""
+    calls = []
+    real = rnorm._run_forward
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rnorm, "_run_forward", counted)
+    x, b = torch.randn(3, 4, 5, 16), torch.randn(4)
+    y = bayesian_r_layer_norm2d(x, None, b, torch.tensor(0.5), 1.0, 1e-5)
+    assert len(calls) == 1
+    assert torch.equal(y, bayesian_r_layer_norm2d(x, torch.ones(4), b, torch.tensor(0.5), 1.0, 1e-5))
+    y2 = r_layer_norm(x, (5, 16), None, torch.randn(5, 16), torch.tensor(0.5), 1e-5)
+    assert len(calls) == 3 and y2.shape == x.shape
+
+
+@needs_kernel
+@pytest.mark.claim("N11")
+@pytest.mark.parametrize(("alpha", "lam"), LARGE_ALPHA_PSI)
+def test_huge_inflation_keeps_y_relative_accuracy(alpha: float, lam: float) -> None:
+    margin = large_alpha_psi_margin(alpha, lam)
+    assert margin <= 1.0, margin
 
 
 @needs_kernel

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings, target
-from test_native import _margins, cases, n11_examples
+from test_native import LARGE_ALPHA_PSI, _margins, cases, large_alpha_psi_margin, n11_examples
 
 import rln_verified.verify.gaussian as vg
 from rln_verified._native import gauss, gauss_triton, rnorm, rnorm_triton
@@ -37,6 +37,8 @@ def _config(shape: tuple[int, ...], two_d: bool, w: torch.Tensor | None, bayes: 
 def _run_triton(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, lam: torch.Tensor, alpha: float,
                 bayes: bool, two_d: bool, gy: torch.Tensor, gu: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The test_native runner's outputs, from the operators' CUDA kernels (here: the interpreted Triton kernels)."""
+    if w is None and b is not None:  # a bias alone: a unit weight, as the layers' dispatch (_norm._fused) gives it
+        w = torch.ones_like(b)
     cfg = _config(tuple(x.shape), two_d, w, bayes, alpha)
     assert rnorm_triton.usable(x, two_d, cfg.p, cfg.l)
     wf = w.reshape(-1) if (w is not None and not two_d) else w
@@ -58,6 +60,13 @@ def _run_triton(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None,
 def test_triton_kernels_match_float64_formula(case: dict[str, Any]) -> None:
     margin = _margins(case, _run_triton)
     target(margin, label="N11 error / bound (Triton)")
+    assert margin <= 1.0, margin
+
+
+@pytest.mark.claim("N11")
+@pytest.mark.parametrize(("alpha", "lam"), LARGE_ALPHA_PSI)
+def test_triton_huge_inflation_keeps_y_relative_accuracy(alpha: float, lam: float) -> None:
+    margin = large_alpha_psi_margin(alpha, lam, _run_triton)
     assert margin <= 1.0, margin
 
 

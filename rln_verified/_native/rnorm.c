@@ -79,8 +79,10 @@ static double dpsi(double t) {
  * without a transcendental function: 1/f = a sigma, 1 - u = 1/f^2. */
 enum { NSTAT = 4 };
 
-/* Forward scalars. Bayesian: f = exp(alpha psi(t)), so with em = expm1(-alpha psi(t)), a = (1 + em)/sigma and
- * u = 1 - exp(-2 alpha psi) = -em (2 + em), both free of cancellation. Plain: f = 1 + t, u = 0. */
+/* Forward scalars. Bayesian: f = exp(alpha psi(t)), so a = exp(-alpha psi)/sigma and, with em = expm1(-alpha psi),
+ * u = 1 - exp(-2 alpha psi) = -em (2 + em), both free of cancellation. (a = (1 + em)/sigma would lose
+ * exp(-alpha psi) below 2^-53: y = 0 at alpha psi > 37, where the formula's y is a normal float32.)
+ * Plain: f = 1 + t, u = 0. */
 static void fwd_scalars(double v, double nu, double eps, double lam, double alpha, int bayes, double *isig, double *r,
                         double *a, double *u) {
     const double ve = v + eps, sig = sqrt(ve);
@@ -88,8 +90,8 @@ static void fwd_scalars(double v, double nu, double eps, double lam, double alph
     *r = nu / ve;
     const double t = lam * *r;
     if (bayes) {
-        const double em = expm1(-alpha * psi(t));
-        *a = (1.0 + em) / sig;
+        const double z = -alpha * psi(t), em = expm1(z);
+        *a = exp(z) / sig;
         *u = -em * (2.0 + em);
     } else {
         *a = 1.0 / (sig * (1.0 + t));
@@ -609,8 +611,9 @@ static inline v8d vpsi(v8d t) {
 }
 
 /* expm1(z) for finite z <= 0: z = k ln2 + r, |r| <= ln2/2, expm1(r) by its Taylor series to r^13/13! (next term
- * < 2^-56 |r|), then expm1(z) = 2^k expm1(r) + (2^k - 1). z below -800 is -1 to double precision. */
-static inline v8d vexpm1_neg(v8d z) {
+ * < 2^-56 |r|), then expm1(z) = 2^k expm1(r) + (2^k - 1). z below -800 is -1 to double precision. *ex gets exp(z)
+ * = 2^k expm1(r) + 2^k from the same reduction, accurate relative to itself down to the subnormals. */
+static inline v8d vexpm1_neg(v8d z, v8d *ex) {
     z = (v8d)_mm512_max_pd((__m512d)z, _mm512_set1_pd(-800.0));
     const v8d k = (v8d)_mm512_roundscale_pd((__m512d)(z * 1.4426950408889634), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const v8d r = fma8(-k, splat8(1.90821492927058770002e-10), fma8(-k, splat8(6.93147180369123816490e-01), z));
@@ -628,6 +631,7 @@ static inline v8d vexpm1_neg(v8d z) {
     p = fma8(p, r, splat8(0.5));
     const v8d er = fma8(r * r, p, r);
     const __m512d k2 = _mm512_scalef_pd(_mm512_set1_pd(1.0), (__m512d)k);
+    *ex = fma8((v8d)k2, er, (v8d)k2);
     return fma8((v8d)k2, er, (v8d)k2 - 1.0);
 }
 
@@ -642,8 +646,9 @@ static void fwd_scalars8(const double *v, const double *nu, i64 n, const Cfg *c,
     const v8d isig = 1.0 / sig, r = *(const v8d *)nb / ve, t = c->lam * r;
     const __mmask8 ok = _mm512_cmp_pd_mask((__m512d)t, _mm512_set1_pd(DBL_MAX), _CMP_LE_OQ)
                         & _mm512_cmp_pd_mask((__m512d)t, _mm512_setzero_pd(), _CMP_GE_OQ);
-    const v8d em = vexpm1_neg(-c->alpha * vpsi((v8d)_mm512_maskz_mov_pd(ok, (__m512d)t)));
-    const v8d a = (1.0 + em) / sig, u = -em * (2.0 + em);
+    v8d ex;
+    const v8d em = vexpm1_neg(-c->alpha * vpsi((v8d)_mm512_maskz_mov_pd(ok, (__m512d)t)), &ex);
+    const v8d a = ex / sig, u = -em * (2.0 + em);
     for (i64 k = 0; k < n; ++k) {
         double *st = stats + NSTAT * k;
         if ((ok >> k) & 1) {
@@ -1255,7 +1260,8 @@ int rln_vector_psi_expm1(const double *t, const double *z, i64 n, double *psi_ou
             tb[k] = k0 + k < n ? t[k0 + k] : 1.0;
             zb[k] = k0 + k < n ? z[k0 + k] : -1.0;
         }
-        const v8d ps = vpsi(*(const v8d *)tb), em = vexpm1_neg(*(const v8d *)zb);
+        v8d ex;
+        const v8d ps = vpsi(*(const v8d *)tb), em = vexpm1_neg(*(const v8d *)zb, &ex);
         for (int k = 0; k < 8 && k0 + k < n; ++k) {
             psi_out[k0 + k] = ps[k];
             em_out[k0 + k] = em[k];

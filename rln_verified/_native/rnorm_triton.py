@@ -158,8 +158,9 @@ if triton is not None:
         r = nu / ve
         t = lam * r
         if BAYES:
-            em = _expm1(-alpha * _psi(t, one))
-            ka = (1.0 + em) / sig
+            z = -alpha * _psi(t, one)
+            em = _expm1(z)
+            ka = tl.exp(z) / sig  # not (1 + em)/sig, which loses exp(z) below 2^-53 (rnorm.c, fwd_scalars)
             u = -em * (2.0 + em)
         else:
             ka = one / (sig * (1.0 + t))

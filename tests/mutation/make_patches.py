@@ -233,6 +233,12 @@ m("rc-fused-odd-rows", "rnorm.c", RC, "                if (i & 1) { s1b += ge; s
   "                if (i & 1) { s1b += ge; s2b = fma8(ge, d, s2b); }", "fused backward pass: odd rows pair g_y with the row above's x_c")
 m("rc-strip8-box-adj", "rnorm.c", RC, "            const v8d t5 = box8_adj(box8(*(const v8d *)zr));",
   "            const v8d t5 = box8(box8(*(const v8d *)zr));", "strips of width 8: box8 twice for box8_adj(box8(.)) (the adjoint's reflected lanes)")
+m("rc-a-one-plus-em", "rnorm.c", RC, "        *a = exp(z) / sig;", "        *a = (1.0 + em) / sig;",
+  "scalar forward: a = (1 + expm1(-alpha psi))/sigma (loses exp(-alpha psi) below 2^-53)")
+m("rc-a8-one-plus-em", "rnorm.c", RC, "    const v8d a = ex / sig, u = -em * (2.0 + em);",
+  "    const v8d a = (1.0 + em) / sig, u = -em * (2.0 + em);", "8-lane forward: a = (1 + expm1(-alpha psi))/sigma")
+m("rc-vexp-recon", "rnorm.c", RC, "    *ex = fma8((v8d)k2, er, (v8d)k2);", "    *ex = fma8((v8d)k2, er, (v8d)k2 - 1.0) + 1.0;",
+  "8-lane exp as 1 + expm1 (the same loss)")
 m("rc-dpsi-one-w", "rnorm.c", RC, "    double d = (t * w) * w;", "    double d = t * w;", "fused dpsi: t/(1+t) for t/(1+t)^2")
 
 # ---- gauss.c ----------------------------------------------------------------------------------------------
