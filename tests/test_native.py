@@ -523,3 +523,5 @@ def test_the_build_without_vector_paths_meets_n11(monkeypatch: pytest.MonkeyPatc
     cases.append(_pin(True, (1, 1, 8, 8), ramp, lam=1e-3))
     worst = max(_margins(case) for case in cases)
     assert worst <= 1.0, worst
+    worst_big = max(large_alpha_psi_margin(alpha, lam) for alpha, lam in LARGE_ALPHA_PSI)
+    assert worst_big <= 1.0, worst_big
