@@ -231,8 +231,8 @@ m("rc-bwd-inv-m", "rnorm.c", RC, "c->inv_m = 1.0 / (double)c->m;", "c->inv_m = 1
   "backward scalars: 1/(m + 1) for 1/m")
 m("rc-fused-odd-rows", "rnorm.c", RC, "                if (i & 1) { s1b += ge; s2b = fma8(ge, e, s2b); }",
   "                if (i & 1) { s1b += ge; s2b = fma8(ge, d, s2b); }", "fused backward pass: odd rows pair g_y with the row above's x_c")
-m("rc-strip8-box-adj", "rnorm.c", RC, "            const v8d t5 = box8_adj(box8(*(const v8d *)zr));",
-  "            const v8d t5 = box8(box8(*(const v8d *)zr));", "strips of width 8: box8 twice for box8_adj(box8(.)) (the adjoint's reflected lanes)")
+m("rc-strip8-box-adj", "rnorm.c", RC, "            const v8d t5 = box8_adj(box8(*(const v8d *)(zb + i * ps + 8)));",
+  "            const v8d t5 = box8(box8(*(const v8d *)(zb + i * ps + 8)));", "strips of width 8: box8 twice for box8_adj(box8(.)) (the adjoint's reflected lanes)")
 m("rc-a-one-plus-em", "rnorm.c", RC, "        *a = exp(z) / sig;", "        *a = (1.0 + em) / sig;",
   "scalar forward: a = (1 + expm1(-alpha psi))/sigma (loses exp(-alpha psi) below 2^-53)")
 m("rc-a8-one-plus-em", "rnorm.c", RC, "    const v8d a = ex / sig, u = -em * (2.0 + em);",
