@@ -210,11 +210,13 @@ LARGE_ALPHA_PSI = [(40.0, 9.0), (25.0, 9.0), (250.0, 0.99), (1.0, 5e29)]
 def large_alpha_psi_margin(alpha: float, lam: float, run: Runner | None = None) -> float:
     """Largest |kernel - float64 formula| / bound over y and dL/dx of a Bayesian 2d layer at a huge f, with the bound
     in y's own scale: the final rounding, u32 |y_ref|, plus the float64 statistics' error carried through f. N11's
-    proof gives r a relative error of at most (M + 8) 2^-46 (1 + A/sigma), and d log f / d log r = alpha t psi'(t)
-    <= alpha (PSI-4: t psi'(t) = t^2/(1 + t)^2 < 1), so y - beta and dL/dx move by at most (1 + alpha) times that,
-    relative (the 1 for sigma, a and the scalar steps). A kernel that formed a = (1 + expm1(-alpha psi))/sigma lost
-    exp(-alpha psi) below 2^-53: y = 0 where the formula's y is 3.6e-22 (N11's absolute term |gamma| delta, which does
-    not shrink with 1/f, let that through)."""
+    proof gives r = nu/(v + eps) an absolute error of at most (M + 8) 2^-46 (1 + A/sigma) (the same term as u's), and
+    d log f / dr = alpha lambda psi'(t) (PSI-4: psi'(t) = t/(1 + t)^2), so y - beta and dL/dx move by at most
+    (1 + alpha lambda psi'(t)) times that, relative (the 1 for sigma, a and the scalar steps). A kernel that formed
+    a = (1 + expm1(-alpha psi))/sigma lost exp(-alpha psi) below 2^-53: y = 0 where the formula's y is 3.6e-22 (N11's
+    absolute term |gamma| delta, which does not shrink with 1/f, let that through)."""
+    from rln_verified._norm_formula import group_stats
+
     g = torch.Generator().manual_seed(0)
     shape = (4, 2, 16, 16)
     x = torch.randn(shape, generator=g)
@@ -226,7 +228,9 @@ def large_alpha_psi_margin(alpha: float, lam: float, run: Runner | None = None) 
     xd = x.double()
     mean = xd.mean(dim=(-2, -1), keepdim=True)
     sigma = torch.sqrt(((xd - mean) ** 2).mean(dim=(-2, -1), keepdim=True) + 1e-5)
-    stat = (1 + alpha) * (16 * 16 + 8) * 2.0**-46 * (1 + xd.abs().amax(dim=(-2, -1), keepdim=True) / sigma)
+    t = float(lam32) * group_stats(xd, 1e-5, True)["r"]
+    sens = alpha * float(lam32) * t / (1 + t) ** 2
+    stat = (1 + sens) * (16 * 16 + 8) * 2.0**-46 * (1 + xd.abs().amax(dim=(-2, -1), keepdim=True) / sigma)
     y, gx, yr, gxr = got[0].double(), got[2].double(), ref[0], ref[2]
     assert bool((yr.abs() > 2.0**-126).all()), "the case must keep y a normal float32"
     r_y = (y - yr).abs() / ((U32 + stat) * yr.abs())
@@ -411,8 +415,9 @@ def test_vector_psi_and_expm1_sweep_against_mpmath() -> None:
     ts += [0.0, math.nextafter(0.1, 0.0), 0.1, math.nextafter(0.1, 1.0), 1.0, 2.0**53, 2.0**1000]
     zs = [-(10.0 ** (k / 8)) for k in range(-2400, 24)] + [-k * math.log(2) / 2 for k in range(0, 60)]
     zs += [math.nextafter(-k * math.log(2) / 2, s) for k in range(1, 60) for s in (0.0, -math.inf)] + [-0.0, -745.0]
-    n = max(len(ts), len(zs))
-    ts, zs = (ts * 2)[:n - 3], (zs * 2)[:n - 3]  # n - 3: a tail of fewer than 8 lanes
+    n = max(len(ts), len(zs)) // 8 * 8 + 13  # every point kept, and a tail of 5 lanes
+    ts, zs = (ts * 2)[:n], (zs * 3)[:n]
+    assert n <= 2 * len(ts) and n <= 3 * len(zs)
     ep, ez = _vector_errors(ts, zs)
     wp, wz = max(range(len(ep)), key=ep.__getitem__), max(range(len(ez)), key=ez.__getitem__)
     assert ep[wp] <= PSI_TOL, f"psi({ts[wp]!r}): relative error {ep[wp]:.3g} > {PSI_TOL:g}"
@@ -425,6 +430,33 @@ def test_vector_psi_and_expm1_sweep_against_mpmath() -> None:
 def test_vector_psi_and_expm1_random() -> None:
     """rln-verify's check of the lanes (Hypothesis, ``target()`` on the worst margin, pinned examples)."""
     assert_check("N11", "rnorm psi and expm1", "cpu", torch.float64)
+
+
+@needs_kernel
+@pytest.mark.claim("N11")
+@pytest.mark.parametrize(("eps", "alpha"), [(1e-5, math.nan), (1e-5, math.inf), (1e-5, -1.0), (0.0, 1.0),
+                                            (math.nan, 1.0)])
+def test_the_operator_refuses_numbers_the_layers_never_pass(eps: float, alpha: float) -> None:
+    """The operators are public, and the kernel is defined for 0 < eps < inf, 0 <= alpha < inf only: a NaN alpha gave
+    u = 1 and a = 0 in the 8-lane routine (its clamp turned a NaN z into -800), NaN in the scalar one."""
+    x, w, b, lam = torch.randn(2, 3, 8, 8), torch.ones(3), torch.zeros(3), torch.tensor(0.5)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        torch.ops.rln_verified.rnorm_forward(x, w, b, lam, None, 1.0, eps, alpha, True, True, 1, 8, 8)
+    with pytest.raises(ValueError, match="lambda bounds"):
+        torch.ops.rln_verified.rnorm_forward(x, w, b, lam, 0.5, 0.1, 1e-5, 1.0, True, True, 1, 8, 8)
+
+
+@needs_kernel
+@pytest.mark.claim("N11")
+def test_u_is_plus_zero_where_it_is_zero() -> None:
+    """u = 1 - exp(-2 alpha psi) is +0 at alpha = 0 and on a constant plane (t = 0), as in the float64 formula; the
+    8-lane routine once gave -0 there (1/u and log u then change sign)."""
+    x = torch.randn(9, 3, 8, 8)
+    x[:, 1] = 2.5
+    for alpha, zero in ((1.0, (slice(None), 1)), (0.0, (slice(None), slice(None)))):
+        _, u = bayesian_r_layer_norm2d(x, None, None, torch.tensor(0.5), alpha, 1e-5, return_uncertainty=True)
+        uz = u.reshape(9, 3)[zero]
+        assert bool((uz == 0).all()) and not bool(torch.signbit(uz).any()), (alpha, uz)
 
 
 @needs_kernel

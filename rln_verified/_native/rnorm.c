@@ -614,7 +614,7 @@ static inline v8d vpsi(v8d t) {
  * < 2^-56 |r|), then expm1(z) = 2^k expm1(r) + (2^k - 1). z below -800 is -1 to double precision. *ex gets exp(z)
  * = 2^k expm1(r) + 2^k from the same reduction, accurate relative to itself down to the subnormals. */
 static inline v8d vexpm1_neg(v8d z, v8d *ex) {
-    z = (v8d)_mm512_max_pd((__m512d)z, _mm512_set1_pd(-800.0));
+    z = (v8d)_mm512_max_pd(_mm512_set1_pd(-800.0), (__m512d)z); /* max returns its second operand for a NaN */
     const v8d k = (v8d)_mm512_roundscale_pd((__m512d)(z * 1.4426950408889634), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const v8d r = fma8(-k, splat8(1.90821492927058770002e-10), fma8(-k, splat8(6.93147180369123816490e-01), z));
     v8d p = splat8(1.0 / 6227020800.0);
@@ -648,7 +648,7 @@ static void fwd_scalars8(const double *v, const double *nu, i64 n, const Cfg *c,
                         & _mm512_cmp_pd_mask((__m512d)t, _mm512_setzero_pd(), _CMP_GE_OQ);
     v8d ex;
     const v8d em = vexpm1_neg(-c->alpha * vpsi((v8d)_mm512_maskz_mov_pd(ok, (__m512d)t)), &ex);
-    const v8d a = ex / sig, u = -em * (2.0 + em);
+    const v8d a = ex / sig, u = -em * (2.0 + em) + 0.0; /* + 0: u = +0 where em = +0, as the scalar route gives */
     for (i64 k = 0; k < n; ++k) {
         double *st = stats + NSTAT * k;
         if ((ok >> k) & 1) {

@@ -222,11 +222,24 @@ def _affine_numel(x: Tensor, cfg: PlaneConfig) -> int:
     raise ValueError(f"rnorm kernel: mode {cfg.mode} takes no affine")
 
 
+def _check_numbers(cfg: PlaneConfig) -> None:
+    """The configuration's numbers, with the layers' rules (``check_config``): 0 < eps < inf, 0 <= alpha < inf and,
+    for a raw lambda, 0 <= lo < hi < inf. The operators are public, and the kernel's scalar and 8-lane routines are
+    defined on these ranges only (a NaN alpha once gave u = 1 in the 8-lane routine)."""
+    eps, alpha = cfg.eps, cfg.alpha
+    if not (0.0 < eps < math.inf and 0.0 <= alpha < math.inf):
+        raise ValueError(f"rnorm kernel: eps must be positive and finite and alpha >= 0 and finite, got eps={eps!r}, "
+                         f"alpha={alpha!r}")
+    if cfg.lo is not None and not (0.0 <= cfg.lo < cfg.hi < math.inf):
+        raise ValueError(f"rnorm kernel: lambda bounds must satisfy 0 <= lo < hi < inf, got [{cfg.lo!r}, {cfg.hi!r}]")
+
+
 def _check_forward(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor,
                    cfg: PlaneConfig) -> tuple[int, int]:
     """(groups, channels), after checking every tensor that reaches ``rln_forward_f32``."""
     if cfg.mode not in (0, 1, 2):
         raise ValueError(f"rnorm kernel: mode must be 0, 1 or 2, got {cfg.mode}")
+    _check_numbers(cfg)
     groups = _groups(x, cfg)
     _require(x, "x", torch.float32, x.numel())
     _require(lam_src, "lambda", torch.float32, 1)
@@ -374,7 +387,9 @@ def _(x: Tensor, weight: Tensor | None, lam_src: Tensor, stats: Tensor, gy: Tens
 
 
 def _check_forward_shapes(x: Tensor, w: Tensor | None, b: Tensor | None, lam_src: Tensor, cfg: PlaneConfig) -> int:
-    """The shape part of :func:`_check_forward` (fake tensors have no data and may be non-contiguous views)."""
+    """The shape part of :func:`_check_forward` (fake tensors have no data and may be non-contiguous views), and the
+    configuration's numbers."""
+    _check_numbers(cfg)
     for name, t in (("x", x), ("weight", w), ("bias", b), ("lambda", lam_src)):
         if t is not None and t.dtype != torch.float32:
             raise TypeError(f"rnorm kernel: {name} must be torch.float32, got {t.dtype}")

@@ -235,10 +235,14 @@ m("rc-strip8-box-adj", "rnorm.c", RC, "            const v8d t5 = box8_adj(box8(
   "            const v8d t5 = box8(box8(*(const v8d *)(zb + i * ps + 8)));", "strips of width 8: box8 twice for box8_adj(box8(.)) (the adjoint's reflected lanes)")
 m("rc-a-one-plus-em", "rnorm.c", RC, "        *a = exp(z) / sig;", "        *a = (1.0 + em) / sig;",
   "scalar forward: a = (1 + expm1(-alpha psi))/sigma (loses exp(-alpha psi) below 2^-53)")
-m("rc-a8-one-plus-em", "rnorm.c", RC, "    const v8d a = ex / sig, u = -em * (2.0 + em);",
-  "    const v8d a = (1.0 + em) / sig, u = -em * (2.0 + em);", "8-lane forward: a = (1 + expm1(-alpha psi))/sigma")
+m("rc-a8-one-plus-em", "rnorm.c", RC, "    const v8d a = ex / sig, u = -em * (2.0 + em) + 0.0;",
+  "    const v8d a = (1.0 + em) / sig, u = -em * (2.0 + em) + 0.0;", "8-lane forward: a = (1 + expm1(-alpha psi))/sigma")
 m("rc-vexp-recon", "rnorm.c", RC, "    *ex = fma8((v8d)k2, er, (v8d)k2);", "    *ex = fma8((v8d)k2, er, (v8d)k2 - 1.0) + 1.0;",
   "8-lane exp as 1 + expm1 (the same loss)")
+m("rc-vexpm1-nan-clamp", "rnorm.c", RC, "    z = (v8d)_mm512_max_pd(_mm512_set1_pd(-800.0), (__m512d)z);",
+  "    z = (v8d)_mm512_max_pd((__m512d)z, _mm512_set1_pd(-800.0));", "8-lane expm1: the clamp turns a NaN z into -800 (u = 1, a = 0)")
+m("rc-u8-negative-zero", "rnorm.c", RC, "u = -em * (2.0 + em) + 0.0; /* + 0", "u = -em * (2.0 + em); /* + 0",
+  "8-lane u is -0 where em = +0 (the scalar route gives +0)")
 m("rc-dpsi-one-w", "rnorm.c", RC, "    double d = (t * w) * w;", "    double d = t * w;", "fused dpsi: t/(1+t) for t/(1+t)^2")
 
 # ---- gauss.c ----------------------------------------------------------------------------------------------
