@@ -422,6 +422,10 @@ def test_vector_psi_and_expm1_sweep_against_mpmath() -> None:
     wp, wz = max(range(len(ep)), key=ep.__getitem__), max(range(len(ez)), key=ez.__getitem__)
     assert ep[wp] <= PSI_TOL, f"psi({ts[wp]!r}): relative error {ep[wp]:.3g} > {PSI_TOL:g}"
     assert ez[wz] <= EXPM1_TOL, f"expm1({zs[wz]!r}): relative error {ez[wz]:.3g} > {EXPM1_TOL:.3g}"
+    # the clamp at -800 must keep a NaN (and take -inf to -1): a NaN z once came back -1
+    out = rnorm.vector_psi_expm1(torch.zeros(3, dtype=torch.float64),
+                                 torch.tensor([math.nan, -math.inf, -1e300], dtype=torch.float64))
+    assert out is not None and math.isnan(float(out[1][0])) and out[1][1:].tolist() == [-1.0, -1.0]
 
 
 @needs_kernel

@@ -1256,7 +1256,7 @@ int rln_backward_f32(const float *x, const float *gy, const float *gu, i64 group
 }
 
 /* The 8-lane psi and expm1 of the Bayesian forward's scalars (fwd_scalars8), for the N11 check against mpmath:
- * psi(t[k]) for finite t[k] >= 0 and expm1(z[k]) for finite z[k] <= 0, k < n. Returns 1, writing nothing, where
+ * psi(t[k]) for finite t[k] >= 0 and expm1(z[k]) for z[k] <= 0 or NaN, k < n. Returns 1, writing nothing, where
  * the vector paths are not compiled. */
 int rln_vector_psi_expm1(const double *t, const double *z, i64 n, double *psi_out, double *em_out) {
 #if RLN_VEC8

@@ -79,16 +79,15 @@ def vector_paths() -> bool:
 
 def vector_psi_expm1(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor] | None:
     """The kernel's 8-lane ``psi(t)`` and ``expm1(z)`` (the Bayesian forward's per-group scalars, N11), for checks
-    against mpmath: ``t`` finite and ``>= 0``, ``z`` finite and ``<= 0``, both float64 of one size. None where the
-    kernel is not loaded or has no vector paths."""
+    against mpmath: ``t`` finite and ``>= 0``, ``z <= 0`` or NaN (a NaN must come back NaN), both float64 of one
+    size. None where the kernel is not loaded or has no vector paths."""
     lib = library()
     if lib is None:
         return None
     if t.dtype != torch.float64 or z.dtype != torch.float64 or t.numel() != z.numel():
         raise TypeError("vector_psi_expm1: t and z must be float64 tensors of one size")
-    if t.numel() and not (bool(torch.isfinite(t).all()) and bool((t >= 0).all()) and bool(torch.isfinite(z).all())
-                          and bool((z <= 0).all())):
-        raise ValueError("vector_psi_expm1: t must be finite and >= 0, z finite and <= 0")
+    if t.numel() and not (bool(torch.isfinite(t).all()) and bool((t >= 0).all()) and not bool((z > 0).any())):
+        raise ValueError("vector_psi_expm1: t must be finite and >= 0, z <= 0 or NaN")
     tc, zc = t.detach().cpu().contiguous(), z.detach().cpu().contiguous()
     ps, em = torch.empty_like(tc), torch.empty_like(zc)
     if lib.rln_vector_psi_expm1(tc.data_ptr(), zc.data_ptr(), tc.numel(), ps.data_ptr(), em.data_ptr()) != 0:
