@@ -602,37 +602,38 @@ static inline v4d katanh_p(v4d z) {
 
 #define SQRT2 1.4142135623730951
 
-/* log(x) for positive normal float64 x (KL-2 (L)): x = m 2^e, m in [sqrt(1/2), sqrt 2), f = m - 1 exact,
- * log(x) = e ln2_hi + (e ln2_lo + 2 atanh(s)), s = f/(2 + f), |s| <= 0.1716. */
-static inline v4d klog(v4d x) {
+/* The reduction of KL-2's log L (positive normal float64 x): x = m 2^e, m in [sqrt(1/2), sqrt 2), returns
+ * f = m - 1 (exact) and sets *ed = e; then log(x) = e ln2_hi + (e ln2_lo + 2 atanh(s)), s = f/(2 + f), |s| <= 0.1716. */
+static inline v4d klog_reduce(v4d x, v4d *ed) {
     const v4l bits = (v4l)x;
     v4l e = ((bits >> 52) & lfill(0x7ff)) - lfill(1023);
     v4d m = (v4d)((bits & lfill(0x000fffffffffffffLL)) | lfill(0x3ff0000000000000LL));
     const v4l big = m > SQRT2;
     m = vsel(big, 0.5 * m, m);
     e = e - big; /* big lanes are -1: e + 1 */
-    const v4d f = m - 1.0;
-    const v4d s = f / (2.0 + f);
-    const v4d s2 = s * s;
-    const v4d l1p = 2.0 * s + (2.0 * s) * (s2 * katanh_p(s2));
-    const v4d ed = __builtin_convertvector(e, v4d);
-    return ed * LN2_HI + (ed * LN2_LO + l1p);
+    *ed = __builtin_convertvector(e, v4d);
+    return m - 1.0;
 }
 
 /* 4 lanes of KL(N(mq, sq^2) || N(mp, sp^2)) = (d^2 + g)/2, d = (mq - mp)/sp, g = t - log1p(t), t = r^2 - 1,
- * r = sq/sp, in float64; a pointer with inc 0 is one value for every lane. */
+ * r = sq/sp, in float64; a pointer with inc 0 is one value for every lane. Both branches use one atanh series: its
+ * argument is s = t/(2 + t) where |t| < 1/8 and s = f/(2 + f) of log r's reduction elsewhere (one division and one
+ * series per lane, where computing both branches took two and two). */
 static inline v4d kl4(v4d mq, v4d sq, v4d mp, v4d sp) {
     const v4d d = (mq - mp) / sp;
     const v4d t = ((sq - sp) * (sq + sp)) / (sp * sp);
     const v4l near = (t < 0.125) & (t > -0.125);
-    /* |t| < 1/8: g = t^2/(2+t) - 2 s^3 P(s^2), s = t/(2+t), |s| <= 1/15 (no cancellation beyond 2.5%) */
-    const v4d tn = vsel(near, t, vfill(0.0));
-    const v4d s = tn / (2.0 + tn), s2 = s * s;
-    const v4d g_near = (tn * tn) / (2.0 + tn) - (2.0 * s) * (s2 * katanh_p(s2));
-    /* |t| >= 1/8: g = t - 2 log r, g >= 0.0072 */
     const v4d r = sq / sp;
     const v4l r_ok = (r > 0.0) & (r < INFINITY);
-    const v4d g_far = t - 2.0 * klog(vsel(r_ok & ~near, r, vfill(1.0)));
+    v4d ed;
+    const v4d f = klog_reduce(vsel(r_ok & ~near, r, vfill(1.0)), &ed);
+    const v4d x = vsel(near, t, f);
+    const v4d s = x / (2.0 + x), s2 = s * s;
+    const v4d tail = (2.0 * s) * (s2 * katanh_p(s2)); /* 2 s^3 P(s^2) */
+    /* |t| < 1/8: g = t^2/(2+t) - 2 s^3 P(s^2), t^2/(2+t) = t s, |s| <= 1/15 (no cancellation beyond 2.5%) */
+    const v4d g_near = t * s - tail;
+    /* |t| >= 1/8: g = t - 2 log r, g >= 0.0072 */
+    const v4d g_far = t - 2.0 * (ed * LN2_HI + (ed * LN2_LO + (2.0 * s + tail)));
     v4d g = vsel(near, g_near, g_far);
     g = vsel(g < 0.0, vfill(0.0), g);                       /* rounding guard; g >= 0 exactly (KL-2); NaN stays */
     /* r = 0 or inf: KL = inf. From float32 inputs r = 0 exactly when sq = 0 or sp = inf (where t is inf/inf) and

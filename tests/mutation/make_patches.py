@@ -262,6 +262,10 @@ m("gc-erfcx-t", "gauss.c", GC, "2.0 * y100 - __builtin_convertvector(2 * k + 1, 
   "erfcx: wrong Chebyshev argument")
 m("gc-expf-coef", "gauss.c", GC, "    p = p * r + 1.3981999507e-3f;", "    p = p * r + 1.3981999507e-2f;", "EXP-1: wrong polynomial coefficient")
 m("gc-exp-nan-mask", "gauss.c", GC, "    return below | above | (rho != rho);", "    return below | above;", "EXP-1: NaN rho not in the saturation mask")
+m("gc-kl-near-sign", "gauss.c", GC, "    const v4d g_near = t * s - tail;", "    const v4d g_near = t * s + tail;",
+  "KL near branch: the series added instead of subtracted")
+m("gc-kl-series-arg", "gauss.c", GC, "    const v4d x = vsel(near, t, f);", "    const v4d x = vsel(near, f, t);",
+  "KL: the shared series takes each branch's argument in the other's lanes")
 m("gc-klog-exponent", "gauss.c", GC, "    e = e - big; /* big lanes are -1: e + 1 */", "    e = e + big;", "KL log: exponent adjusted the wrong way")
 m("gc-kl-bwd-dsq", "gauss.c", GC, "    *g_sq = vsel(bad, vfill(NAN), go * (((sq - sp) * (sq + sp)) / (sp2 * sq)));",
   "    *g_sq = vsel(bad, vfill(NAN), go * (((sq - sp) * (sq + sp)) / (sp2 * sp)));", "KL backward: dsq divides by sp^3")
